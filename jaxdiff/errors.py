@@ -1,4 +1,4 @@
-"""Exceptions that callers may need to tell apart. Each message names the file, key, shape or step."""
+"""Exceptions that callers may need to tell apart; each message names the file, key or step."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ class KeyMismatchError(CheckpointError):
         if self.missing:
             lines.append(f"  missing keys ({len(self.missing)}): " + ", ".join(self.missing))
         if self.unexpected:
-            lines.append(f"  unexpected keys ({len(self.unexpected)}): " + ", ".join(self.unexpected))
+            n = len(self.unexpected)
+            lines.append(f"  unexpected keys ({n}): " + ", ".join(self.unexpected))
         for key, got, want in self.shape_mismatches:
             lines.append(f"  shape mismatch {key}: checkpoint {tuple(got)}, model {tuple(want)}")
         super().__init__("\n".join(lines))
