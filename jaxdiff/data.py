@@ -1,0 +1,150 @@
+"""Images in and out at the edges: files <-> NHWC float32 in [-1, 1]; atomic writes.
+
+Everything inside jaxdiff works on [-1, 1] NHWC arrays; this module is the one place that knows
+about uint8, PIL and file systems. Writes go to a temporary sibling and are renamed into place,
+so a killed run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+def to_unit(u8: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1], the DPS loader's (u8/255 - 0.5)/0.5."""
+    return ((np.asarray(u8, np.float32) / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
+def to_uint8(x) -> np.ndarray:
+    """[-1, 1] floats -> uint8, rounding and clipping (values outside [-1, 1] saturate)."""
+    x = np.asarray(x, np.float64)
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
+    """Centre square crop (top = (H - s)//2, left = (W - s)//2) then bicubic resize to `size`."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    img = img.crop((left, top, left + s, top + s))
+    if s != size:
+        img = img.resize((size, size), Image.BICUBIC)
+    return img
+
+
+def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+    """One image file -> (H, W, 3) float32 in [-1, 1], centre-cropped and resized to `size`."""
+    path = pathlib.Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: cannot decode image ({e})") from e
+    if size is not None:
+        img = center_crop_resize(img, size)
+    return to_unit(np.asarray(img))
+
+
+def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """Image files of a folder (by suffix), sorted by name so runs are reproducible."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_folder(
+    folder: str | os.PathLike, size: int, limit: int | None = None
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """All decodable images of `folder` -> (names, (N, size, size, 3) array, {name: error}).
+
+    A file that cannot be decoded is reported in the error dict and skipped; the rest load.
+    """
+    names, images, errors = [], [], {}
+    for path in list_images(folder):
+        if limit is not None and len(names) >= limit:
+            break
+        try:
+            images.append(load_image(path, size))
+            names.append(path.name)
+        except ImageReadError as e:
+            errors[path.name] = str(e)
+    arr = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
+    return names, arr, errors
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temporary file in the same folder, fsync, and rename it into place."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def encode_png(x) -> bytes:
+    """(H, W, C) [-1, 1] floats (C = 1 or 3) -> PNG bytes."""
+    u8 = to_uint8(x)
+    if u8.ndim == 3 and u8.shape[-1] == 1:
+        u8 = u8[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(path: str | os.PathLike, x) -> None:
+    """Atomically write one [-1, 1] image as PNG."""
+    atomic_write_bytes(path, encode_png(x))
+
+
+def make_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: float = 1.0) -> np.ndarray:
+    """Tile rows of (H, W, 3) [-1, 1] images into one image; images are resized (nearest) to the
+    first image's size so a 64x64 measurement sits beside a 256x256 reconstruction."""
+    first = np.asarray(rows[0][0])
+    h, w = first.shape[:2]
+    ncol = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), fill, dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            img = np.asarray(img, np.float32)
+            if img.ndim == 2:
+                img = img[..., None]
+            if img.shape[-1] == 1:
+                img = np.repeat(img, 3, axis=-1)
+            if img.shape[:2] != (h, w):
+                ys = np.arange(h) * img.shape[0] // h
+                xs = np.arange(w) * img.shape[1] // w
+                img = img[ys][:, xs]
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            out[top : top + h, left : left + w] = img
+    return out
