@@ -1,0 +1,176 @@
+"""Save and load converted/trained parameters: an orbax tree under ``DIR/params`` plus the
+``DIR/jaxdiff.json`` sidecar that says how to rebuild the model and which diffusion it was
+trained with.
+
+Writes go to a temporary sibling folder that is renamed into place, so an interrupted save never
+leaves a half-written ``DIR`` that a later load would trust.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxdiff.errors import CheckpointError
+
+FORMAT_VERSION = 1
+META_FILE = "jaxdiff.json"
+PARAMS_DIR = "params"
+REQUIRED_META = ("architecture", "model_config")
+
+
+def count_parameters(params) -> int:
+    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+
+
+def _to_numpy_f32(params):
+    """Host numpy copies; floating leaves as float32 (the contract for stored parameters)."""
+
+    def conv(x):
+        x = np.asarray(x)
+        return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+
+    return jax.tree_util.tree_map(conv, params)
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON-serializable")
+
+
+def save_pretrained(directory, params, meta: dict, force: bool = False) -> Path:
+    """Write ``params`` (a pytree of arrays) and ``meta`` (the sidecar dict) to ``directory``.
+
+    ``format_version`` and ``num_parameters`` are filled in here. An existing ``directory``
+    raises FileExistsError unless ``force``; then it is replaced (atomically swapped where the
+    OS allows it, so there is no moment without a checkpoint at that path).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    if directory.exists() and not force:
+        raise FileExistsError(
+            f"{directory} already exists; pass force=True (--force) to replace it"
+        )
+    if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise ValueError(f"meta format_version {meta['format_version']!r}: this writes 1")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"meta lacks {missing} (needed to rebuild the model)")
+    params = _to_numpy_f32(params)
+    if not jax.tree_util.tree_leaves(params):
+        raise ValueError("params is empty: nothing to save")
+    meta = {"format_version": FORMAT_VERSION, **meta, "num_parameters": count_parameters(params)}
+    meta_text = json.dumps(meta, indent=2, default=_json_default) + "\n"
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / PARAMS_DIR, params)
+            ckptr.wait_until_finished()
+        (tmp / META_FILE).write_text(meta_text)
+        _move_into_place(tmp, directory, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _move_into_place(tmp: Path, directory: Path, force: bool) -> None:
+    if not directory.exists():
+        os.rename(tmp, directory)  # fails (rather than merges) if someone created it meanwhile
+        return
+    if not force:
+        raise FileExistsError(f"{directory} appeared while saving; pass force=True to replace it")
+    if _exchange(tmp, directory):  # tmp now holds the old checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(directory, old)
+    try:
+        os.rename(tmp, directory)
+    except BaseException:
+        os.rename(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def read_meta(directory) -> dict:
+    """The validated ``jaxdiff.json`` of a checkpoint folder (cheap: no arrays read)."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"{directory}: no such checkpoint folder")
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"{directory}: a file, not a jaxdiff checkpoint folder (convert PyTorch weights "
+            "with `python -m convert_weights SRC --out DIR`)"
+        )
+    path = directory / META_FILE
+    if not path.is_file():
+        have = sorted(p.name for p in directory.iterdir())[:10]
+        raise CheckpointError(
+            f"{directory}: not a jaxdiff checkpoint: no {META_FILE} (folder holds {have})"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: unknown format_version {version!r} (this jaxdiff reads {FORMAT_VERSION})"
+        )
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: missing field(s) {missing}")
+    return meta
+
+
+def load_checkpoint(directory) -> tuple[Any, dict]:
+    """``(params, meta)``: params a nested dict of host numpy arrays (floating ones float32)."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    meta = read_meta(directory)
+    params_dir = directory / PARAMS_DIR
+    if not params_dir.is_dir():
+        raise CheckpointError(f"{directory}: no {PARAMS_DIR}/ folder beside {META_FILE}")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(params_dir)
+    except Exception as e:  # orbax/tensorstore raise many types for a damaged folder
+        raise CheckpointError(f"{params_dir}: cannot restore parameters ({e})") from e
+    params = _to_numpy_f32(params)
+    n = count_parameters(params)
+    if "num_parameters" in meta and meta["num_parameters"] != n:
+        raise CheckpointError(
+            f"{directory}: {META_FILE} says {meta['num_parameters']} parameters, "
+            f"{PARAMS_DIR}/ holds {n}"
+        )
+    return params, meta
