@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import CheckpointError
@@ -36,7 +37,7 @@ def _to_numpy_f32(params):
 
     def conv(x):
         x = np.asarray(x)
-        return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+        return x.astype(np.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     return jax.tree_util.tree_map(conv, params)
 

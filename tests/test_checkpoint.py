@@ -1,0 +1,125 @@
+"""Orbax params + jaxdiff.json sidecar: round trip, atomic writes, clear errors."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import checkpoint as ck
+from jaxdiff.errors import CheckpointError
+
+META = {"architecture": "adm", "model_config": {"channel_mult": (1, 2), "num_heads": 4}}
+
+
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "conv_in": {"kernel": rng.standard_normal((3, 3, 3, 8)), "bias": np.zeros(8, np.float32)},
+        "dense": {"kernel": jnp.asarray(rng.standard_normal((8, 4)), jnp.bfloat16)},
+    }
+
+
+def _kernel(seed):
+    return _params(seed)["conv_in"]["kernel"].astype(np.float32)
+
+
+def test_round_trip(tmp_path):
+    params = _params()
+    out = ck.save_pretrained(tmp_path / "ckpt", params, META)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary left behind
+    assert sorted(os.listdir(out)) == ["jaxdiff.json", "params"]
+    got, meta = ck.load_checkpoint(tmp_path / "ckpt")
+    assert meta["format_version"] == 1 and meta["architecture"] == "adm"
+    assert meta["model_config"]["channel_mult"] == [1, 2]
+    assert meta["num_parameters"] == 3 * 3 * 3 * 8 + 8 + 8 * 4 == ck.count_parameters(got)
+    for path in (("conv_in", "kernel"), ("conv_in", "bias"), ("dense", "kernel")):
+        want = np.asarray(params[path[0]][path[1]], np.float32)
+        assert got[path[0]][path[1]].dtype == np.float32
+        np.testing.assert_array_equal(got[path[0]][path[1]], want)
+    assert json.loads((out / "jaxdiff.json").read_text()) == meta
+
+
+def test_existing_dir_needs_force(tmp_path):
+    d = tmp_path / "ckpt"
+    ck.save_pretrained(d, _params(0), META)
+    before = (d / "jaxdiff.json").read_text()
+    with pytest.raises(FileExistsError, match="ckpt already exists; pass force=True"):
+        ck.save_pretrained(d, _params(1), {**META, "architecture": "unet2d"})
+    assert (d / "jaxdiff.json").read_text() == before
+    ck.save_pretrained(d, _params(1), {**META, "architecture": "unet2d"}, force=True)
+    got, meta = ck.load_checkpoint(d)
+    assert meta["architecture"] == "unet2d"
+    np.testing.assert_array_equal(got["conv_in"]["kernel"], _kernel(1))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_replace_without_atomic_exchange(tmp_path, monkeypatch):
+    monkeypatch.setattr(ck, "_exchange", lambda a, b: False)
+    d = tmp_path / "ckpt"
+    ck.save_pretrained(d, _params(0), META)
+    ck.save_pretrained(d, _params(1), META, force=True)
+    np.testing.assert_array_equal(ck.load_checkpoint(d)[0]["conv_in"]["kernel"], _kernel(1))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failure_leaves_nothing_half_written(tmp_path, monkeypatch, existing):
+    d = tmp_path / "ckpt"
+    if existing:
+        ck.save_pretrained(d, _params(0), META)
+    old = d.exists() and (d / "jaxdiff.json").read_text()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "_move_into_place", boom)  # after params were written to the temp
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_pretrained(d, _params(1), META, force=True)
+    assert sorted(os.listdir(tmp_path)) == (["ckpt"] if existing else [])
+    if existing:
+        assert (d / "jaxdiff.json").read_text() == old
+
+
+def test_bad_meta_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"lacks \['model_config'\]"):
+        ck.save_pretrained(tmp_path / "c", _params(), {"architecture": "adm"})
+    with pytest.raises(ValueError, match="params is empty"):
+        ck.save_pretrained(tmp_path / "c", {}, META)
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope: no such checkpoint folder"):
+        ck.load_checkpoint(tmp_path / "nope")
+    (tmp_path / "file.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="file.pt: a file, not a jaxdiff checkpoint"):
+        ck.load_checkpoint(tmp_path / "file.pt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="empty: not a jaxdiff checkpoint: no jaxdiff.json"):
+        ck.load_checkpoint(tmp_path / "empty")
+
+    d = ck.save_pretrained(tmp_path / "ckpt", _params(), META)
+    sidecar = d / "jaxdiff.json"
+    good = json.loads(sidecar.read_text())
+    sidecar.write_text('{"format_version": 1, "architecture": ')
+    with pytest.raises(CheckpointError, match="jaxdiff.json: corrupt JSON"):
+        ck.load_checkpoint(d)
+    sidecar.write_text(json.dumps({**good, "format_version": 7}))
+    with pytest.raises(CheckpointError, match="unknown format_version 7"):
+        ck.load_checkpoint(d)
+    sidecar.write_text(json.dumps({k: v for k, v in good.items() if k != "model_config"}))
+    with pytest.raises(CheckpointError, match=r"missing field\(s\) \['model_config'\]"):
+        ck.load_checkpoint(d)
+    sidecar.write_text(json.dumps({**good, "num_parameters": 5}))
+    with pytest.raises(CheckpointError, match="says 5 parameters"):
+        ck.load_checkpoint(d)
+    sidecar.write_text(json.dumps(good))
+    ck.load_checkpoint(d)  # restored: loads again
+    os.rename(d / "params", d / "moved")
+    with pytest.raises(CheckpointError, match="no params/ folder"):
+        ck.load_checkpoint(d)
+    (d / "params").mkdir()
+    with pytest.raises(CheckpointError, match="cannot restore parameters"):
+        ck.load_checkpoint(d)
