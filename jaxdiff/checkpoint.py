@@ -60,10 +60,7 @@ def save_pretrained(directory, params, meta: dict, force: bool = False) -> Path:
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
-    if directory.exists() and not force:
-        raise FileExistsError(
-            f"{directory} already exists; pass force=True (--force) to replace it"
-        )
+    _check_replaceable(directory, force)
     if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ValueError(f"meta format_version {meta['format_version']!r}: this writes 1")
     missing = [k for k in REQUIRED_META if k not in meta]
@@ -90,12 +87,29 @@ def save_pretrained(directory, params, meta: dict, force: bool = False) -> Path:
     return directory
 
 
-def _move_into_place(tmp: Path, directory: Path, force: bool) -> None:
+def _check_replaceable(directory: Path, force: bool) -> None:
+    """``force`` replaces a jaxdiff checkpoint or an empty folder, never anything else: a
+    mistyped ``--out . --force`` must not delete a working tree."""
     if not directory.exists():
-        os.rename(tmp, directory)  # fails (rather than merges) if someone created it meanwhile
         return
     if not force:
-        raise FileExistsError(f"{directory} appeared while saving; pass force=True to replace it")
+        raise FileExistsError(
+            f"{directory} already exists; pass force=True (--force) to replace it"
+        )
+    if not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is not a folder; refusing to replace it")
+    if any(directory.iterdir()) and not (directory / META_FILE).is_file():
+        raise FileExistsError(
+            f"{directory} is a non-empty folder without {META_FILE} (not a jaxdiff checkpoint); "
+            "refusing to replace it, even with force"
+        )
+
+
+def _move_into_place(tmp: Path, directory: Path, force: bool) -> None:
+    if not directory.exists():
+        os.rename(tmp, directory)
+        return
+    _check_replaceable(directory, force)  # it may have appeared while we were writing
     if _exchange(tmp, directory):  # tmp now holds the old checkpoint
         shutil.rmtree(tmp, ignore_errors=True)
         return

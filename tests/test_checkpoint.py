@@ -55,6 +55,21 @@ def test_existing_dir_needs_force(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
 
 
+def test_force_never_replaces_a_foreign_folder(tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("precious")
+    (tmp_path / "file").write_text("precious")
+    with pytest.raises(FileExistsError, match="work is a non-empty folder without jaxdiff.json"):
+        ck.save_pretrained(tmp_path / "work", _params(), META, force=True)
+    with pytest.raises(FileExistsError, match="file exists and is not a folder"):
+        ck.save_pretrained(tmp_path / "file", _params(), META, force=True)
+    assert (tmp_path / "work" / "notes.txt").read_text() == "precious"
+    assert (tmp_path / "file").read_text() == "precious"
+    (tmp_path / "empty").mkdir()
+    ck.save_pretrained(tmp_path / "empty", _params(), META, force=True)
+    assert sorted(os.listdir(tmp_path)) == ["empty", "file", "work"]
+
+
 def test_replace_without_atomic_exchange(tmp_path, monkeypatch):
     monkeypatch.setattr(ck, "_exchange", lambda a, b: False)
     d = tmp_path / "ckpt"
