@@ -1,0 +1,275 @@
+"""``python -m convert_weights SRC --out DIR``: a PyTorch diffusion UNet -> a jaxdiff checkpoint.
+
+SRC is a guided-diffusion/ADM state dict (``.pt``/``.pth``/``.bin``) or a diffusers
+``UNet2DModel`` folder (``config.json`` + weights). The output folder holds orbax params and the
+``jaxdiff.json`` sidecar (docs/DESIGN.md), so samplers know the architecture and the training
+schedule without being told again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from convert_weights import torch_pickle
+from jaxdiff.checkpoint import save_pretrained
+from jaxdiff.errors import CheckpointError
+
+CONVERTER_VERSION = "0.1.0"
+ADM_SUFFIXES = (".pt", ".pth", ".bin")
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# guided-diffusion create_gaussian_diffusion defaults (linear schedule, 1000 steps, float64)
+ADM_DIFFUSION = {
+    "num_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "schedule_dtype": "float64",
+    "prediction_type": "epsilon",
+}
+# diffusers DDPMScheduler defaults (schedulers/scheduling_ddpm.py)
+DDPM_SCHEDULER_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "variance_type": "fixed_small",
+    "prediction_type": "epsilon",
+    "clip_sample": True,
+    "trained_betas": None,
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    architecture: str  # "adm" | "unet2d"
+    weights: Path  # the file whose tensors are converted (and hashed)
+    folder: Path | None = None  # diffusers model folder
+
+
+def detect_source(src) -> Source:
+    """What SRC is, from the file system alone; errors say what was expected."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    if src.is_dir():
+        if not (src / "config.json").is_file():
+            hint = ""
+            if (src / "unet" / "config.json").is_file():
+                hint = f"; it looks like a diffusers pipeline: pass {src / 'unet'}"
+            raise CheckpointError(
+                f"{src}: a folder without config.json, so not a diffusers UNet2DModel folder{hint}"
+            )
+        for name in DIFFUSERS_WEIGHTS:
+            if (src / name).is_file():
+                return Source("unet2d", src / name, src)
+        raise CheckpointError(f"{src}: has config.json but neither of {list(DIFFUSERS_WEIGHTS)}")
+    if src.suffix.lower() in ADM_SUFFIXES:
+        return Source("adm", src)
+    raise CheckpointError(
+        f"{src}: unknown source; expected a guided-diffusion checkpoint "
+        f"({', '.join(ADM_SUFFIXES)}) or a diffusers model folder with config.json"
+    )
+
+
+def sha256(path: Path, progress: bool = True) -> str:
+    """Streamed, so a 2 GB checkpoint is hashed without being held in memory."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f, torch_pickle._progress_bar(str(path), size, progress) as tick:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+            tick(len(block))
+    return h.hexdigest()
+
+
+def _as_float32(state_dict: dict) -> dict:
+    """fp16/bf16/fp64 checkpoints -> float32 (the stored parameter dtype); others untouched."""
+    return {
+        k: v.astype(np.float32) if jnp.issubdtype(v.dtype, jnp.floating) else v
+        for k, v in state_dict.items()
+    }
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {what} file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt {what} JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: {what} must be a JSON object")
+    return obj
+
+
+def adm_model_config(state_dict: dict, preset: str | None, config: Path | None) -> dict:
+    from convert_weights import presets
+
+    if preset is not None:
+        if preset not in presets.PRESETS:
+            raise KeyError(f"unknown preset {preset!r}; known: {sorted(presets.PRESETS)}")
+        return dict(presets.PRESETS[preset])
+    if config is not None:
+        return presets.adm_config_from_json(_read_json(config, "--config"))
+    return presets.infer_adm_config(state_dict)
+
+
+def adm_diffusion(model_config: dict) -> dict:
+    learned = model_config["out_channels"] == 2 * model_config["in_channels"]
+    # guided-diffusion: learn_sigma -> learned_range; otherwise fixed_large unless sigma_small
+    return {**ADM_DIFFUSION, "variance_type": "learned_range" if learned else "fixed_large"}
+
+
+def scheduler_config_path(folder: Path) -> Path | None:
+    """The scheduler config beside the UNet, or in the HF pipeline layout unet/ + scheduler/."""
+    for path in (
+        folder / "scheduler_config.json",
+        folder.parent / "scheduler" / "scheduler_config.json",
+    ):
+        if path.is_file():
+            return path
+    return None
+
+
+def diffusers_diffusion(folder: Path) -> tuple[dict, str | None]:
+    path = scheduler_config_path(folder)
+    cfg = dict(DDPM_SCHEDULER_DEFAULTS)
+    if path is not None:
+        cfg.update({k: v for k, v in _read_json(path, "scheduler").items() if k in cfg})
+    out = {
+        "num_timesteps": int(cfg["num_train_timesteps"]),
+        "beta_schedule": cfg["beta_schedule"],
+        "beta_start": float(cfg["beta_start"]),
+        "beta_end": float(cfg["beta_end"]),
+        "variance_type": cfg["variance_type"],
+        "schedule_dtype": "float32",  # diffusers builds betas in torch.float32
+        "prediction_type": cfg["prediction_type"],
+        "clip_sample": bool(cfg["clip_sample"]),
+    }
+    if cfg["trained_betas"] is not None:
+        out["trained_betas"] = [float(b) for b in cfg["trained_betas"]]
+    return out, (str(path) if path else None)
+
+
+def _load_diffusers_weights(path: Path, key: str | None, progress: bool) -> tuple[dict, str]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(path)), "safetensors"
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from e
+    fmt = torch_pickle.checkpoint_format(path)
+    return torch_pickle.load_state_dict(path, key, progress=progress), fmt
+
+
+def convert(
+    src,
+    out,
+    *,
+    preset: str | None = None,
+    config=None,
+    key: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Convert SRC into the jaxdiff checkpoint folder OUT; returns the sidecar dict written."""
+    out = Path(out)
+    if out.exists() and not force:  # before the (possibly long) read
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    source = detect_source(src)
+    if source.architecture == "adm":
+        from convert_weights import adm
+
+        fmt = torch_pickle.checkpoint_format(source.weights)
+        sd = _as_float32(torch_pickle.load_state_dict(source.weights, key, progress=progress))
+        model_config = adm_model_config(sd, preset, Path(config) if config else None)
+        params = adm.state_dict_to_params(sd, model_config)
+        diffusion, extra = adm_diffusion(model_config), {}
+    else:
+        from convert_weights import unet2d
+
+        if preset is not None or config is not None:
+            raise ValueError(
+                f"{source.folder}: --preset/--config apply to ADM checkpoints; a diffusers "
+                "folder brings its own config.json"
+            )
+        cfg = _read_json(source.folder / "config.json", "diffusers config")
+        model_config = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        sd, fmt = _load_diffusers_weights(source.weights, key, progress)
+        params = unet2d.state_dict_to_params(
+            _as_float32(sd), model_config, what=str(source.weights)
+        )
+        diffusion, scheduler = diffusers_diffusion(source.folder)
+        extra = {"scheduler_config": scheduler and os.path.relpath(scheduler, source.folder)}
+        if "_diffusers_version" in cfg:
+            extra["diffusers_version"] = cfg["_diffusers_version"]
+    meta = {
+        "architecture": source.architecture,
+        "model_config": model_config,
+        "diffusion": diffusion,
+        "source": {
+            "file": source.weights.name,
+            "sha256": sha256(source.weights, progress),
+            "format": fmt,
+            **extra,
+        },
+        "converter_version": CONVERTER_VERSION,
+    }
+    save_pretrained(out, params, meta, force=force)
+    return json.loads((out / "jaxdiff.json").read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m convert_weights",
+        description="Convert a guided-diffusion (ADM) .pt or a diffusers UNet2DModel folder "
+        "into a jaxdiff checkpoint folder (orbax params + jaxdiff.json).",
+    )
+    p.add_argument("src", help="ADM .pt/.pth/.bin file, or diffusers folder with config.json")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    arch = p.add_mutually_exclusive_group()
+    arch.add_argument("--preset", help="ADM architecture preset, e.g. ffhq256, imagenet256_uncond")
+    arch.add_argument(
+        "--config",
+        help="ADM architecture JSON: guided-diffusion create_model flags, UNetModel kwargs, "
+        'or {"kwargs": {...}}; default: inferred from the checkpoint',
+    )
+    p.add_argument("--key", help="entry holding the state dict in a nested file, e.g. 'ema'")
+    p.add_argument("--force", action="store_true", help="replace an existing --out checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        meta = convert(
+            args.src,
+            args.out,
+            preset=args.preset,
+            config=args.config,
+            key=args.key,
+            force=args.force,
+            progress=not args.quiet,
+        )
+    except (CheckpointError, ValueError, KeyError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"convert_weights: error: {msg}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {Path(args.out).absolute()}: {meta['architecture']}, "
+        f"{meta['num_parameters']:,} parameters from {meta['source']['file']} "
+        f"({meta['source']['format']}), variance {meta['diffusion']['variance_type']}"
+    )
+    return 0
