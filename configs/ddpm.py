@@ -1,0 +1,17 @@
+"""Unconditional DDPM ancestral sampling (REFERENCE 1.5): the prior alone, the measurement unused.
+
+Its metrics against the ground truth are the "no information" reference for the table. Settings:
+guided-diffusion's image_sample.py defaults (all 1000 steps, clip_denoised True).
+"""
+
+from __future__ import annotations
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+    c = default.get_config(arg)
+    c.method = "ddpm"
+    c.sampler.respacing = "1000"
+    c.sampler.options.clip_denoised = True
+    return c

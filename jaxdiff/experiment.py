@@ -1,0 +1,339 @@
+"""One experiment = a model, a task (operator + noise), a method and images: built from a config.
+
+The driver (`scripts/reproduce.py`), the sweep and the demo all run the same per-image pipeline
+
+    k_op, k_noise, k_method = split(fold_in(PRNGKey(seed), image_index), 3)
+    op_params = operator.sample(k_op); y = noise(k_noise, operator.apply(op_params, x))
+    x_hat = method(params, k_method, y, op_params, hparams)
+
+vmapped over images (axis "batch") and, for a sweep, over hyperparameter values; hyperparameters
+are traced, so one compiled program serves every image and every value. A result depends on its
+seed and its image's index alone, never on the batch it ran in or the device count.
+
+Methods: a sampler name (jaxdiff.samplers), a baseline name (jaxdiff.baselines), or
+"measurement": the measurement itself brought to image shape (the floor every method must beat).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import data as jdata
+from jaxdiff.diffusion import schedule_from_meta
+from jaxdiff.operators import get_noise, get_operator
+from jaxdiff.samplers import SAMPLERS, get_sampler
+
+log = logging.getLogger("jaxdiff.experiment")
+
+DEMO_PRIOR = pathlib.Path(__file__).parent / "assets" / "demo_prior"
+NOISE_SIGMA = "noise_sigma"  # the pipeline's own traced hyperparameter: the measurement noise std
+
+# Operator-config keys that are lengths in pixels (scaled with the image size) and how.
+_LENGTHS = {
+    "mask_len_range": "int_range",  # (l, h) with h exclusive: l scales, h stays l + (h - l)
+    "margin": "ints",
+    "kernel_size": "odd",
+    "std": "float",
+}
+
+
+# --- model, data, task ---------------------------------------------------------------------------
+def resolve_model_dir(model: str) -> pathlib.Path:
+    path = DEMO_PRIOR if model in ("", "demo") else pathlib.Path(model).expanduser()
+    if not (path / "jaxdiff.json").is_file():
+        hint = (
+            "the demo prior is not bundled in this checkout (jaxdiff/assets/demo_prior)"
+            if path == DEMO_PRIOR
+            else "convert a checkpoint first: python -m convert_weights SRC --out DIR"
+        )
+        raise FileNotFoundError(f"model {str(path)!r} has no jaxdiff.json: {hint}")
+    return path
+
+
+def model_image_size(meta: dict) -> int:
+    cfg = meta.get("model_config", {})
+    size = cfg.get("image_size", cfg.get("sample_size"))
+    if isinstance(size, (list, tuple)):
+        size = size[0]
+    if size is None:
+        raise ValueError("model meta has no model_config.image_size / sample_size")
+    return int(size)
+
+
+@dataclasses.dataclass
+class Images:
+    """The evaluation images: `index[i]` is the image's position in the sorted folder listing
+    (undecodable files included, so a corrupt file never shifts another image's key)."""
+
+    names: list[str]
+    index: list[int]
+    arrays: np.ndarray  # (N, S, S, 3) float32 in [-1, 1]
+    skipped: dict[str, str]
+
+
+def demo_photo_names() -> tuple[str, ...]:
+    from jaxdiff import photos
+
+    for attr in ("HELD_OUT", "HELD_OUT_PHOTOS", "held_out"):
+        names = getattr(photos, attr, None)
+        if names:
+            return tuple(names() if callable(names) else names)
+    raise RuntimeError("jaxdiff.photos defines no held-out photo list (HELD_OUT)")
+
+
+def load_images(source: str, size: int, limit: int = 0) -> Images:
+    """Images from a folder (PNG/JPEG, centre-cropped and resized to `size`) or "demo".
+
+    An undecodable file is named in a warning and skipped; the run goes on without it.
+    """
+    if source in ("", "demo"):
+        from jaxdiff import photos
+
+        names = list(demo_photo_names())
+        if limit:
+            names = names[:limit]
+        arrays = [photos.center_crop(n, size) for n in names]
+        return Images(names, list(range(len(names))), np.stack(arrays).astype(np.float32), {})
+    names, index, arrays, skipped = [], [], [], {}
+    for i, path in enumerate(jdata.list_images(source)):
+        if limit and len(names) >= limit:
+            break
+        try:
+            arrays.append(jdata.load_image(path, size))
+        except jdata.ImageReadError as e:
+            log.warning("skipping %s: %s", path, e)
+            skipped[path.name] = str(e)
+            continue
+        names.append(path.name)
+        index.append(i)
+    if not names:
+        raise ValueError(f"no decodable images in {source} (skipped: {sorted(skipped)})")
+    return Images(names, index, np.stack(arrays), skipped)
+
+
+def _odd(v: float) -> int:
+    return max(3, 2 * int(math.floor((v - 1) / 2 + 0.5)) + 1)
+
+
+def scale_task(task: dict, image_size: int) -> dict:
+    """The task at `image_size`: pixel lengths scaled by image_size / reference_size.
+
+    Box sizes and margins round to integers, kernel sizes to the nearest odd integer >= 3, the
+    Gaussian std scales as a float; fractions, the SR factor and the motion intensity stay.
+    """
+    task = dict(task)
+    ref = int(task.get("reference_size", image_size))
+    s = image_size / ref
+    cfg = dict(task.get("operator_config", {}))
+    if s != 1:
+        for key, kind in _LENGTHS.items():
+            if key not in cfg:
+                continue
+            v = cfg[key]
+            if kind == "int_range":
+                lo = max(1, round(v[0] * s))
+                cfg[key] = (lo, lo + (v[1] - v[0]))
+            elif kind == "ints":
+                cfg[key] = tuple(max(0, round(x * s)) for x in v)
+            elif kind == "odd":
+                cfg[key] = _odd(v * s)
+            else:
+                cfg[key] = float(v) * s
+    task["operator_config"] = cfg
+    task["image_size"] = image_size
+    task["length_scale"] = s
+    return task
+
+
+# --- methods ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Method:
+    """`fn(params, key, y, op_params, hparams, valid) -> (x_hat, diverged_at)` for ONE image.
+
+    hparams: the traced defaults (sweepable). jittable=False: a host-side baseline (OpenCV),
+    run eagerly image by image after the jitted measurement.
+    """
+
+    name: str
+    kind: str  # "sampler" | "baseline" | "measurement"
+    fn: Callable
+    hparams: dict
+    jittable: bool = True
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def measurement_as_image(y, image_shape):
+    """The measurement brought to image shape: itself, bicubic-resized, or grey tiled to RGB."""
+    image_shape = tuple(image_shape)
+    if tuple(y.shape) == image_shape:
+        return y
+    if y.shape[-1] != image_shape[-1]:
+        y = jnp.broadcast_to(jnp.mean(y, axis=-1, keepdims=True), (*y.shape[:-1], image_shape[-1]))
+    if y.shape[:-1] != image_shape[:-1]:
+        y = jax.image.resize(y, image_shape, "cubic")
+    return y
+
+
+def _sampler_method(config, model, meta, operator, noise, image_shape) -> Method:
+    from jaxdiff.models import model_fn
+
+    name = config.method
+    sc = config.sampler
+    opts = dict(sc.options)
+    mask_opt = opts.pop("use_mask", False)
+    if mask_opt:
+        opts["mask"] = lambda op_params: op_params["mask"]
+    variance = opts.pop("variance_type", None)
+    schedule = schedule_from_meta(meta["diffusion"], sc.respacing or None, variance)
+    for key in ("sigma",):  # the measurement noise the sampler assumes follows the task's
+        if key in opts:
+            raise ValueError(f"sampler.options.{key}: set sampler.hparams.{key} instead (traced)")
+    make = get_sampler(name)
+    sample = make(
+        model_fn(model), schedule, operator=operator, noise=noise, image_shape=image_shape, **opts
+    )
+    hp = {k: float(v) for k, v in dict(sc.hparams).items()}
+    takes_sigma = name in ("score_ald", "tweedie")
+
+    def fn(params, key, y, op_params, hparams, valid):
+        h = dict(hparams)
+        sigma = h.pop(NOISE_SIGMA)
+        if takes_sigma and "sigma" not in h:
+            h["sigma"] = sigma
+        out = sample(params, key, y, op_params, h, None, valid)
+        return out.x0, out.diverged_at
+
+    info = {
+        "num_steps": schedule.num_steps,
+        "respacing": sc.respacing,
+        "variance_type": schedule.variance_type,
+        "num_train_timesteps": schedule.num_train_timesteps,
+    }
+    return Method(name, "sampler", fn, hp, True, info)
+
+
+def _baseline_method(config, operator, noise_sigma: float, image_shape) -> Method:
+    """A classical baseline; its keyword arguments are static (the baselines check them in
+    Python), so they are not sweepable. Host-side ones (OpenCV) run eagerly per image."""
+    from jaxdiff.baselines import BASELINES, HOST_SIDE
+
+    base = BASELINES.get(config.method)
+    cfg = dict(config.baseline)
+    if "noise_sigma" in inspect.signature(base).parameters:
+        cfg.setdefault("noise_sigma", noise_sigma)  # Wiener: the task's noise level
+
+    def fn(params, key, y, op_params, hparams, valid):
+        del params, key, hparams, valid
+        x = measurement_as_image(jnp.asarray(base(y, operator, op_params, **cfg)), image_shape)
+        return x, jnp.asarray(-1, jnp.int32)
+
+    jittable = config.method not in HOST_SIDE
+    return Method(config.method, "baseline", fn, {}, jittable, {"config": cfg})
+
+
+def _measurement_method(image_shape) -> Method:
+    def fn(params, key, y, op_params, hparams, valid):
+        return measurement_as_image(y, image_shape), jnp.asarray(-1, jnp.int32)
+
+    return Method("measurement", "measurement", fn, {})
+
+
+def method_names() -> list[str]:
+    names = list(SAMPLERS.names()) + ["measurement"]
+    try:
+        from jaxdiff.baselines import BASELINES
+
+        names += list(BASELINES.names())
+    except ImportError:
+        pass
+    return names
+
+
+# --- the experiment ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Experiment:
+    config: object
+    model_dir: pathlib.Path
+    model: object
+    params: object
+    meta: dict
+    image_size: int
+    task: dict  # the effective (scaled) task
+    operator: object
+    noise: object
+    method: Method
+
+    @property
+    def image_shape(self):
+        return (self.image_size, self.image_size, 3)
+
+    def default_hparams(self) -> dict:
+        h = dict(self.method.hparams)
+        h[NOISE_SIGMA] = float(self.task.get("sigma", 0.0))
+        return h
+
+    def pipeline(self):
+        """`one(params, key, x, hparams, valid) -> {"y", "x_hat", "diverged"}` for ONE image."""
+        operator, noise, method = self.operator, self.noise, self.method
+        gaussian = getattr(noise, "name", "") == "gaussian"
+
+        def measure(key, x, hparams):
+            k_op, k_noise, k_method = jax.random.split(key, 3)
+            op_params = operator.sample(k_op)
+            ax = operator.apply(op_params, x)
+            if gaussian:  # = Gaussian.sample, with the std traced so it can be swept
+                y = ax + hparams[NOISE_SIGMA] * jax.random.normal(k_noise, ax.shape, ax.dtype)
+            else:
+                y = noise.sample(k_noise, ax)
+            return y, op_params, k_method
+
+        def one(params, key, x, hparams, valid=True):
+            y, op_params, k_method = measure(key, x, hparams)
+            x_hat, diverged = method.fn(params, k_method, y, op_params, hparams, valid)
+            return {"y": y, "x_hat": x_hat, "diverged": diverged}
+
+        one.measure = measure
+        return one
+
+
+def build(config, *, loaded=None) -> Experiment:
+    """Everything a run needs, from a config (see configs/default.py).
+
+    `loaded=(model_dir, model, params, meta)` reuses an already loaded model (the demo)."""
+    if loaded is None:
+        from jaxdiff.models import load_pretrained
+
+        model_dir = resolve_model_dir(config.model)
+        model, params, meta = load_pretrained(model_dir)
+    else:
+        model_dir, model, params, meta = loaded
+    size = model_image_size(meta)
+    task = scale_task(config.task.to_dict(), size)
+    shape = (size, size, 3)
+    operator = get_operator(task["operator"], image_shape=shape, **task["operator_config"])
+    if task["noise"] == "gaussian":
+        noise = get_noise("gaussian", sigma=task["sigma"])
+    elif task["noise"] == "poisson":
+        noise = get_noise("poisson", rate=task.get("rate", 1.0))
+    else:
+        noise = get_noise(task["noise"])
+    name = config.method
+    if name == "measurement":
+        method = _measurement_method(shape)
+    elif name in SAMPLERS:
+        method = _sampler_method(config, model, meta, operator, noise, shape)
+    else:
+        try:
+            method = _baseline_method(config, operator, float(task.get("sigma", 0.0)), shape)
+        except (KeyError, ImportError):
+            raise KeyError(f"unknown method {name!r}; known: {', '.join(method_names())}") from None
+    return Experiment(config, model_dir, model, params, meta, size, task, operator, noise, method)
