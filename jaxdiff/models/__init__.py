@@ -1,0 +1,90 @@
+"""Flax UNets: guided-diffusion's ADM (`"adm"`) and diffusers' UNet2DModel (`"unet2d"`).
+
+`build_model(arch, model_config)` returns a linen Module used as
+`model.apply({"params": params}, x, t, y=None)` with x (B, H, W, C) in [-1, 1] and integer
+timesteps t (B,) or scalar; see docs/DESIGN.md. Parameters are always passed in, never closed over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.models import adm, unet2d
+from jaxdiff.registry import Registry
+
+# name -> module with build(model_config, dtype) and example_inputs(model_config)
+MODELS: Registry = Registry("model architecture")
+MODELS.register("adm")(adm)
+MODELS.register("unet2d")(unet2d)
+
+
+def build_model(arch: str, model_config: dict, dtype=jnp.float32) -> nn.Module:
+    """The Flax module for `arch` ("adm" / "unet2d"); `dtype` is the compute dtype."""
+    return MODELS.get(arch).build(model_config, dtype=dtype)
+
+
+def abstract_params(arch: str, model_config: dict) -> dict:
+    """The parameter tree's shapes and dtypes (jax.ShapeDtypeStruct leaves), computing nothing."""
+    model = build_model(arch, model_config)
+    x, t, y = MODELS.get(arch).example_inputs(model_config)
+    return jax.eval_shape(model.init, jax.random.key(0), x, t, y)["params"]
+
+
+def param_count(params) -> int:
+    """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
+    return int(sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params)))
+
+
+def check_params(arch: str, model_config: dict, params, what: str = "params") -> None:
+    """Raise KeyMismatchError unless `params` has exactly the tree and shapes the config builds."""
+    from jaxdiff.errors import KeyMismatchError
+
+    def flat(tree) -> dict[str, tuple]:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {"/".join(k.key for k in path): tuple(v.shape) for path, v in leaves}
+
+    want, got = flat(abstract_params(arch, model_config)), flat(params)
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    shapes = [(k, got[k], want[k]) for k in sorted(set(want) & set(got)) if got[k] != want[k]]
+    if missing or unexpected or shapes:
+        raise KeyMismatchError(what, missing, unexpected, shapes)
+
+
+def load_pretrained(path, dtype=None) -> tuple[nn.Module, dict, dict]:
+    """(model, params, meta) from a folder written by `convert_weights` (jaxdiff.checkpoint).
+
+    The parameter tree is checked against the architecture in the sidecar, so a folder whose
+    weights and config disagree fails here with every mismatching name, not inside a sampler.
+    """
+    from jaxdiff.checkpoint import load_checkpoint
+
+    params, meta = load_checkpoint(path)
+    arch = meta.get("architecture")
+    if arch not in MODELS:
+        raise KeyError(f"{path}: unknown architecture {arch!r}; known: {MODELS.names()}")
+    config = meta["model_config"]
+    check_params(arch, config, params, what=str(path))
+    model = build_model(arch, config, dtype=jnp.float32 if dtype is None else dtype)
+    return model, params, meta
+
+
+def model_fn(model: nn.Module) -> Callable:
+    """`model_fn(params, x, t)` for the samplers (docs/DESIGN.md)."""
+    return lambda params, x, t: model.apply({"params": params}, x, t)
+
+
+__all__ = [
+    "MODELS",
+    "abstract_params",
+    "build_model",
+    "check_params",
+    "load_pretrained",
+    "model_fn",
+    "param_count",
+]
