@@ -86,7 +86,7 @@ class BatchRunner:
     def hparams(self, overrides=None) -> dict:
         h = dict(self.exp.default_hparams())
         unknown = sorted(set(overrides or {}) - set(h))
-        if unknown:
+        if unknown and self.exp.method.kind != "sampler":  # samplers name their own unknowns
             raise ValueError(
                 f"{self.exp.method.name}: {unknown} not traced hyperparameter(s); "
                 f"traced: {sorted(h)}"
