@@ -84,7 +84,10 @@ def sha256(path: Path, progress: bool = True) -> str:
     """Streamed, so a 2 GB checkpoint is hashed without being held in memory."""
     h = hashlib.sha256()
     size = path.stat().st_size
-    with open(path, "rb") as f, torch_pickle._progress_bar(str(path), size, progress) as tick:
+    with (
+        open(path, "rb") as f,
+        torch_pickle._progress_bar(str(path), size, progress, "hashing") as tick,
+    ):
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
             tick(len(block))
@@ -94,7 +97,7 @@ def sha256(path: Path, progress: bool = True) -> str:
 def _as_float32(state_dict: dict) -> dict:
     """fp16/bf16/fp64 checkpoints -> float32 (the stored parameter dtype); others untouched."""
     return {
-        k: v.astype(np.float32) if jnp.issubdtype(v.dtype, jnp.floating) else v
+        k: v.astype(np.float32, copy=False) if jnp.issubdtype(v.dtype, jnp.floating) else v
         for k, v in state_dict.items()
     }
 
@@ -111,22 +114,43 @@ def _read_json(path: Path, what: str) -> dict:
     return obj
 
 
-def adm_model_config(state_dict: dict, preset: str | None, config: Path | None) -> dict:
+def adm_model_config(state_dict: dict, preset: str | None, config: Path | None):
+    """``(model_config, flags)``: flags are the --config JSON's top level (diffusion flags)."""
     from convert_weights import presets
 
     if preset is not None:
         if preset not in presets.PRESETS:
             raise KeyError(f"unknown preset {preset!r}; known: {sorted(presets.PRESETS)}")
-        return dict(presets.PRESETS[preset])
-    if config is not None:
-        return presets.adm_config_from_json(_read_json(config, "--config"))
-    return presets.infer_adm_config(state_dict)
+        return dict(presets.PRESETS[preset]), {}
+    if config is None:
+        return presets.infer_adm_config(state_dict), {}
+    flags = _read_json(config, "--config")
+    if flags and set(flags) <= set(presets.INVISIBLE_FLAGS) | {"image_size", "dropout"}:
+        # only what the weights cannot show: the rest is read from the shapes
+        return presets.infer_adm_config(state_dict, extra=flags), flags
+    return presets.adm_config_from_json(flags), flags
 
 
-def adm_diffusion(model_config: dict) -> dict:
-    learned = model_config["out_channels"] == 2 * model_config["in_channels"]
-    # guided-diffusion: learn_sigma -> learned_range; otherwise fixed_large unless sigma_small
-    return {**ADM_DIFFUSION, "variance_type": "learned_range" if learned else "fixed_large"}
+def adm_diffusion(model_config: dict, flags: dict, preset: str | None = None) -> dict:
+    """guided-diffusion's create_gaussian_diffusion as configured by the create_model flags
+    (diffusion_steps, noise_schedule, sigma_small), defaulting to linear 1000 steps."""
+    if preset is not None:
+        from convert_weights import presets
+
+        return {**ADM_DIFFUSION, **presets.PRESET_DIFFUSION[preset]}
+    steps = int(flags.get("diffusion_steps", 1000))
+    schedule = flags.get("noise_schedule", "linear")
+    if model_config["out_channels"] == 2 * model_config["in_channels"]:
+        variance = "learned_range"
+    else:
+        variance = "fixed_small" if flags.get("sigma_small") else "fixed_large"
+    out = {**ADM_DIFFUSION, "num_timesteps": steps, "beta_schedule": schedule}
+    out["variance_type"] = variance
+    if schedule == "linear":  # get_named_beta_schedule: scaled so any T matches T = 1000
+        out["beta_start"], out["beta_end"] = 1000 / steps * 1e-4, 1000 / steps * 0.02
+    else:
+        del out["beta_start"], out["beta_end"]
+    return out
 
 
 def scheduler_config_path(folder: Path) -> Path | None:
@@ -145,9 +169,10 @@ def diffusers_diffusion(folder: Path) -> tuple[dict, str | None]:
     cfg = dict(DDPM_SCHEDULER_DEFAULTS)
     if path is not None:
         cfg.update({k: v for k, v in _read_json(path, "scheduler").items() if k in cfg})
+    cosine = cfg["beta_schedule"] == "squaredcos_cap_v2"  # = guided-diffusion's cosine
     out = {
         "num_timesteps": int(cfg["num_train_timesteps"]),
-        "beta_schedule": cfg["beta_schedule"],
+        "beta_schedule": "cosine" if cosine else cfg["beta_schedule"],
         "beta_start": float(cfg["beta_start"]),
         "beta_end": float(cfg["beta_end"]),
         "variance_type": cfg["variance_type"],
@@ -155,6 +180,8 @@ def diffusers_diffusion(folder: Path) -> tuple[dict, str | None]:
         "prediction_type": cfg["prediction_type"],
         "clip_sample": bool(cfg["clip_sample"]),
     }
+    if cosine:
+        del out["beta_start"], out["beta_end"]
     if cfg["trained_betas"] is not None:
         out["trained_betas"] = [float(b) for b in cfg["trained_betas"]]
     return out, (str(path) if path else None)
@@ -193,9 +220,9 @@ def convert(
 
         fmt = torch_pickle.checkpoint_format(source.weights)
         sd = _as_float32(torch_pickle.load_state_dict(source.weights, key, progress=progress))
-        model_config = adm_model_config(sd, preset, Path(config) if config else None)
-        params = adm.state_dict_to_params(sd, model_config)
-        diffusion, extra = adm_diffusion(model_config), {}
+        model_config, flags = adm_model_config(sd, preset, Path(config) if config else None)
+        params = adm.state_dict_to_params(sd, model_config, what=str(source.weights))
+        diffusion, extra = adm_diffusion(model_config, flags, preset), {}
     else:
         from convert_weights import unet2d
 

@@ -355,14 +355,13 @@ def _materialize(obj):
 class _progress_bar:
     """tqdm byte counter for large files; a no-op below PROGRESS_MIN_BYTES."""
 
-    def __init__(self, path: str, total: int, enabled: bool):
+    def __init__(self, path: str, total: int, enabled: bool, verb: str = "reading"):
         self._bar = None
         if enabled and total >= PROGRESS_MIN_BYTES:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}"
-            )
+            desc = f"{verb} {os.path.basename(path)}"
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc)
 
     def __enter__(self) -> Callable[[int], None]:
         return self._bar.update if self._bar is not None else (lambda n: None)
