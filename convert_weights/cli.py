@@ -86,7 +86,7 @@ def sha256(path: Path, progress: bool = True) -> str:
     size = path.stat().st_size
     with (
         open(path, "rb") as f,
-        torch_pickle._progress_bar(str(path), size, progress, "hashing") as tick,
+        torch_pickle.progress_bar(str(path), size, progress, "hashing") as tick,
     ):
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)

@@ -260,7 +260,7 @@ def _load_zip(path: str, storages: dict[str, Storage], progress: bool) -> object
             obj = SafeUnpickler(io.BytesIO(f.read()), path, storages, legacy=False).load()
         records = set(names)
         roots = [s for s in storages.values() if s.view is None]
-        with _progress_bar(path, sum(s.numel * s.dtype.itemsize for s in roots), progress) as tick:
+        with progress_bar(path, sum(s.numel * s.dtype.itemsize for s in roots), progress) as tick:
             for s in roots:
                 name = f"{prefix}data/{s.key}"
                 nbytes = s.numel * s.dtype.itemsize
@@ -299,7 +299,7 @@ def _load_legacy(path: str, storages: dict[str, Storage], progress: bool) -> obj
         if missing:
             raise CheckpointError(f"{path}: missing storage record(s) {missing}")
         total = sum(s.numel * s.dtype.itemsize for s in roots)
-        with _progress_bar(path, total, progress) as tick:
+        with progress_bar(path, total, progress) as tick:
             for s in roots:
                 what = f"{path}: storage {s.key!r}"
                 (count,) = struct.unpack("<q", _read_bytes(f, 8, what))
@@ -352,7 +352,7 @@ def _materialize(obj):
     return obj
 
 
-class _progress_bar:
+class progress_bar:
     """tqdm byte counter for large files; a no-op below PROGRESS_MIN_BYTES."""
 
     def __init__(self, path: str, total: int, enabled: bool, verb: str = "reading"):
