@@ -1,0 +1,110 @@
+"""The demo prior: a small ADM UNet trained on scikit-image's bundled colour photos.
+
+`python -m scripts.train --config=configs/train_demo.py[:preset] --workdir=DIR`
+
+Presets: `demo` (the shipped prior, sized so training fits about an hour of one shared CPU core
+and the full demo runs in minutes on a laptop CPU), `tiny` (seconds; tests and smoke runs).
+"""
+
+import ml_collections
+
+# Held out for evaluation and for the demo's inverse problems; never in a training batch
+# (jaxdiff.photos.training_names excludes them by construction).
+HELD_OUT = ("astronaut", "chelsea", "coffee")
+
+DIFFUSION = {
+    "num_timesteps": 1000,
+    "beta_schedule": "linear",
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    # Sigma is not learned (the hybrid loss doubles the output head and needs many more steps to
+    # pay off); fixed_small = posterior variance, the tighter choice for short respaced schedules.
+    "variance_type": "fixed_small",
+    "schedule_dtype": "float64",
+}
+
+
+def adm_config(resolution: int, channels: int, channel_mult, num_res_blocks: int, attn_ds) -> dict:
+    # Average-pool down / nearest up with no resampling convs (conv_resample and resblock_updown
+    # off): the full-resolution 64-channel up-sampling convs were a third of the forward cost.
+    return {
+        "image_size": resolution,
+        "in_channels": 3,
+        "model_channels": channels,
+        "out_channels": 3,
+        "num_res_blocks": num_res_blocks,
+        "attention_resolutions": tuple(attn_ds),
+        "dropout": 0.0,
+        "channel_mult": tuple(channel_mult),
+        "conv_resample": False,
+        "num_classes": None,
+        "num_heads": 1,
+        "num_head_channels": 32,
+        "num_heads_upsample": -1,
+        "use_scale_shift_norm": True,
+        "resblock_updown": False,
+        "use_new_attention_order": False,
+    }
+
+
+def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.seed = 0
+    c.diffusion = dict(DIFFUSION)
+    c.data = ml_collections.ConfigDict(
+        {
+            "resolution": 32,
+            # Short side of each photo resized to resolution * scale before cropping: 1 = whole
+            # photo (the demo's view), 4 = a quarter of its short side.
+            "scales": (1.0, 1.5, 2.0, 3.0, 4.0),
+            "held_out": HELD_OUT,
+            "train_photos": (),  # () = every bundled photo that is not held out
+            "batch_size": 16,
+        }
+    )
+    c.model = ml_collections.ConfigDict(
+        {"arch": "adm", "config": adm_config(32, 32, (1, 2, 2), 1, (4,))}
+    )
+    c.optim = ml_collections.ConfigDict(
+        {
+            "lr": 8e-4,
+            "warmup_steps": 50,
+            "weight_decay": 0.0,
+            "clip_norm": 1.0,
+            "b1": 0.9,
+            "b2": 0.999,
+            # Constant after warm-up: the CPU budget decides when training stops (--max_minutes),
+            # so there is no schedule end to decay towards; the EMA does the averaging.
+            "end_lr_factor": 1.0,
+        }
+    )
+    c.ema_decay = 0.99
+    c.train = ml_collections.ConfigDict(
+        {
+            "num_steps": 3000,
+            "log_every": 10,
+            "eval_every": 100,
+            "eval_batch": 48,
+            "ckpt_every": 25,
+            "max_to_keep": 2,
+        }
+    )
+    if preset == "demo":
+        pass
+    elif preset == "tiny":
+        c.data.resolution = 8
+        c.data.scales = (1.0, 2.0)
+        c.data.train_photos = ("rocket", "immunohistochemistry")  # quick to load
+        c.data.batch_size = 4
+        c.model.config = adm_config(8, 32, (1,), 1, ())
+        c.optim.lr = 1e-3
+        c.optim.warmup_steps = 2
+        c.train.num_steps = 6
+        c.train.log_every = 1
+        c.train.eval_every = 3
+        c.train.eval_batch = 4
+        c.train.ckpt_every = 2
+    else:
+        raise ValueError(f"configs/train_demo.py: unknown preset {preset!r}; known: demo, tiny")
+    return c
