@@ -281,8 +281,20 @@ def make_schedule(
 
 
 def schedule_from_meta(diffusion: dict, respacing=None, variance_type: str | None = None):
-    """The schedule a checkpoint was trained with (`meta["diffusion"]`, DESIGN.md), respaced."""
-    known = {
+    """The schedule a checkpoint was trained with (`meta["diffusion"]`, DESIGN.md), respaced.
+
+    Reads num_timesteps, beta_schedule, beta_start/end, variance_type, schedule_dtype and the
+    converter's trained_betas; only epsilon prediction is supported (a clear error otherwise).
+    """
+    if not isinstance(diffusion, dict):
+        raise ValueError(f"meta['diffusion'] must be a dict, got {type(diffusion).__name__}")
+    prediction = diffusion.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise ValueError(
+            f"meta['diffusion']['prediction_type'] is {prediction!r}: the samplers take "
+            "epsilon-prediction models only"
+        )
+    known = (
         "num_timesteps",
         "beta_schedule",
         "beta_start",
@@ -290,10 +302,10 @@ def schedule_from_meta(diffusion: dict, respacing=None, variance_type: str | Non
         "variance_type",
         "schedule_dtype",
         "convention",
-    }
-    if not isinstance(diffusion, dict):
-        raise ValueError(f"meta['diffusion'] must be a dict, got {type(diffusion).__name__}")
-    cfg = {k: v for k, v in diffusion.items() if k in known}
+    )
+    cfg = {k: diffusion[k] for k in known if diffusion.get(k) is not None}
+    if diffusion.get("trained_betas") is not None:
+        cfg["betas"] = np.asarray(diffusion["trained_betas"], np.float64)
     if variance_type is not None:
         cfg["variance_type"] = variance_type
     return make_schedule(respacing=respacing, **cfg)

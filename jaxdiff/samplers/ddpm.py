@@ -53,7 +53,7 @@ def make_ddpm(
 
         def step(x, k, z, state):
             pmv = p_mean_variance(model_fn, params, schedule, x, k, clip_denoised=clip_denoised)
-            record = {"x0_hat": pmv["x0"], "log_variance": pmv["log_variance"]}
+            record = {"x0_hat": pmv["x0"], "eps": pmv["eps"], "log_variance": pmv["log_variance"]}
             return ancestral(pmv, k, z), state, record
 
         out = run_chain(

@@ -1,0 +1,82 @@
+"""`python -m jaxdiff.parity FILE.npz... [--model CONVERTED_DIR] [--float64]`
+
+Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
+max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
+`ddpm_*.npz` -> parity.ddpm, `dps_*.npz` -> parity.dps, `operators*.npz` -> parity.operators,
+`*_io.npz` -> parity.models. Every setting is read from the fixture and its JSON sidecar. Without
+`--model`, the model named in the sidecar is converted from beside the fixture when it is there.
+Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib
+import inspect
+import json
+import pathlib
+import sys
+import traceback
+
+ROUTES = (
+    ("ddpm_*.npz", "ddpm"),
+    ("dps_*.npz", "dps"),
+    ("operators*.npz", "operators"),
+    ("*_io.npz", "models"),
+)
+
+
+def route(path: pathlib.Path) -> str:
+    for pattern, module in ROUTES:
+        if fnmatch.fnmatch(path.name, pattern):
+            return module
+    known = ", ".join(p for p, _ in ROUTES)
+    raise ValueError(f"{path}: unknown fixture kind (file names: {known})")
+
+
+def run_one(path: pathlib.Path, model_dir: str | None, float64: bool) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    module = importlib.import_module(f"jaxdiff.parity.{route(path)}")
+    kwargs = {}
+    if float64:
+        if "dtype" not in inspect.signature(module.replay).parameters:
+            raise ValueError(f"{path}: --float64 is not supported by jaxdiff.parity.{route(path)}")
+        kwargs["dtype"] = "float64"
+    return module.replay(path, model_dir, **kwargs)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxdiff.parity", description=__doc__)
+    parser.add_argument("files", nargs="+", help="fixture .npz files")
+    parser.add_argument("--model", help="converted checkpoint folder (python -m convert_weights)")
+    parser.add_argument("--float64", action="store_true", help="replay in float64 (x64 mode)")
+    parser.add_argument("--traceback", action="store_true", help="print tracebacks of errors")
+    args = parser.parse_args(argv)
+    ok = True
+    for name in args.files:
+        path = pathlib.Path(name)
+        try:
+            result = run_one(path, args.model, args.float64)
+        except Exception as e:  # one line per file, whatever happened
+            if args.traceback:
+                traceback.print_exc()
+            result = {"file": str(path), "pass": False, "error": f"{type(e).__name__}: {e}"}
+        ok &= bool(result.get("pass", False))
+        print(json.dumps(result, default=_json_default), flush=True)
+    return 0 if ok else 1
+
+
+def _json_default(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
