@@ -7,6 +7,8 @@ timesteps t (B,) or scalar; see docs/DESIGN.md. Parameters are always passed in,
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -29,7 +31,19 @@ def build_model(arch: str, model_config: dict, dtype=jnp.float32) -> nn.Module:
 
 
 def abstract_params(arch: str, model_config: dict) -> dict:
-    """The parameter tree's shapes and dtypes (jax.ShapeDtypeStruct leaves), computing nothing."""
+    """The parameter tree's shapes and dtypes (jax.ShapeDtypeStruct leaves), computing nothing.
+
+    `jax.eval_shape(model.init, ...)` traces the whole network (seconds for the 550M ADM), so
+    the result is cached per normalized config; callers get their own copy of the tree.
+    """
+    cfg = MODELS.get(arch).normalize_config(model_config)
+    tree = _abstract_params(arch, json.dumps(cfg, sort_keys=True))
+    return jax.tree_util.tree_map(lambda leaf: leaf, tree)
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract_params(arch: str, config_json: str) -> dict:
+    model_config = json.loads(config_json)
     model = build_model(arch, model_config)
     x, t, y = MODELS.get(arch).example_inputs(model_config)
     return jax.eval_shape(model.init, jax.random.key(0), x, t, y)["params"]

@@ -21,6 +21,7 @@ from jaxdiff.models.layers import (
     batch_timesteps,
     conv1x1,
     conv3x3,
+    dense,
     timestep_embedding,
     upsample_nearest2x,
     wide,
@@ -122,7 +123,7 @@ class ResBlock(nn.Module):
             h, x = avg_pool2x(h), avg_pool2x(x)
         h = conv3x3(out, "in_layers_2", dt, pdt)(h)
         n_emb = 2 * out if self.use_scale_shift_norm else out
-        e = nn.Dense(n_emb, dtype=wide(dt), param_dtype=pdt, name="emb_layers_1")(nn.silu(emb))
+        e = dense(n_emb, "emb_layers_1", wide(dt), pdt)(nn.silu(emb))
         e = e.astype(dt)[:, None, None, :]
         norm = GroupNorm(dtype=dt, param_dtype=pdt, name="out_layers_0")
         if self.use_scale_shift_norm:
@@ -131,7 +132,7 @@ class ResBlock(nn.Module):
         else:
             h = norm(h + e)
         h = nn.Dropout(self.dropout, deterministic=deterministic)(nn.silu(h))
-        h = conv3x3(out, "out_layers_3", dt, pdt)(h)
+        h = conv3x3(out, "out_layers_3", dt, pdt, zero=True)(h)
         if x.shape[-1] != out:
             x = conv1x1(out, "skip_connection", dt, pdt)(x)
         return x + h
@@ -149,14 +150,14 @@ class AttentionBlock(nn.Module):
         heads, ch = self.num_heads, c // self.num_heads
         tokens = x.reshape(b, hh * ww, c)
         h = GroupNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(tokens)
-        qkv = nn.Dense(3 * c, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(h)
+        qkv = dense(3 * c, "qkv", self.dtype, self.param_dtype)(h)
         if self.use_new_attention_order:  # QKVAttention: [q all heads | k | v]
             q, k, v = jnp.moveaxis(qkv.reshape(b, hh * ww, 3, heads, ch), 2, 0)
         else:  # QKVAttentionLegacy: per head [q_h | k_h | v_h]
             q, k, v = jnp.moveaxis(qkv.reshape(b, hh * ww, heads, 3, ch), 3, 0)
         scale = jnp.asarray(1 / math.sqrt(math.sqrt(ch)), q.dtype)  # on q and k, as upstream
         a = attention(q * scale, k * scale, v).reshape(b, hh * ww, c)
-        a = nn.Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name="proj_out")(a)
+        a = dense(c, "proj_out", self.dtype, self.param_dtype, zero=True)(a)
         return (tokens + a).reshape(b, hh, ww, c)
 
 
@@ -213,8 +214,8 @@ class ADMUNet(nn.Module):
             raise ValueError(f"adm: x must be (B, H, W, {cfg['in_channels']}), got {x.shape}")
         t = batch_timesteps(t, x.shape[0])
         emb = timestep_embedding(t, mc, flip_sin_to_cos=True, freq_shift=0, dtype=wdt)
-        emb = nn.Dense(4 * mc, dtype=wdt, param_dtype=pdt, name="time_embed_0")(emb)
-        emb = nn.Dense(4 * mc, dtype=wdt, param_dtype=pdt, name="time_embed_2")(nn.silu(emb))
+        emb = dense(4 * mc, "time_embed_0", wdt, pdt)(emb)
+        emb = dense(4 * mc, "time_embed_2", wdt, pdt)(nn.silu(emb))
         if cfg["num_classes"] is not None:
             if y is None:
                 raise ValueError("adm: class-conditional model (num_classes set) needs labels y")
@@ -272,7 +273,7 @@ class ADMUNet(nn.Module):
 
         # The output head runs in float32 (or wider), as guided-diffusion's fp16 mode does.
         h = nn.silu(GroupNorm(dtype=wdt, param_dtype=pdt, name="out_0")(h.astype(wdt)))
-        return conv3x3(cfg["out_channels"], "out_2", wdt, pdt)(h)
+        return conv3x3(cfg["out_channels"], "out_2", wdt, pdt, zero=True)(h)
 
 
 def build(model_config: dict, dtype: Dtype = jnp.float32) -> ADMUNet:

@@ -102,7 +102,19 @@ def jax_rsqrt(x):
     return 1.0 / jnp.sqrt(x)
 
 
-def conv3x3(features: int, name: str, dtype: Dtype, param_dtype: Dtype, stride: int = 1) -> nn.Conv:
+# PyTorch's default Conv/Linear weight init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
+# Only matters when training from scratch; converted checkpoints overwrite every parameter.
+TORCH_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def _init(zero: bool):
+    # guided-diffusion's zero_module() layers start at exactly zero.
+    return nn.initializers.zeros if zero else TORCH_INIT
+
+
+def conv3x3(
+    features: int, name: str, dtype: Dtype, param_dtype: Dtype, stride: int = 1, zero=False
+) -> nn.Conv:
     """3x3 conv with PyTorch's padding=1 on every side (Flax 'SAME' pads (0, 1) at stride 2)."""
     return nn.Conv(
         features,
@@ -111,13 +123,27 @@ def conv3x3(features: int, name: str, dtype: Dtype, param_dtype: Dtype, stride: 
         padding=((1, 1), (1, 1)),
         dtype=dtype,
         param_dtype=param_dtype,
+        kernel_init=_init(zero),
         name=name,
     )
 
 
 def conv1x1(features: int, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Conv:
     return nn.Conv(
-        features, (1, 1), padding="VALID", dtype=dtype, param_dtype=param_dtype, name=name
+        features,
+        (1, 1),
+        padding="VALID",
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=TORCH_INIT,
+        name=name,
+    )
+
+
+def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, zero=False) -> nn.Dense:
+    """Linear / 1x1 Conv1d on the last axis."""
+    return nn.Dense(
+        features, dtype=dtype, param_dtype=param_dtype, kernel_init=_init(zero), name=name
     )
 
 

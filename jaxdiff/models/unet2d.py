@@ -14,11 +14,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdiff.models.layers import (
+    TORCH_INIT,
     GroupNorm,
     attention,
     batch_timesteps,
     conv1x1,
     conv3x3,
+    dense,
     timestep_embedding,
     upsample_nearest2x,
     wide,
@@ -113,9 +115,9 @@ class TimestepEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.silu(nn.Dense(self.features, **kw, name="linear_1")(x))
-        return nn.Dense(self.features, **kw, name="linear_2")(x)
+        dt, pdt = self.dtype, self.param_dtype
+        x = nn.silu(dense(self.features, "linear_1", dt, pdt)(x))
+        return dense(self.features, "linear_2", dt, pdt)(x)
 
 
 class ResnetBlock2D(nn.Module):
@@ -134,7 +136,7 @@ class ResnetBlock2D(nn.Module):
         gn = dict(num_groups=self.groups, epsilon=self.eps, dtype=dt, param_dtype=pdt)
         h = conv3x3(out, "conv1", dt, pdt)(nn.silu(GroupNorm(**gn, name="norm1")(x)))
         n_emb = 2 * out if self.time_scale_shift else out
-        e = nn.Dense(n_emb, dtype=wide(dt), param_dtype=pdt, name="time_emb_proj")(nn.silu(temb))
+        e = dense(n_emb, "time_emb_proj", wide(dt), pdt)(nn.silu(temb))
         e = e.astype(dt)[:, None, None, :]
         if self.time_scale_shift:
             scale, shift = jnp.split(e, 2, axis=-1)
@@ -172,11 +174,11 @@ class Attention(nn.Module):
         heads = c // self.head_dim
 
         def proj(name):
-            y = nn.Dense(c, dtype=dt, param_dtype=pdt, name=name)(h)
+            y = dense(c, name, dt, pdt)(h)
             return y.reshape(b, hh * ww, heads, self.head_dim)
 
         a = attention(proj("to_q"), proj("to_k"), proj("to_v"), scale=self.head_dim**-0.5)
-        a = nn.Dense(c, dtype=dt, param_dtype=pdt, name="to_out_0")(a.reshape(b, hh * ww, c))
+        a = dense(c, "to_out_0", dt, pdt)(a.reshape(b, hh * ww, c))
         out = (a + tokens).reshape(b, hh, ww, c)
         if self.rescale_output_factor != 1:
             out = out / jnp.asarray(self.rescale_output_factor, out.dtype)
@@ -195,7 +197,7 @@ class Downsample2D(nn.Module):
             x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
         conv = nn.Conv(
             x.shape[-1], (3, 3), strides=(2, 2), padding=((p, p), (p, p)),
-            dtype=self.dtype, param_dtype=self.param_dtype, name="conv",
+            dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=TORCH_INIT, name="conv",
         )  # fmt: skip
         return conv(x)
 
