@@ -117,7 +117,8 @@ class InpaintRandom(_Masked):
         kp, km = jax.random.split(key)
         lo, hi = self.mask_prob_range
         p = jax.random.uniform(kp, (), jnp.float32, lo, hi)
-        # exactly int(H*W*p) zeros, like the reference's np.random.choice(HW, int(HW*p))
+        # exactly int(H*W*p) zeros, like the reference's np.random.choice(HW, int(HW*p)); the
+        # product is float32 (exact when H*W is a power of two, e.g. 256x256)
         n_zero = jnp.floor(p * n_pix).astype(jnp.int32)
 
         def one(k):

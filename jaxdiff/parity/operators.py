@@ -135,8 +135,12 @@ def _random_stats(cfg: dict, stored_mask, n_keys: int) -> dict:
     return out
 
 
-def replay(npz_path, model_dir=None, n_keys: int = N_KEYS) -> dict:
-    """Recompute every stored operator output with jaxdiff.operators; see the module docstring."""
+def replay(npz_path, model_dir=None, n_keys: int = N_KEYS, blur_methods=("fft", "direct")) -> dict:
+    """Recompute every stored operator output with jaxdiff.operators; see the module docstring.
+
+    `n_keys` mask draws per statistic; `blur_methods` the 2-D correlation paths checked on the
+    motion kernel ("direct" costs seconds on CPU for 61x61 kernels).
+    """
     del model_dir  # operators need no model
     npz_path = pathlib.Path(npz_path)
     meta = sidecar(npz_path)
@@ -169,7 +173,7 @@ def replay(npz_path, model_dir=None, n_keys: int = N_KEYS) -> dict:
             m = cfg.get("motion", {})
             if "kernel_size" in m and tuple(kernel.shape) != (int(m["kernel_size"]),) * 2:
                 arrays["motion_kernel_shape"] = _check(False, shape=list(kernel.shape))
-            for method in ("direct", "fft"):
+            for method in blur_methods:
                 op = get_operator("blur", image_shape=image_shape, kernel=kernel, method=method)
                 got = jax.jit(jax.vmap(op.apply, (None, 0)))(op.sample(jax.random.key(0)), x)
                 arrays[f"motion_Ax_{method}"] = compare(
