@@ -10,14 +10,16 @@ than the image (an even side would change the output size; reflect padding needs
   (`intensity` there is the std). The kernel is scipy.ndimage.gaussian_filter of a centred delta
   (truncate 4.0, mode 'reflect' = edge repeated), rebuilt in numpy here, tails reflected back into
   the window when the radius exceeds it (9 / 3.0 in the DPS fixture). It is separable, so `apply`
-  runs two 1-D passes with `op_params["kernel_1d"]`; `op_params["kernel"]` is the 2-D kernel.
+  runs two 1-D passes with `op_params["kernel_1d"]`, each one (n, n) matrix holding padding and
+  taps (two small matmuls); `op_params["kernel"]` is the 2-D kernel, for baselines.
 - `motion_blur(image_shape, kernel_size=61, intensity=0.5)`: DPS configs/motion_deblur_config.yaml;
   `sample(key)` draws a kernel (jaxdiff.operators.motion); `op_params["kernel"]` (k, k).
 - `blur(image_shape, kernel)`: a fixed user kernel (kh, kw); `op_params["kernel"]`.
 
-`method` ("direct" | "fft") picks how the 2-D correlation is computed for motion/user kernels:
-"direct" is lax.conv at HIGHEST precision (exact float32 sums), "fft" a real FFT of the padded
-image (float32 rounding ~1e-6; far faster for 61x61 kernels on CPU and accelerators).
+`method` ("fft", the default, | "direct") picks how the 2-D correlation is computed for motion and
+user kernels: "fft" is a real FFT of the padded image, "direct" lax.conv at HIGHEST precision. Both
+match the torch fixture to ~1.4e-6 and exact float64 to <1e-6; "fft" takes 0.07 s vs 5 s for two
+256x256 images with a 61x61 kernel on CPU (XLA:CPU depthwise convolutions are slow).
 """
 
 from __future__ import annotations
