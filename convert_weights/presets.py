@@ -98,6 +98,13 @@ _CREATE_MODEL_DEFAULTS = {
     "use_fp16": False,
     "use_new_attention_order": False,
 }
+# Where script_util.model_and_diffusion_defaults() (what the command-line scripts start from)
+# and create_model's keyword defaults disagree: (create_model, command line).
+_AMBIGUOUS_DEFAULTS = {
+    "attention_resolutions": ("16", "16,8"),
+    "num_heads": (1, 4),
+    "use_scale_shift_norm": (False, True),
+}
 # Flags that sit beside the model flags in guided-diffusion / DPS configs and do not change it.
 _NON_MODEL_FLAGS = {
     "model_path", "diffusion_steps", "noise_schedule", "timestep_respacing", "use_kl",
@@ -124,7 +131,9 @@ def _resolutions(value, image_size: int) -> tuple[int, ...]:
         raise ValueError(f"attention_resolutions={value!r}: expected '32,16,8', 16 or a list")
     for res in values:
         if res <= 0 or image_size % res:
-            raise ValueError(f"attention_resolutions: {res} does not divide image_size {image_size}")
+            raise ValueError(
+                f"attention_resolutions: {res} does not divide image_size {image_size}"
+            )
     return tuple(image_size // res for res in values)
 
 
@@ -137,6 +146,16 @@ def config_from_create_model_flags(flags: dict) -> dict:
     missing = [k for k in ("image_size", "num_channels", "num_res_blocks") if k not in flags]
     if missing:
         raise ValueError(f"create_model flags: missing {missing}")
+    ambiguous = [k for k in _AMBIGUOUS_DEFAULTS if k not in flags]
+    if flags.get("num_head_channels", -1) != -1 and "num_heads" in ambiguous:
+        ambiguous.remove("num_heads")  # head channels win; use the scripts' default
+        flags = {**flags, "num_heads": 4}
+    if ambiguous:
+        raise ValueError(
+            f"create_model flags: give {ambiguous} explicitly: guided-diffusion's command-line "
+            "defaults (model_and_diffusion_defaults) and create_model's own defaults differ "
+            f"there ({ {k: _AMBIGUOUS_DEFAULTS[k] for k in ambiguous} })"
+        )
     f = {**_CREATE_MODEL_DEFAULTS, **{k: v for k, v in flags.items() if k in model_keys}}
     size = int(f["image_size"])
     mult = f["channel_mult"]
@@ -203,7 +222,12 @@ def adm_config_from_json(obj: dict) -> dict:
 
 # ------------------------------------------------------------------ inference from a state dict
 # What an ADM state dict cannot show: the attention heads and channel order.
-INVISIBLE_FLAGS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_attention_order")
+INVISIBLE_FLAGS = (
+    "num_heads",
+    "num_head_channels",
+    "num_heads_upsample",
+    "use_new_attention_order",
+)
 _INVISIBLE = INVISIBLE_FLAGS
 
 
@@ -240,35 +264,42 @@ def _structural_candidates(shapes: dict) -> list[dict]:
     scale_shift = emb_key in shapes and shapes[emb_key][0] == 2 * mid_ch
     candidates = []
     blocks = max(n_in, n_out)
+    has = {k[:i] for k in shapes for i, c in enumerate(k) if c == "."}  # every module path
     for levels in range(1, blocks + 1):
         if blocks % levels or blocks // levels < 2:
             continue
         nrb = blocks // levels - 1
-        mult, attn_ds, ds = [], [], 1
-        down_kind = set()
+        downs = {k * (nrb + 1) for k in range(1, levels)}
+        ups = {(k + 1) * (nrb + 1) - 1 for k in range(levels - 1)}
+        if any(
+            f"input_blocks.{i}.0.in_layers.0" not in has for i in range(1, blocks) if i not in downs
+        ):
+            continue  # a res block position without a res block
+        kinds = {
+            "conv" if f"input_blocks.{i}.0.op" in has
+            else "resblock" if f"input_blocks.{i}.0.in_layers.0" in has
+            else "pool"
+            for i in downs
+        }  # fmt: skip
+        if len(kinds) > 1:
+            continue
+        kind = kinds.pop() if kinds else "conv"
+        # output blocks: an up-sampler (sub-index 1 or 2) exactly where this layout puts one
+        upsampled = {
+            o for o in range(blocks) for j in (1, 2) for m in ("conv", "in_layers.0")
+            if f"output_blocks.{o}.{j}.{m}" in has
+        }  # fmt: skip
+        if kind != "pool" and upsampled != ups or kind == "pool" and upsampled:
+            continue
+        mult, attn_ds = [], []
         for level in range(levels):
             first = 1 + level * (nrb + 1)
-            key = f"input_blocks.{first}.0.out_layers.0.weight"
-            if key not in shapes:
-                break
-            mult.append(shapes[key][0] / mc)
-            if f"input_blocks.{first}.1.qkv.weight" in shapes:
-                attn_ds.append(ds)
-            if level < levels - 1:
-                down = f"input_blocks.{first + nrb}.0"
-                if f"{down}.op.weight" in shapes:
-                    down_kind.add("conv")
-                elif f"{down}.in_layers.0.weight" in shapes:
-                    down_kind.add("resblock")
-                else:
-                    down_kind.add("pool")
-                ds *= 2
-        if len(mult) != levels or len(down_kind) > 1:
-            continue
+            mult.append(shapes[f"input_blocks.{first}.0.out_layers.0.weight"][0] / mc)
+            if f"input_blocks.{first}.1.qkv" in has:
+                attn_ds.append(2**level)
         mult = tuple(int(m) if float(m).is_integer() else m for m in mult)
         if int(mult[0] * mc) != ch0:
             continue
-        kind = down_kind.pop() if down_kind else "conv"
         candidates.append(
             {
                 "image_size": None,

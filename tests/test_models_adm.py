@@ -244,3 +244,24 @@ def test_config_errors_name_the_field():
         build_model("adm", {**BASE, "num_head_channels": -1, "num_heads_upsample": 3})
     with pytest.raises(KeyError, match="unknown model architecture 'unet3d'"):
         build_model("unet3d", BASE)
+
+
+def test_load_pretrained_round_trip_and_mismatch(tmp_path):
+    from jaxdiff.checkpoint import save_pretrained
+    from jaxdiff.models import load_pretrained
+
+    cfg, sd, params, io = fixture("adm_tiny_legacy")
+    meta = {"architecture": "adm", "model_config": cfg, "diffusion": {"num_timesteps": 1000}}
+    save_pretrained(tmp_path / "ok", params, meta)
+    model, loaded, got_meta = load_pretrained(tmp_path / "ok", dtype=jnp.bfloat16)
+    assert model == build_model("adm", cfg, dtype=jnp.bfloat16)
+    assert got_meta["model_config"]["num_heads_upsample"] == 2
+    pairs = zip(jax.tree.leaves_with_path(params), jax.tree.leaves_with_path(loaded))
+    assert all(pa == pb and np.array_equal(a, b) for (pa, a), (pb, b) in pairs)
+    # weights of another configuration under this sidecar: named, not a crash in a sampler
+    save_pretrained(tmp_path / "bad", fixture("adm_tiny")[2], meta)
+    with pytest.raises(KeyMismatchError, match="out_2/kernel"):
+        load_pretrained(tmp_path / "bad")
+    save_pretrained(tmp_path / "arch", params, {**meta, "architecture": "unet3d"})
+    with pytest.raises(KeyError, match="unknown architecture 'unet3d'"):
+        load_pretrained(tmp_path / "arch")
