@@ -72,7 +72,8 @@ def test_float64_parity_proves_architecture(name):
     assert err <= 1e-10 * np.abs(io["out_f64"]).max(), err
 
 
-@pytest.mark.parametrize("name", NAMES_SLOW_AFTER_FIRST)
+@pytest.mark.slow  # one more UNet compile per fixture
+@pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_within_tolerance(name):
     cfg, sd, params, io = fixture(name)
     out = np.asarray(forward(name, jnp.bfloat16)({"params": params}, io["x"], io["t"]))
