@@ -119,6 +119,9 @@ def _diffusers_schedule(npz, cfg: dict):
     timesteps = np.asarray(npz["timesteps"])
     n, t_train = len(timesteps), int(sc.get("num_train_timesteps", 1000))
     spacing, offset = sc.get("timestep_spacing", "leading"), int(sc.get("steps_offset", 0))
+    variance = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}.get(
+        sc.get("variance_type", "fixed_small"), sc.get("variance_type", "fixed_small")
+    )
     if spacing not in ("leading", "trailing") or offset != 0:
         raise ValueError(f"diffusers timestep_spacing {spacing!r} with steps_offset {offset}")
     kept = np.asarray(space_timesteps(t_train, f"{spacing}{n}"))
@@ -126,7 +129,7 @@ def _diffusers_schedule(npz, cfg: dict):
     sched = make_schedule(
         t_train,
         alphas_cumprod=abar,
-        variance_type=sc.get("variance_type", "fixed_small"),
+        variance_type=variance,
         respacing=f"{spacing}{n}",
         convention="diffusers",
     )
@@ -162,6 +165,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     jdtype, ctx = run_dtype(dtype)
     with ctx, jax.default_matmul_precision("highest"):
         if "timestep_map" in npz:
+            for flag in ("rescale_timesteps", "predict_xstart", "use_kl"):
+                if cfg.get(flag):
+                    raise ValueError(f"{npz_path}: {flag}=True is not supported")
             vt = (
                 "learned_range"
                 if cfg.get("learn_sigma")

@@ -123,6 +123,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
             jnp.asarray(nchw_to_nhwc(npz["x0"]), jdtype)
         )
     arrays["y_clean"] = compare(y_clean, nchw_to_nhwc(npz["y_clean"]), atol=1e-5)
+    if "y_noise" in npz and "sigma" in npz and likelihood == "gaussian":
+        y_rebuilt = npz["y_clean"] + float(npz["sigma"]) * npz["y_noise"]
+        arrays["y"] = compare(y_rebuilt, npz["y"], atol=1e-6)
     atol_x = ATOL_F64 if dtype == "float64" else ATOL_X
     sw = lambda a: np.swapaxes(a, 0, 1)  # noqa: E731  (B, K, ...) -> (K, B, ...)
     arrays["x_t"] = compare(sw(traj["x"]), nchw_to_nhwc(npz["x_t"]), atol_x, per_step=True)
