@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import CheckpointError, KeyMismatchError
@@ -116,7 +117,7 @@ def state_dict_to_params(
     params: dict = {}
     for key, entry in by_key.items():
         arr = np.asarray(state_dict[key])
-        if not np.issubdtype(arr.dtype, np.floating):
+        if not jnp.issubdtype(arr.dtype, jnp.floating):  # bfloat16 is not np.floating
             raise CheckpointError(f"{what}: {key} has dtype {arr.dtype}, not floating point")
         node = params
         for name in entry.flax_path[:-1]:

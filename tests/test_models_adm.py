@@ -13,7 +13,7 @@ import pytest
 
 from convert_weights import adm as adm_keys
 from convert_weights.torch_pickle import load_state_dict
-from jaxdiff.errors import KeyMismatchError
+from jaxdiff.errors import CheckpointError, KeyMismatchError
 from jaxdiff.models import abstract_params, build_model, param_count
 from jaxdiff.models.adm import AttentionBlock
 from tests.conftest import FIXTURES
@@ -114,6 +114,24 @@ def test_state_dict_round_trip(name):
     qkv = sd["input_blocks.3.1.qkv.weight"]
     np.testing.assert_array_equal(params["input_blocks_3_1"]["qkv"]["kernel"], qkv[:, :, 0].T)
     np.testing.assert_array_equal(params["time_embed_0"]["kernel"], sd["time_embed.0.weight"].T)
+
+
+def test_half_precision_checkpoints_become_float32():
+    import ml_dtypes
+
+    cfg, sd, params, _ = fixture("adm_tiny_legacy")
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        half = {k: v.astype(dtype) for k, v in sd.items()}
+        got = adm_keys.state_dict_to_params(half, cfg)
+        leaves = jax.tree.leaves(got)
+        assert all(leaf.dtype == np.float32 for leaf in leaves)
+        want = [
+            np.asarray(leaf).astype(dtype).astype(np.float32) for leaf in jax.tree.leaves(params)
+        ]
+        assert all(np.array_equal(a, b) for a, b in zip(leaves, want))
+    bad = {**sd, "out.2.bias": sd["out.2.bias"].astype(np.int32)}
+    with pytest.raises(CheckpointError, match="out.2.bias has dtype int32"):
+        adm_keys.state_dict_to_params(bad, cfg)
 
 
 def test_other_architecture_raises_with_every_key():
