@@ -68,3 +68,55 @@ def test_float64_replay_matches_the_reference_float64_replay(fixtures_dir, name)
     ref = np.array(r["reference_f64_replay_max_abs_diff_x_t_per_step"])
     assert ours.max() < 1e-5
     np.testing.assert_allclose(ours, ref, rtol=0.15, atol=5e-7)
+
+
+@pytest.mark.slow
+def test_replay_reads_every_setting_from_the_files(fixtures_dir, tmp_path):
+    """A held-out-style file: same layout, other settings (respacing "7", batch 3, no clipping),
+    written by jaxdiff's own sampler. The replay must rebuild those settings from the files."""
+    import jax.numpy as jnp
+
+    from jaxdiff.diffusion import make_schedule
+    from jaxdiff.samplers import batched, get_sampler
+
+    model_dir = ddpm._convert_beside(fixtures_dir / "ddpm_learned_sigma.npz", "adm_tiny")
+    fn, params, _ = ddpm.load_model(fixtures_dir / "x.npz", model_dir, None, jnp.float32)
+    sched = make_schedule(1000, respacing="7", variance_type="learned_range")
+    x_T = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+    noise = jax.random.normal(jax.random.key(1), (3, 7, 32, 32, 3))
+    sample = get_sampler("ddpm")(
+        fn, sched, image_shape=(32, 32, 3), clip_denoised=False, keep_trajectory=True
+    )
+    with jax.default_matmul_precision("highest"):
+        res = jax.jit(batched(sample))(
+            params,
+            jax.random.split(jax.random.key(2), 3),
+            None,
+            None,
+            None,
+            {"x_T": x_T, "noise": noise},
+        )
+    nchw = lambda a: np.moveaxis(np.asarray(a), -1, -3)  # noqa: E731
+    steps_first = lambda a: np.swapaxes(nchw(a), 0, 1)  # noqa: E731
+    np.savez(
+        tmp_path / "ddpm_heldout.npz",
+        x_T=nchw(x_T),
+        noise=steps_first(noise),
+        x_t=steps_first(res.trajectory["x"]),
+        pred_xstart=steps_first(res.trajectory["x0_hat"]),
+        log_variance=steps_first(res.trajectory["log_variance"]),
+        timestep_map=sched.timestep_map,
+        betas=sched.betas,
+    )
+    sidecar = {
+        "steps": 1000,
+        "noise_schedule": "linear",
+        "timestep_respacing": "7",
+        "learn_sigma": True,
+        "clip_denoised": False,
+        "model": "adm_tiny",
+    }
+    (tmp_path / "ddpm_heldout.json").write_text(json.dumps(sidecar))
+    r = ddpm.replay(tmp_path / "ddpm_heldout.npz", model_dir)
+    assert r["pass"] and r["num_steps"] == 7 and r["batch"] == 3, r
+    assert r["arrays"]["x_t"]["max_abs_err"] < 1e-5
