@@ -80,25 +80,26 @@ class Images:
     skipped: dict[str, str]
 
 
-def demo_photo_names() -> tuple[str, ...]:
-    from jaxdiff import photos
-
-    for attr in ("HELD_OUT", "HELD_OUT_PHOTOS", "held_out"):
-        names = getattr(photos, attr, None)
-        if names:
-            return tuple(names() if callable(names) else names)
-    raise RuntimeError("jaxdiff.photos defines no held-out photo list (HELD_OUT)")
+# The demo prior's held-out photos (configs/train_demo.py HELD_OUT), when its meta does not say.
+DEMO_HELD_OUT = ("astronaut", "chelsea", "coffee")
 
 
-def load_images(source: str, size: int, limit: int = 0) -> Images:
-    """Images from a folder (PNG/JPEG, centre-cropped and resized to `size`) or "demo".
+def demo_photo_names(meta: dict | None = None) -> tuple[str, ...]:
+    """The photos the model never saw: meta["source"]["held_out_photos"] (scripts/train.py)."""
+    names = ((meta or {}).get("source") or {}).get("held_out_photos")
+    return tuple(names) if names else DEMO_HELD_OUT
+
+
+def load_images(source: str, size: int, limit: int = 0, meta: dict | None = None) -> Images:
+    """Images from a folder (PNG/JPEG, centre-cropped and resized to `size`) or "demo" (the
+    model's held-out photos from jaxdiff.photos, whole-photo centre crops).
 
     An undecodable file is named in a warning and skipped; the run goes on without it.
     """
     if source in ("", "demo"):
         from jaxdiff import photos
 
-        names = list(demo_photo_names())
+        names = list(demo_photo_names(meta))
         if limit:
             names = names[:limit]
         arrays = [photos.center_crop(n, size) for n in names]

@@ -136,7 +136,7 @@ def run(
     cfg = config_dict(config)
     store = ResultStore(workdir, cfg)
     exp = exp or build(config)
-    images = images or load_images(config.data, exp.image_size, config.num_images)
+    images = images or load_images(config.data, exp.image_size, config.num_images, exp.meta)
     n = len(images.names)
     todo = [i for i in range(n) if not store.done(images.names[i], images.index[i])]
     batch = round_batch(config.batch_size, n)

@@ -86,7 +86,7 @@ def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, e
     values = [float(v) for v in values]
     config = prepare_config(config, name, values)
     exp = exp or build(config)
-    images = load_images(config.data, exp.image_size, config.num_images)
+    images = load_images(config.data, exp.image_size, config.num_images, exp.meta)
     n = len(images.names)
     batch = round_batch(config.batch_size, n)
     runner = BatchRunner(exp, batch, sweep=True)
