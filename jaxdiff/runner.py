@@ -14,10 +14,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdiff.experiment import NOISE_SIGMA, Experiment
 from jaxdiff.metrics import lpips, lpips_params, psnr, ssim
+from jaxdiff.sharding import AXIS, batch_mesh
 
 METRICS = ("psnr", "ssim", "lpips")
 LOWER_IS_BETTER = {"psnr": False, "ssim": False, "lpips": True}
@@ -36,10 +37,6 @@ def round_batch(batch_size: int, n_images: int) -> int:
     n_dev = jax.device_count()
     b = batch_size or min(max(n_images, 1), 8)
     return -(-b // n_dev) * n_dev
-
-
-def _mesh() -> Mesh:
-    return Mesh(np.asarray(jax.devices()), ("batch",))
 
 
 class BatchRunner:
@@ -71,7 +68,7 @@ class BatchRunner:
                 return {"y": y, "op_params": op_params}
 
             self._host_method = exp.method
-        inner = jax.vmap(fn, in_axes=(None, 0, 0, None, 0), axis_name="batch")
+        inner = jax.vmap(fn, in_axes=(None, 0, 0, None, 0), axis_name=AXIS)
         if sweep:
             inner = jax.vmap(inner, in_axes=(None, None, None, 0, None))
 
@@ -79,8 +76,8 @@ class BatchRunner:
             return inner(params, keys, x, hparams, valid)
 
         self._fn = jax.jit(reconstruct_batch)
-        mesh = _mesh()
-        self._batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        mesh = batch_mesh()
+        self._batch_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
         self._replicated = NamedSharding(mesh, PartitionSpec())
 
     def hparams(self, overrides=None) -> dict:
