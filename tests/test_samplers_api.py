@@ -68,24 +68,26 @@ def test_dps_batch_size_invariance_one_compile_sweep_and_remat():
 
 def reference_dps(params, x_T, noise, y, scale):
     """The official DPS loop on a whole batch: one Frobenius norm over the batch tensor,
-    differentiated w.r.t. the batch of x_t (written directly, no vmap / psum)."""
+    differentiated w.r.t. the batch of x_t (written directly: no vmap, no psum)."""
     from jaxdiff.diffusion import gaussian
 
-    x = x_T
-    for i, k in enumerate(range(SCHED.num_steps - 1, -1, -1)):
+    def step(x, inputs):
+        k, z = inputs
         c = SCHED.gather(k, jnp.float32)
 
-        def norm_fn(xb, c=c):
+        def norm_fn(xb):
             out = GP.model_fn(params, xb, jnp.full((xb.shape[0],), c["timestep"]))
             x0 = jnp.clip(gaussian.x0_from_eps(c, xb, out[..., :1]), -1, 1)
             r = y - jax.vmap(blur)(x0)
             return jnp.sqrt(jnp.sum(r * r)), (x0, out[..., 1:])
 
-        (norm, (x0, v)), g = jax.value_and_grad(norm_fn, has_aux=True)(x)
+        (_, (x0, v)), g = jax.value_and_grad(norm_fn, has_aux=True)(x)
         mean = gaussian.posterior_mean(c, x0, x)
         lv = gaussian.log_variance("learned_range", c, v)
-        x = mean + (jnp.exp(0.5 * lv) * noise[:, i] if k > 0 else 0) - scale * g
-    return x
+        return mean + jnp.where(k > 0, jnp.exp(0.5 * lv) * z, 0) - scale * g, None
+
+    ks = jnp.arange(SCHED.num_steps - 1, -1, -1)
+    return jax.lax.scan(step, x_T, (ks, jnp.swapaxes(noise, 0, 1)))[0]
 
 
 def test_batch_coupled_norm_matches_the_official_whole_batch_norm():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.diffusion import make_schedule
-from jaxdiff.samplers import batched, get_sampler
+from jaxdiff.samplers import get_sampler
 from jaxdiff.sharding import ShardedSampler, batch_mesh, pad_batch
 from tests.gaussian_prior import GaussianPrior
 
@@ -27,8 +27,8 @@ def test_eight_devices_are_emulated():
 
 
 def test_one_vs_eight_devices_with_padding_and_coupled_norm():
-    """5 images (padded to 8, padding dropped), batch-coupled DPS so the padding must stay out
-    of the norm: 8 devices == 1 device == the plain unsharded batch. Equal to float32 rounding
+    """5 images (padded to 8 on 8 devices, to 5 on 1; padding dropped), batch-coupled DPS so the
+    padding must stay out of the norm: 8 devices == 1 device. Equal to float32 rounding
     (<= 1e-6): per-device batch sizes differ, so XLA may pick other kernels."""
     sample = get_sampler("dps")(
         GP.model_fn, SCHED, operator=blur, image_shape=SHAPE, scale=0.5, batch_coupled_norm=True
@@ -39,13 +39,12 @@ def test_one_vs_eight_devices_with_padding_and_coupled_norm():
     one = ShardedSampler(sample, mesh=batch_mesh(jax.devices()[:1]))
     assert eight.num_devices == 8 and one.num_devices == 1
     r8, r1 = eight(PARAMS, keys, y), one(PARAMS, keys, y)
-    plain = jax.jit(batched(sample))(PARAMS, keys, y)
     assert r8.x0.shape == (5, *SHAPE) and r8.diverged_at.shape == (5,)
     assert len(r8.x0.sharding.device_set) == 8
     np.testing.assert_allclose(r8.x0, r1.x0, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(r8.x0, plain.x0, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_sweep_sharded_over_values_or_images():
     sample = get_sampler("dps")(GP.model_fn, SCHED, operator=blur, image_shape=SHAPE)
     keys = jax.random.split(jax.random.key(0), 3)
