@@ -168,6 +168,10 @@ def test_bad_inputs_are_clear_errors():
         get_sampler("dps")(GP.model_fn, SCHED, image_shape=SHAPE)
     with pytest.raises(ValueError, match="pass image_shape"):
         get_sampler("ddpm")(GP.model_fn, SCHED)
+    with pytest.raises(ValueError, match="sweep=True"):
+        batched(dps, sweep=True)(
+            PARAMS, jax.random.split(jax.random.key(0), 2), jnp.zeros((2, *SHAPE))
+        )
     with pytest.raises(ValueError, match="gamma must be"):
         get_sampler("score_ald")(GP.model_fn, SCHED, operator=blur, image_shape=SHAPE, gamma="x")
     tweedie = get_sampler("tweedie")(GP.model_fn, SCHED, image_shape=SHAPE)

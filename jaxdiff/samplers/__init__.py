@@ -51,6 +51,10 @@ def batched(sample, *, sweep: bool = False, shared_op_params: bool = False):
     """
 
     def run(params, keys, y=None, op_params=None, hparams=None, replay=None, valid=None):
+        if sweep and not jax.tree.leaves(hparams or {}):
+            raise ValueError(
+                "batched(sweep=True): give hparams as arrays with a leading sweep axis"
+            )
         n = jnp.shape(keys)[0]
         if valid is None:
             valid = jnp.ones((n,), bool)
