@@ -179,3 +179,11 @@ def test_bad_inputs_are_clear_errors():
         jax.eval_shape(tweedie, PARAMS, jax.random.key(0), jnp.zeros(SHAPE))
     with pytest.raises(ValueError, match="cannot make a guide image"):
         jax.eval_shape(tweedie, PARAMS, jax.random.key(0), jnp.zeros((3, 3, 2)), None, {"t": 3})
+
+
+def test_clip_gradient_is_inclusive_like_torch_clamp():
+    from jaxdiff.samplers.common import clip_inclusive
+
+    x = jnp.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(clip_inclusive(x), [-1, -1, 0, 1, 1])
+    np.testing.assert_array_equal(jax.grad(lambda v: clip_inclusive(v).sum())(x), [0, 1, 1, 1, 0])
