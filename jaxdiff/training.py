@@ -160,7 +160,7 @@ def restore_checkpoint(
     step = mngr.latest_step() if step is None else step
     if step is None:
         return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)  # arrays or eval_shape
     got = mngr.restore(
         step,
         args=ocp.args.Composite(
@@ -183,11 +183,11 @@ def write_loss_curve(history: dict, png_path, json_path) -> None:
     Path(json_path).write_text(json.dumps(history, indent=1) + "\n")
     steps, loss = np.asarray(history["step"]), np.asarray(history["loss"])
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, loss, lw=0.5, alpha=0.4, label="train loss (batch)")
+    ax.plot(steps, loss, lw=0.5, alpha=0.4, label="train loss (mean per log interval)")
     if len(loss) >= 2:
         k = max(1, len(loss) // 30)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"train loss (mean of {k} logs)")
+        ax.plot(steps[k - 1 :], smooth, lw=1.5, label=f"train loss (running mean of {k})")
     if history.get("eval_step"):
         ax.plot(history["eval_step"], history["eval_loss"], "o-", ms=3,
                 label="held-out photos, EMA weights")  # fmt: skip

@@ -28,7 +28,7 @@ _MODE = flags.DEFINE_enum(
     "train (resumes), export (last checkpoint), samples (figure from --export_dir's prior)",
 )  # fmt: skip
 _SAMPLES_PNG = flags.DEFINE_string("samples_png", None, "DDPM sample grid from the exported prior")
-_SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 100, "respaced DDPM steps for the grid")
+_SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 50, "respaced DDPM steps for the grid")
 _EXPORT = flags.DEFINE_string("export_dir", None, "write the EMA weights here at the end")
 _LOSS_PNG = flags.DEFINE_string("loss_png", None, "also write the loss curve here (.png/.json)")
 _MAX_MINUTES = flags.DEFINE_float("max_minutes", None, "stop (after a checkpoint) past this")
@@ -103,10 +103,11 @@ def train(config, workdir, max_minutes: float | None = None, log=logging.info, m
     start, t0, wall0 = int(state.step), time.time(), history["wall_s"]
     losses = []
 
-    def checkpoint():
+    def checkpoint(plot: bool):
         history["wall_s"] = wall0 + time.time() - t0
         training.save_checkpoint(mngr, state, history)
-        training.write_loss_curve(history, workdir / "loss.png", workdir / "loss.json")
+        if plot:  # matplotlib is slow; the curve changes little between evaluations
+            training.write_loss_curve(history, workdir / "loss.png", workdir / "loss.json")
 
     for step in range(start, tc.num_steps):
         state, metrics = run.step(state, step)
@@ -126,8 +127,9 @@ def train(config, workdir, max_minutes: float | None = None, log=logging.info, m
             history["eval_loss"].append(ev)
             log(f"step {done}: held-out loss (EMA weights) {ev:.4f}")
         out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
-        if done % tc.ckpt_every == 0 or done == tc.num_steps or out_of_time:
-            checkpoint()
+        last = done == tc.num_steps or out_of_time
+        if done % tc.ckpt_every == 0 or last:
+            checkpoint(plot=last or done % tc.eval_every == 0)
         if out_of_time:
             log(f"stopping at step {done}: past --max_minutes={max_minutes}")
             break
@@ -168,7 +170,7 @@ def export(run: Run, state, history, out_dir, force: bool = True):
 
 
 def write_samples(
-    prior_dir, png_path, crops: photos.PhotoCrops, n: int = 24, steps: int = 100, seed: int = 0
+    prior_dir, png_path, crops: photos.PhotoCrops, n: int = 16, steps: int = 100, seed: int = 0
 ) -> None:
     """A grid of DDPM samples from a prior folder (jaxdiff.samplers, respaced to ``steps``),
     above real training crops at the same resolution for comparison."""
@@ -192,7 +194,7 @@ def write_samples(
     raise_on_divergence(result)
     x = np.asarray(result.x0)
     wall = time.time() - t0
-    real = np.asarray(crops.make_batch_fn(n // 3)(jax.random.key(seed + 1), 0))
+    real = np.asarray(crops.make_batch_fn(8)(jax.random.key(seed + 1), 0))
 
     def grid(imgs, cols):
         rows = -(-len(imgs) // cols)
@@ -234,7 +236,7 @@ def main(argv):
     if _MODE.value == "export":
         run = Run(config)
         mngr = training.checkpoint_manager(workdir, config.train.max_to_keep)
-        restored = training.restore_checkpoint(mngr, run.init_state())
+        restored = training.restore_checkpoint(mngr, jax.eval_shape(run.init_state))
         if restored is None:
             raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to export")
         state, history = restored

@@ -32,7 +32,7 @@ def test_batch_is_a_pure_function_of_key_and_step(crops):
 def test_crops_come_from_inside_the_true_photo(crops):
     # The padding is exact 0.0, which no photo pixel can be (u8 / 127.5 - 1 is never 0).
     assert np.any(np.asarray(crops.images) == 0.0)  # the padding exists
-    x = np.asarray(crops.make_batch_fn(256)(jax.random.key(0), 0))
+    x = np.asarray(jax.jit(crops.make_batch_fn(256))(jax.random.key(0), 0))
     assert not np.any(x == 0.0)
 
 
