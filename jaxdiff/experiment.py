@@ -17,7 +17,9 @@ Methods: a sampler name (jaxdiff.samplers), a baseline name (jaxdiff.baselines),
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import json
 import logging
 import math
 import pathlib
@@ -281,6 +283,18 @@ class Experiment:
         h = dict(self.method.hparams)
         h[NOISE_SIGMA] = float(self.task.get("sigma", 0.0))
         return h
+
+    def program_key(self) -> str:
+        """What the compiled pipeline depends on: the config without the data, seed, counts,
+        outputs and traced hyperparameter values, plus the architecture and schedule (the
+        weights are an argument, so any checkpoint of the same architecture shares it)."""
+        cfg = json.loads(json.dumps(self.config.to_dict(), default=str))
+        for k in ("model", "data", "seed", "num_images", "batch_size", "output", "metrics"):
+            cfg.pop(k, None)
+        cfg.get("sampler", {}).pop("hparams", None)
+        arch = {k: self.meta.get(k) for k in ("architecture", "model_config", "diffusion")}
+        blob = json.dumps([cfg, arch, self.task], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def pipeline(self):
         """`one(params, key, x, hparams, valid) -> {"y", "x_hat", "diverged"}` for ONE image."""

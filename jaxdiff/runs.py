@@ -200,7 +200,7 @@ def summarize(exp, images, store, cfg, compile_seconds, wall_seconds) -> dict:
         "method_kind": exp.method.kind,
         "method_info": exp.method.info,
         "task": exp.task["name"],
-        "effective_task": exp.task,
+        "effective_task": json.loads(json.dumps(exp.task)),  # as summary.json holds it
         "model": str(exp.model_dir),
         "model_source": exp.meta.get("source"),
         "image_size": exp.image_size,
