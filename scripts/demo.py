@@ -21,11 +21,17 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(pathlib.Path(__file__).parent.parent / "configs" / "demo.py"), "demo config"
-)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "output folder (re-use it to resume)")
-_PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
+
+def define_flags() -> None:
+    """Defined only when run as a script, so that importing this module (the demo, the
+    tests) never collides with another script's flags."""
+    global _CONFIG, _WORKDIR, _PROGRESS
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", str(pathlib.Path(__file__).parent.parent / "configs" / "demo.py"), "demo config"
+    )
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "output folder (re-use it to resume)")
+    _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
+
 
 DIFFUSION = ("ddpm", "tweedie", "sdedit", "score_ald", "dps")
 
@@ -130,4 +136,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -17,11 +17,16 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "method config and task preset, e.g. configs/dps.py:box", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (re-use it to resume)")
-_PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
+
+def define_flags() -> None:
+    """Defined only when run as a script, so that importing this module (the demo, the
+    tests) never collides with another script's flags."""
+    global _CONFIG, _WORKDIR, _PROGRESS
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", None, "method config and task preset, e.g. configs/dps.py:box", lock_config=True
+    )
+    _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (re-use it to resume)")
+    _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 
 
 def main(argv):
@@ -40,5 +45,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

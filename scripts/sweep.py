@@ -42,11 +42,16 @@ from jaxdiff.runner import (
 )
 from jaxdiff.runs import config_dict
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/dps.py:box")
-_SWEEP = flags.DEFINE_string("sweep", None, "NAME:V1,V2,... e.g. scale:0.1,0.3,1,3")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
-_METRIC = flags.DEFINE_enum("metric", "lpips", list(METRICS), "the metric that picks the best")
-_PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
+
+def define_flags() -> None:
+    """Defined only when run as a script, so that importing this module (the demo, the
+    tests) never collides with another script's flags."""
+    global _CONFIG, _SWEEP, _WORKDIR, _METRIC, _PROGRESS
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/dps.py:box")
+    _SWEEP = flags.DEFINE_string("sweep", None, "NAME:V1,V2,... e.g. scale:0.1,0.3,1,3")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
+    _METRIC = flags.DEFINE_enum("metric", "lpips", list(METRICS), "the metric that picks the best")
+    _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
 
 
 def parse_sweep(spec: str) -> tuple[str, list[float]]:
@@ -283,5 +288,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flags_as_required(["config", "sweep", "workdir"])
     app.run(main)

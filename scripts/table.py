@@ -30,8 +30,13 @@ LOWER = {"psnr": False, "ssim": False, "lpips": True}
 TASK_ORDER = ("sr4", "box", "random", "gaussian_blur", "motion_blur")  # the paper's columns
 METHOD_ORDER = ("dps", "score_ald", "sdedit", "tweedie", "ddpm")  # diffusion first, then the rest
 
-_OUT = flags.DEFINE_string("out", None, "output folder (default: the runs' common parent)")
-_GRID_IMAGES = flags.DEFINE_integer("grid_images", 4, "images per task in grid_TASK.png")
+
+def define_flags() -> None:
+    """Defined only when run as a script, so that importing this module (the demo, the
+    tests) never collides with another script's flags."""
+    global _OUT, _GRID_IMAGES
+    _OUT = flags.DEFINE_string("out", None, "output folder (default: the runs' common parent)")
+    _GRID_IMAGES = flags.DEFINE_integer("grid_images", 4, "images per task in grid_TASK.png")
 
 
 def find_runs(paths) -> list[pathlib.Path]:
@@ -247,4 +252,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

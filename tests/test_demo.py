@@ -1,0 +1,72 @@
+"""scripts.demo at a tiny size: it runs, writes the table and figures, and is deterministic."""
+
+from __future__ import annotations
+
+import pytest
+
+from configs import demo as demo_config
+from jaxdiff import data as jdata
+from scripts.demo import plan, run_config, run_demo
+from tests.test_reproduce import tiny_model  # noqa: F401 (fixture)
+
+
+def tiny_demo(model, **over):
+    c = demo_config.get_config()
+    c.model = str(model)  # adm_tiny: the demo photos at 32x32, like the demo prior
+    c.num_images = 1
+    c.respacing = "10"
+    c.tasks = "box"
+    c.methods = "sdedit"
+    c.baselines = "measurement,telea"
+    c.ddpm_samples = 0
+    for k, v in over.items():
+        setattr(c, k, v)
+    return c
+
+
+def test_demo_is_deterministic(tmp_path, tiny_model):  # noqa: F811
+    c = tiny_demo(tiny_model)
+    a = run_demo(c, tmp_path / "a", progress=False)
+    b = run_demo(c, tmp_path / "b", progress=False)
+    md = a["table"]["md"].read_text()
+    assert md == b["table"]["md"].read_text()  # the same command twice: the same table
+    for m in ("sdedit", "telea", "measurement"):
+        assert f"| {m} |" in md
+    for run in ("sdedit_box", "telea_box", "measurement_box"):
+        ra = (tmp_path / "a" / run / "results.jsonl").read_text()
+        rb = (tmp_path / "b" / run / "results.jsonl").read_text()
+        strip = lambda s: [line.split('"seconds"')[0] for line in s.splitlines()]  # noqa: E731
+        assert strip(ra) == strip(rb)
+    assert jdata.load_image(a["table"]["grid_box"]).ndim == 3
+    # the demo's photos are the prior's held-out ones (meta, else configs/train_demo.py)
+    from configs.train_demo import HELD_OUT
+
+    assert (tmp_path / "a" / "sdedit_box" / "images" / f"{HELD_OUT[0]}_recon.png").exists()
+
+
+def test_demo_run_configs_carry_the_demo_settings():
+    c = demo_config.get_config()
+    for method, task in plan(c):
+        rc = run_config(c, method, task)
+        assert rc.method == method and rc.task.name == task
+        assert rc.model == "demo" and rc.data == "demo"
+        if method in ("sdedit", "score_ald", "dps"):
+            assert rc.sampler.respacing == c.respacing
+    assert run_config(c, "dps", "box").sampler.hparams.scale == c.dps_scale.box
+    assert run_config(c, "score_ald", "sr4").sampler.hparams.weight == c.score_ald_weight.sr4
+    sd = run_config(c, "sdedit", "random")
+    assert sd.sampler.hparams.t0 == sd.sampler.options.max_t0 == c.sdedit_t0.random
+    with pytest.raises(KeyError, match="unknown baseline"):
+        plan(tiny_demo("x", baselines="nope"))
+
+
+@pytest.mark.slow
+def test_full_demo_on_the_fixture_model(tmp_path, tiny_model):  # noqa: F811
+    c = demo_config.get_config()
+    c.model = str(tiny_model)
+    c.respacing = "5"
+    out = run_demo(c, tmp_path / "demo", progress=False)
+    md = out["table"]["md"].read_text()
+    for task in c.tasks.split(","):
+        assert task in md and f"grid_{task}" in out["table"]
+    assert jdata.load_image(tmp_path / "demo" / "ddpm_samples.png").ndim == 3
