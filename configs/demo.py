@@ -6,7 +6,7 @@ Differences from the paper presets (configs/<method>.py), all for CPU time:
 - 50 respaced steps (`respacing`) instead of 1000 for every diffusion method (guided-diffusion
   section spacing over the 1000 training steps);
 - the task lengths are scaled to 32 px (jaxdiff.experiment.scale_task: a 16x16 box with a 2 px
-  margin, a 7x7 Gaussian kernel of std 0.375; SR x4 gives an 8x8 measurement);
+  margin; SR x4 gives an 8x8 measurement), except the Gaussian blur (TASK_OVERRIDES below);
 - hyperparameters tuned for this prior on the held-out photos with scripts/sweep.py (below).
 """
 
@@ -28,6 +28,13 @@ SCORE_ALD_WEIGHT = {"box": 1.0, "random": 1.0, "gaussian_blur": 1.0, "sr4": 1.0}
 SDEDIT_T0 = {"box": 0.4, "random": 0.4, "gaussian_blur": 0.4, "sr4": 0.4}
 
 
+# Task settings given directly at 32 px (reference_size 32) where the proportional rule of
+# jaxdiff.experiment.scale_task gives a degenerate task: the paper's std 3.0 at 256 px is 0.375 px
+# at 32 px, a blur that is invisible under the sigma = 0.05 noise (the measurement itself scores
+# ~32 dB). The demo blurs with std 1.0 px in a 9x9 kernel instead (8 px at 256: a strong blur).
+TASK_OVERRIDES = {"gaussian_blur": {"reference_size": 32, "kernel_size": 9, "std": 1.0}}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     c = ml_collections.ConfigDict()
@@ -44,4 +51,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dps_scale = ml_collections.ConfigDict(DPS_SCALE)
     c.score_ald_weight = ml_collections.ConfigDict(SCORE_ALD_WEIGHT)
     c.sdedit_t0 = ml_collections.ConfigDict(SDEDIT_T0)
+    c.task_overrides = ml_collections.ConfigDict(TASK_OVERRIDES)
     return c

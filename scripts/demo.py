@@ -47,6 +47,14 @@ def run_config(demo, method: str, task: str):
         c.sampler.respacing = demo.respacing
     else:
         c = importlib.import_module("configs.baselines").get_config(f"{method},{task}")
+    overrides = dict(demo.task_overrides.get(task, {}))
+    if overrides:
+        c.task.doc = f"{c.task.doc} (demo override at 32 px: {overrides})"
+    for key, value in overrides.items():
+        if key == "reference_size":
+            c.task.reference_size = int(value)
+        else:
+            c.task.operator_config[key] = value
     c.model, c.data = demo.model, demo.data
     c.num_images, c.seed, c.batch_size = demo.num_images, demo.seed, demo.batch_size
     if method == "dps":
