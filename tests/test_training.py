@@ -63,6 +63,7 @@ def test_optimizer_rejects_a_warmup_longer_than_training():
         training.make_optimizer(1e-3, 10, 10)
 
 
+@pytest.mark.slow  # ~50 s: two training runs; resume is also exercised by the driver's kill test
 def test_kill_and_restart_resumes_at_the_saved_step_with_identical_state(tmp_path):
     from scripts.train import train
 
