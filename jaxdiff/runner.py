@@ -184,7 +184,7 @@ def compute_metrics(x_hat, x, net: str = "vgg", mode: str = "clip") -> dict[str,
     x_hat = np.asarray(x_hat, np.float32)
     x = np.asarray(x, np.float32)
     n = x.shape[0]
-    pad = -n % 8  # a few fixed batch shapes: one compile of the metrics for every run
+    pad = (1 << max(n - 1, 0).bit_length()) - n  # powers of two: few shapes, few compiles
     if pad:
         x_hat = np.concatenate([x_hat, np.repeat(x_hat[-1:], pad, 0)])
         x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
