@@ -197,15 +197,16 @@ def _sampler_method(config, model, meta, operator, noise, image_shape) -> Method
         opts["mask"] = lambda op_params: op_params["mask"]
     variance = opts.pop("variance_type", None)
     schedule = schedule_from_meta(meta["diffusion"], sc.respacing or None, variance)
-    for key in ("sigma",):  # the measurement noise the sampler assumes follows the task's
-        if key in opts:
-            raise ValueError(f"sampler.options.{key}: set sampler.hparams.{key} instead (traced)")
+    if "sigma" in opts:
+        raise ValueError("sampler.options.sigma: set sampler.hparams.sigma instead (traced)")
     make = get_sampler(name)
     sample = make(
         model_fn(model), schedule, operator=operator, noise=noise, image_shape=image_shape, **opts
     )
     hp = {k: float(v) for k, v in dict(sc.hparams).items()}
-    takes_sigma = name in ("score_ald", "tweedie")
+    # A sampler that assumes a measurement sigma (Score-ALD, Tweedie) gets the task's, traced, so
+    # it follows a noise_sigma sweep; an explicit sampler.hparams.sigma overrides it.
+    takes_sigma = "sigma" in inspect.signature(make).parameters
 
     def fn(params, key, y, op_params, hparams, valid):
         h = dict(hparams)
@@ -251,14 +252,9 @@ def _measurement_method(image_shape) -> Method:
 
 
 def method_names() -> list[str]:
-    names = list(SAMPLERS.names()) + ["measurement"]
-    try:
-        from jaxdiff.baselines import BASELINES
+    from jaxdiff.baselines import BASELINES
 
-        names += list(BASELINES.names())
-    except ImportError:
-        pass
-    return names
+    return list(SAMPLERS.names()) + ["measurement"] + list(BASELINES.names())
 
 
 # --- the experiment ------------------------------------------------------------------------------

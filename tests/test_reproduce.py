@@ -236,3 +236,21 @@ def test_whole_grid_end_to_end(tmp_path, tiny_model, image_dir, method, task):
     assert s["num_images"] == 2 and not s["diverged"]
     for k in ("psnr", "ssim"):
         assert np.isfinite(s["metrics"][k]["mean"])
+
+
+def test_measurement_is_the_noise_models_sample(tiny_model, image_dir):
+    """The pipeline's traced-sigma Gaussian noise draws exactly what get_noise's sample does."""
+    import jax
+
+    from jaxdiff.experiment import build, load_images
+    from jaxdiff.operators import get_noise
+
+    exp = build(config("measurement", "random", tiny_model, image_dir))
+    x = load_images(str(image_dir), 32, 1).arrays[0]
+    key = jax.random.PRNGKey(3)
+    y, op_params, _ = exp.pipeline().measure(key, x, exp.default_hparams())
+    k_op, k_noise, _ = jax.random.split(key, 3)
+    ax = exp.operator.apply(exp.operator.sample(k_op), x)
+    want = get_noise("gaussian", sigma=0.05).sample(k_noise, ax)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+    assert exp.default_hparams()["noise_sigma"] == 0.05
