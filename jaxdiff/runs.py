@@ -266,4 +266,10 @@ def write_figure(workdir, names: list[str]) -> None:
         if all(p.exists() for p in paths):
             rows.append([read_png(p) for p in paths])
     if rows:
-        jdata.save_png(pathlib.Path(workdir) / FIGURE, jdata.make_grid(rows))
+        jdata.save_png(pathlib.Path(workdir) / FIGURE, upscale(jdata.make_grid(rows)))
+
+
+def upscale(img: np.ndarray, min_size: int = 256) -> np.ndarray:
+    """Nearest-neighbour enlargement of a small figure (32 px images are hard to see)."""
+    f = max(1, min_size // max(min(img.shape[:2]), 1))
+    return np.repeat(np.repeat(img, f, axis=0), f, axis=1) if f > 1 else img

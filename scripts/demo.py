@@ -89,6 +89,7 @@ def ddpm_samples(demo, loaded, path, n: int) -> None:
     from jaxdiff.experiment import model_image_size
     from jaxdiff.models import model_fn
     from jaxdiff.runner import image_keys
+    from jaxdiff.runs import upscale
     from jaxdiff.samplers import batched, get_sampler
 
     _, model, params, meta = loaded
@@ -98,7 +99,8 @@ def ddpm_samples(demo, loaded, path, n: int) -> None:
     out = jax.jit(batched(sample))(params, image_keys(demo.seed, range(n)))
     x = np.asarray(out.x0)
     cols = min(n, 8)
-    jdata.save_png(path, jdata.make_grid([list(x[i : i + cols]) for i in range(0, n, cols)]))
+    grid = jdata.make_grid([list(x[i : i + cols]) for i in range(0, n, cols)])
+    jdata.save_png(path, upscale(grid, 128))
 
 
 def run_demo(demo, workdir, progress: bool = True) -> dict:

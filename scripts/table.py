@@ -189,6 +189,8 @@ def plot_table(t: dict, path) -> None:
 def plot_grid(t: dict, task: str, path, max_images: int = 4) -> bool:
     """ground truth | measurement | each method, for the images every run of `task` has."""
     ss = [(m, t["cells"][(m, task)]) for m in t["methods"] if (m, task) in t["cells"]]
+    # the "measurement" method's image is the measurement column (resized): not shown twice
+    shown = [(m, s) for m, s in ss if m != "measurement"] or ss
     names = None
     for _, s in ss:
         have = {
@@ -200,7 +202,7 @@ def plot_grid(t: dict, task: str, path, max_images: int = 4) -> bool:
     if not names:
         return False
     plt = _matplotlib()
-    cols = ["ground truth", "measurement"] + [m for m, _ in ss]
+    cols = ["ground truth", "measurement"] + [m for m, _ in shown]
     fig, axes = plt.subplots(
         len(names), len(cols), figsize=(1.4 * len(cols), 1.5 * len(names)), squeeze=False
     )
@@ -209,7 +211,7 @@ def plot_grid(t: dict, task: str, path, max_images: int = 4) -> bool:
         imgs = [
             _read_png(image_path(first, name, "truth")),
             _read_png(image_path(first, name, "measurement")),
-        ] + [_read_png(image_path(s["run"], name, "recon")) for _, s in ss]
+        ] + [_read_png(image_path(s["run"], name, "recon")) for _, s in shown]
         for j, img in enumerate(imgs):
             ax = axes[i, j]
             ax.imshow(np.clip((img + 1) / 2, 0, 1), interpolation="nearest")
