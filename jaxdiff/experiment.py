@@ -175,7 +175,8 @@ class Method:
 
 
 def measurement_as_image(y, image_shape):
-    """The measurement brought to image shape: itself, bicubic-resized, or grey tiled to RGB."""
+    """The measurement brought to image shape: itself, bicubic-resized, or grey tiled to RGB.
+    The "measurement" method's output and the guide image of SDEdit and Tweedie."""
     image_shape = tuple(image_shape)
     if tuple(y.shape) == image_shape:
         return y
@@ -200,6 +201,8 @@ def _sampler_method(config, model, meta, operator, noise, image_shape) -> Method
     if "sigma" in opts:
         raise ValueError("sampler.options.sigma: set sampler.hparams.sigma instead (traced)")
     make = get_sampler(name)
+    if "guide" in inspect.signature(make).parameters:  # SDEdit, Tweedie: start from the measurement
+        opts.setdefault("guide", lambda op_params, y: measurement_as_image(y, image_shape))
     sample = make(
         model_fn(model), schedule, operator=operator, noise=noise, image_shape=image_shape, **opts
     )
