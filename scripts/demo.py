@@ -137,7 +137,11 @@ def main(argv):
     result = run_demo(_CONFIG.value, _WORKDIR.value, _PROGRESS.value)
     w = result["table"]
     print(pathlib.Path(w["md"]).read_text())
-    print(f"demo finished in {result['seconds']:.0f} s ({jax.device_count()} device(s)).")
+    demo = _CONFIG.value
+    print(
+        f"demo finished in {result['seconds']:.0f} s ({jax.device_count()} device(s)); "
+        f"diffusion methods ran {demo.respacing} respaced steps (configs/demo.py)."
+    )
     print(f"table: {w['md']} (also {w['csv'].name}, {w['png'].name})")
     grids = [str(p) for k, p in w.items() if k.startswith("grid_")]
     print(f"figures: {', '.join(grids)}")
