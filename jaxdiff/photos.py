@@ -1,8 +1,10 @@
-"""The colour photographs bundled inside scikit-image's wheel, as a jit-able crop sampler.
+"""The colour photographs bundled inside scikit-image's and matplotlib's wheels, as a jit-able
+crop sampler.
 
 They let the demo prior be trained and evaluated with no download. Only photos that load offline
 are listed: ``kidney``, ``lily`` and ``skin`` need pooch and a download, ``cat`` is the same array
-as ``chelsea``, ``colorwheel`` and ``logo`` are graphics, the rest are greyscale.
+as ``chelsea``, ``colorwheel`` and ``logo`` are graphics, the rest are greyscale. matplotlib adds
+one colour photo (``grace_hopper``); its other sample images are icons, plots and data.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ for _name in (
     "hubble_deep_field",
 ):
     PHOTOS.register(_name)(_skimage(_name))
+
+
+@PHOTOS.register("grace_hopper")
+def _grace_hopper() -> np.ndarray:
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
 PHOTOS.register("motorcycle_left")(_skimage("stereo_motorcycle", 0))
 PHOTOS.register("motorcycle_right")(_skimage("stereo_motorcycle", 1))
 
