@@ -26,15 +26,15 @@ BASELINES = "measurement,telea,wiener,bicubic,tv_least_squares"
 # DPS scale, swept 0.5-16: at 50 steps the guidance acts 20x less often than at 1000, so the best
 # scales (4-8; LPIPS box 0.188 at 4, random 0.238, blur 0.259, SR 0.484 at 8) are ~10x the
 # official 0.3-0.5; 16 starts to saturate (colour spikes, blur LPIPS 0.470).
-DPS_SCALE = {"box": 4.0, "random": 8.0, "gaussian_blur": 8.0, "sr4": 8.0}
+DPS_SCALE = {"box": 4.0, "random": 8.0, "gaussian_blur": 8.0, "sr4": 8.0, "sr2": 8.0}
 # Score-ALD weight (with the beta_t/sqrt(alpha_t) step, configs/score_ald.py), swept 0.3-100:
 # 1 is best or within 0.005 LPIPS of it on the inpainting and blur tasks and >= 3 diverges there;
 # SR (8x8 measurement, a weak data term) wants 10 (LPIPS 0.453 vs 0.677 at 1).
-SCORE_ALD_WEIGHT = {"box": 1.0, "random": 1.0, "gaussian_blur": 1.0, "sr4": 10.0}
+SCORE_ALD_WEIGHT = {"box": 1.0, "random": 1.0, "gaussian_blur": 1.0, "sr4": 10.0, "sr2": 10.0}
 # SDEdit t0, swept 0.1-0.6: the inpainting tasks like mid-range t0 (box 0.5: LPIPS 0.198, random
 # 0.3: 0.337; the measured pixels are kept by the masked variant), while on blur and SR any noise
 # level above 0.1 only adds hallucination (LPIPS 0.409 / 0.513 at 0.1, 0.619 / 0.625 at 0.4).
-SDEDIT_T0 = {"box": 0.5, "random": 0.3, "gaussian_blur": 0.1, "sr4": 0.1}
+SDEDIT_T0 = {"box": 0.5, "random": 0.3, "gaussian_blur": 0.1, "sr4": 0.1, "sr2": 0.02}
 
 # Task settings given directly at 32 px (reference_size 32) where the proportional rule of
 # jaxdiff.experiment.scale_task gives a degenerate task: the paper's std 3.0 at 256 px is 0.375 px

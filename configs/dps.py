@@ -16,6 +16,7 @@ from configs import default
 # (App. D.1) corresponds to code scale 2.0 (REFERENCE 4.2, 9.2); the configs are what ran.
 SCALES = {
     "sr4": 0.3,  # super_resolution_config.yaml
+    "sr2": 0.3,  # no official config: the x4 value
     "box": 0.5,  # inpainting_config.yaml (box variant commented there)
     "random": 0.5,  # inpainting_config.yaml
     "gaussian_blur": 0.3,  # gaussian_deblur_config.yaml

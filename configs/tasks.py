@@ -85,6 +85,17 @@ def sr4():
     )
 
 
+def sr2():
+    # Not a DPS table task: the sr4 operator at factor 2, for small images (at 32 px, x4 leaves an
+    # 8x8 measurement that says little more than the mean colour).
+    return _task(
+        "sr2",
+        "super_resolution",
+        {"factor": 2},
+        "super-resolution x2 (antialiased bicubic downsampling), sigma 0.05",
+    )
+
+
 def denoise():
     # Not a DPS table task: A = I, Gaussian noise only (DPS registers it as 'noise').
     return _task("denoise", "denoise", {}, "denoising, sigma 0.05")
@@ -114,6 +125,7 @@ TASKS = {
     "gaussian_blur": gaussian_blur,
     "motion_blur": motion_blur,
     "sr4": sr4,
+    "sr2": sr2,
     "denoise": denoise,
     "colorize": colorize,
     "phase_retrieval": phase_retrieval,

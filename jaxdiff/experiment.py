@@ -11,7 +11,8 @@ are traced, so one compiled program serves every image and every value. A result
 seed and its image's index alone, never on the batch it ran in or the device count.
 
 Methods: a sampler name (jaxdiff.samplers), a baseline name (jaxdiff.baselines), or
-"measurement": the measurement itself brought to image shape (the floor every method must beat).
+"measurement": the measurement itself on the image grid, no reconstruction (the floor every method
+must beat; nearest-neighbour pixels for super-resolution, where "bicubic" is the baseline).
 """
 
 from __future__ import annotations
@@ -174,16 +175,19 @@ class Method:
     info: dict = dataclasses.field(default_factory=dict)
 
 
-def measurement_as_image(y, image_shape):
-    """The measurement brought to image shape: itself, bicubic-resized, or grey tiled to RGB.
-    The "measurement" method's output and the guide image of SDEdit and Tweedie."""
+def measurement_as_image(y, image_shape, resize: str = "cubic"):
+    """The measurement brought to image shape: itself, resized, or grey tiled to RGB.
+
+    SDEdit and Tweedie start from the bicubic version; the "measurement" method (the floor: no
+    reconstruction at all) shows a low-resolution y with nearest-neighbour pixels, so that it
+    differs from the bicubic baseline."""
     image_shape = tuple(image_shape)
     if tuple(y.shape) == image_shape:
         return y
     if y.shape[-1] != image_shape[-1]:
         y = jnp.broadcast_to(jnp.mean(y, axis=-1, keepdims=True), (*y.shape[:-1], image_shape[-1]))
     if y.shape[:-1] != image_shape[:-1]:
-        y = jax.image.resize(y, image_shape, "cubic")
+        y = jax.image.resize(y, image_shape, resize)
     return y
 
 
@@ -249,7 +253,7 @@ def _baseline_method(config, operator, noise_sigma: float, image_shape) -> Metho
 
 def _measurement_method(image_shape) -> Method:
     def fn(params, key, y, op_params, hparams, valid):
-        return measurement_as_image(y, image_shape), jnp.asarray(-1, jnp.int32)
+        return measurement_as_image(y, image_shape, "nearest"), jnp.asarray(-1, jnp.int32)
 
     return Method("measurement", "measurement", fn, {})
 

@@ -27,7 +27,8 @@ from jaxdiff.runs import read_png as _read_png
 METRICS = ("psnr", "ssim", "lpips")
 LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
 LOWER = {"psnr": False, "ssim": False, "lpips": True}
-TASK_ORDER = ("sr4", "box", "random", "gaussian_blur", "motion_blur")  # the paper's columns
+# The paper's columns, then the others
+TASK_ORDER = ("sr4", "box", "random", "gaussian_blur", "motion_blur", "sr2")
 METHOD_ORDER = ("dps", "score_ald", "sdedit", "tweedie", "ddpm")  # diffusion first, then the rest
 
 

@@ -271,3 +271,21 @@ def test_measurement_is_the_noise_models_sample(tiny_model, image_dir):
     want = get_noise("gaussian", sigma=0.05).sample(k_noise, ax)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
     assert exp.default_hparams()["noise_sigma"] == 0.05
+
+
+def test_measurement_floor_shows_sr_pixels_as_blocks_and_sdedit_starts_from_bicubic():
+    """The "measurement" method is no reconstruction at all: a low-resolution y is shown with
+    nearest-neighbour pixels (the bicubic baseline is a separate row); SDEdit's guide is bicubic."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdiff.experiment import _measurement_method, measurement_as_image
+
+    y = jax.random.uniform(jax.random.key(0), (8, 8, 3), minval=-1, maxval=1)
+    floor, _ = _measurement_method((16, 16, 3)).fn(None, None, y, {}, {}, True)
+    np.testing.assert_array_equal(floor, jnp.repeat(jnp.repeat(y, 2, 0), 2, 1))
+    guide = measurement_as_image(y, (16, 16, 3))
+    np.testing.assert_allclose(guide, jax.image.resize(y, (16, 16, 3), "cubic"))
+    assert float(jnp.max(jnp.abs(guide - floor))) > 0.1
+    same = jnp.zeros((16, 16, 3))  # image-shaped measurements (blur, inpainting) pass through
+    assert measurement_as_image(same, (16, 16, 3), "nearest") is same
