@@ -101,3 +101,28 @@ def test_shipped_prior_is_trained():
     mse = np.asarray(jnp.mean((eps_hat - eps) ** 2, axis=(1, 2, 3)))
     # Predicting zero scores 1.0; an untrained (zero-initialised) ADM outputs exactly zero.
     assert np.all(mse < 0.5), dict(zip(held, mse))
+
+
+def test_shipped_prior_predicts_the_image_mean_colour():
+    """At high noise the x0 estimate's mean colour must come from the prior, not from x_t.
+
+    The v0 prior (32 channels: GroupNorm with one channel per group is instance norm) could not
+    see a channel's spatial mean, so its x0 estimate's mean colour erred exactly as much as
+    x_t / sqrt(abar_t) does (ratio 0.98 at t=800) and its samples drifted to flat saturated
+    colours (configs/train_demo.py)."""
+    from jaxdiff.models import load_pretrained
+
+    model, params, meta = load_pretrained(PRIOR)
+    size = meta["model_config"]["image_size"]
+    held = meta["source"]["held_out_photos"]
+    x0 = jnp.stack([jnp.asarray(photos.center_crop(n, size, s)) for n in held for s in (1, 2)])
+    x0 = jnp.concatenate([x0] * 4)  # 24 images, each with its own noise
+    t = jnp.full((x0.shape[0],), 800)
+    sa, s1 = (tab[800] for tab in training.diffusion_tables(meta["diffusion"]))
+    eps = jax.random.normal(jax.random.key(1), x0.shape)
+    xt = sa * x0 + s1 * eps
+    eps_hat = jax.jit(model.apply)({"params": params}, xt, t)
+    dc = lambda x: jnp.mean(x, axis=(1, 2))  # noqa: E731 (per-image mean colour)
+    err_model = float(jnp.sqrt(jnp.mean((dc((xt - s1 * eps_hat) / sa) - dc(x0)) ** 2)))
+    err_trivial = float(jnp.sqrt(jnp.mean((dc(xt / sa) - dc(x0)) ** 2)))
+    assert err_model < 0.6 * err_trivial, (err_model, err_trivial)
