@@ -4,7 +4,7 @@
 
 Runs unconditional DDPM samples of the prior, then SDEdit, Score-ALD and DPS (plus the classical
 baselines and the measurement itself, the floor) on box and random inpainting, Gaussian
-deblurring and 4x super-resolution of the prior's held-out photos (settings: configs/demo.py).
+deblurring and 2x super-resolution of the prior's held-out photos (settings: configs/demo.py).
 Each (method, task) is an ordinary driver run in workdir/METHOD_TASK (one compile, resumable),
 so `python -m scripts.table` works on them too. Writes workdir/table.{md,csv,png},
 workdir/grid_TASK.png and workdir/ddpm_samples.png, and prints where they are.
