@@ -158,6 +158,6 @@ def test_demo_config_covers_every_method_on_every_task():
         for m in c.methods.split(","):
             assert (m, task) in pairs
         assert ("measurement", task) in pairs
-    assert ("telea", "box") in pairs and ("telea", "sr4") not in pairs
-    assert ("wiener", "gaussian_blur") in pairs and ("bicubic", "sr4") in pairs
+    assert ("telea", "box") in pairs and ("telea", "sr2") not in pairs
+    assert ("wiener", "gaussian_blur") in pairs and ("bicubic", "sr2") in pairs
     assert int(c.respacing) <= 100  # the demo's short schedule

@@ -211,7 +211,7 @@ def test_unknown_method_and_missing_model(tmp_path, tiny_model, image_dir):
         build(c)
 
 
-GRID_TASKS = ("box", "random", "gaussian_blur", "motion_blur", "sr4", "denoise", "colorize")
+GRID_TASKS = ("box", "random", "gaussian_blur", "motion_blur", "sr4", "sr2", "denoise", "colorize")
 DIFFUSION = ("ddpm", "tweedie", "sdedit", "score_ald", "dps")
 
 
