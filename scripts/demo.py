@@ -137,7 +137,8 @@ def check_claims(csv_path) -> list[tuple[str, bool]]:
 
 
 def run_demo(demo, workdir, progress: bool = True) -> dict:
-    """Every run of the demo, then the table; returns {"table": paths, "seconds": wall}."""
+    """Every run of the demo, then the table; returns {"table": paths, "claims": check_claims(),
+    "seconds": wall}."""
     from jaxdiff import runs
     from jaxdiff.experiment import build, load_images, resolve_model_dir
     from jaxdiff.models import load_pretrained

@@ -89,3 +89,22 @@ def test_the_shipped_demo_shows_its_claims(tmp_path):
     # LPIPS (0.210 vs SDEdit's 0.194) at 50 steps; 3 images make this a near-tie (fast-math
     # rounding alone moves DPS's box LPIPS to 0.192). Any other failing claim is a regression.
     assert all(t.startswith("dps beats sdedit on box:") for t in failed), failed
+
+
+def test_check_claims_needs_both_metrics_and_skips_what_did_not_run(tmp_path):
+    from scripts.demo import check_claims
+
+    rows = ["method,task,metric,mean"]
+    for method, task, psnr, lpips in (
+        ("dps", "box", 20.0, 0.20),
+        ("sdedit", "box", 19.0, 0.19),  # better LPIPS: DPS does not beat it
+        ("measurement", "box", 18.0, 0.30),
+    ):
+        rows += [f"{method},{task},psnr,{psnr}", f"{method},{task},lpips,{lpips}"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    got = dict((text.split(":")[0], holds) for text, holds in check_claims(tmp_path / "t.csv"))
+    assert got == {
+        "dps beats sdedit on box": False,
+        "sdedit beats measurement on box": True,
+        "dps beats measurement on box": True,
+    }
