@@ -40,11 +40,16 @@ def _split(s: str) -> list[str]:
     return [p.strip() for p in str(s).split(",") if p.strip()]
 
 
+def respacing(demo, task: str) -> str:
+    """The diffusion methods' respacing on `task`: demo.task_respacing, else demo.respacing."""
+    return str(demo.task_respacing.get(task, demo.respacing))
+
+
 def run_config(demo, method: str, task: str):
     """The driver config of one (method, task) run of the demo."""
     if method in DIFFUSION:
         c = importlib.import_module(f"configs.{method}").get_config(task)
-        c.sampler.respacing = demo.respacing
+        c.sampler.respacing = respacing(demo, task)
     else:
         c = importlib.import_module("configs.baselines").get_config(f"{method},{task}")
     overrides = dict(demo.task_overrides.get(task, {}))
@@ -178,9 +183,10 @@ def main(argv):
     for text, holds in result["claims"]:
         print(f"{'yes' if holds else 'NO '}  {text}")
     demo = _CONFIG.value
+    steps = ", ".join(f"{respacing(demo, t)} on {t}" for t in _split(demo.tasks))
     print(
         f"demo finished in {result['seconds']:.0f} s ({jax.device_count()} device(s)); "
-        f"diffusion methods ran {demo.respacing} respaced steps (configs/demo.py)."
+        f"respaced steps of the diffusion methods: {steps} (configs/demo.py)."
     )
     print(f"table: {w['md']} (also {w['csv'].name}, {w['png'].name})")
     grids = [str(p) for k, p in w.items() if k.startswith("grid_")]
