@@ -1,5 +1,6 @@
-"""Training a denoiser: the epsilon-prediction loss, the train state with an EMA of the weights,
-one jit-able step, and orbax checkpoints that resume bit-for-bit.
+"""Training a denoiser: the epsilon-prediction loss (plus the variational bound for a learned
+variance), the train state with an EMA of the weights, one jit-able step, and orbax checkpoints
+that resume bit-for-bit.
 
 Everything random is derived from ``(key, step)`` with ``fold_in``, so a run killed at any
 checkpoint and restarted replays exactly the batches, timesteps and noise it would have drawn.
@@ -20,7 +21,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from jaxdiff.diffusion.schedule import alphas_cumprod_from_betas, get_betas
+from jaxdiff.diffusion import gaussian, losses
+from jaxdiff.diffusion.schedule import Schedule, schedule_from_meta
 
 Params = Any
 
@@ -57,40 +59,40 @@ def make_optimizer(
     )
 
 
-def diffusion_tables(diffusion: dict) -> tuple[jax.Array, jax.Array]:
-    """(sqrt(abar_t), sqrt(1 - abar_t)) as float32 device arrays, from a ``jaxdiff.json``-style
-    diffusion dict (computed in float64 as guided-diffusion does, cast once)."""
-    betas = get_betas(
-        diffusion["beta_schedule"],
-        diffusion["num_timesteps"],
-        diffusion.get("beta_start"),
-        diffusion.get("beta_end"),
-        diffusion.get("schedule_dtype", "float64"),
-    )
-    abar = alphas_cumprod_from_betas(betas, diffusion.get("schedule_dtype", "float64"))
-    return jnp.asarray(np.sqrt(abar), jnp.float32), jnp.asarray(np.sqrt(1.0 - abar), jnp.float32)
-
-
-def q_sample(tables, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
-    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, per image."""
-    sa, s1 = tables
-    return sa[t][:, None, None, None] * x0 + s1[t][:, None, None, None] * eps
+def per_image_tables(schedule: Schedule, t: jax.Array) -> dict:
+    """The schedule's float32 tables at each image's step ``t`` (B,), shaped (B, 1, 1, 1) so
+    that ``jaxdiff.diffusion.gaussian`` broadcasts them over NHWC images."""
+    c = schedule.gather(t, jnp.float32)
+    return {k: v.reshape(-1, 1, 1, 1) for k, v in c.items()}
 
 
 def make_loss_fn(model: nn.Module, diffusion: dict) -> Callable:
-    """``loss(params, x0, key) -> (scalar, per_image)``: the simple DDPM loss
-    ``|eps_hat(x_t, t) - eps|^2`` with t uniform over all training steps. Only the first C output
-    channels are used, so a model with extra (variance) channels trains its mean alone."""
-    tables = diffusion_tables(diffusion)
-    num_t = int(diffusion["num_timesteps"])
+    """``loss(params, x0, key) -> (scalar, per_image)`` with t uniform over all training steps.
+
+    Fixed variance (``diffusion["variance_type"]`` fixed_small / fixed_large): the simple DDPM
+    loss ``|eps_hat(x_t, t) - eps|^2``. Learned variance (learned_range / learned; the model
+    outputs eps and variance channels): improved DDPM's hybrid loss, that MSE plus the
+    variational-bound term of ``jaxdiff.diffusion.losses`` (through the variance channels only)
+    times num_timesteps / 1000, as guided-diffusion trains ``learn_sigma`` models. A model whose
+    output channels do not match the variance type is an error, not a silently untrained head.
+    """
+    schedule = schedule_from_meta(diffusion)
+    num_t = schedule.num_train_timesteps
 
     def loss_fn(params, x0, key):
         k_t, k_eps, k_drop = jax.random.split(key, 3)
         t = jax.random.randint(k_t, (x0.shape[0],), 0, num_t)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
-        out = model.apply({"params": params}, q_sample(tables, x0, t, eps), t, train=True,
-                          rngs={"dropout": k_drop})  # fmt: skip
-        per_image = jnp.mean((out[..., : x0.shape[-1]] - eps) ** 2, axis=(1, 2, 3))
+        c = per_image_tables(schedule, t)
+        x_t = gaussian.q_sample(c, x0, eps)
+        out = model.apply({"params": params}, x_t, t, train=True, rngs={"dropout": k_drop})
+        eps_hat, v = gaussian.split_model_output(out, x0.shape[-1], schedule.variance_type)
+        per_image = jnp.mean((eps_hat - eps) ** 2, axis=(1, 2, 3))
+        if schedule.learned_variance:
+            vb = losses.vb_terms_bpd(
+                c, schedule.variance_type, x0, x_t, t, jax.lax.stop_gradient(eps_hat), v
+            )
+            per_image = per_image + vb * (num_t / 1000.0)
         return jnp.mean(per_image), per_image
 
     return loss_fn
@@ -192,7 +194,7 @@ def write_loss_curve(history: dict, png_path, json_path) -> None:
         ax.plot(history["eval_step"], history["eval_loss"], "o-", ms=3,
                 label="held-out photos, EMA weights")  # fmt: skip
     ax.set_xlabel("step")
-    ax.set_ylabel("eps MSE")
+    ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -80,8 +80,10 @@ class Run:
 
 
 def empty_history(config) -> dict:
+    learned = config.diffusion.variance_type in ("learned_range", "learned")
+    loss = "eps MSE + vb (hybrid loss)" if learned else "eps MSE"
     return {"step": [], "loss": [], "eval_step": [], "eval_loss": [], "wall_s": 0.0,
-            "title": f"demo prior ({config.preset}): eps MSE"}  # fmt: skip
+            "title": f"demo prior ({config.preset}): {loss}"}  # fmt: skip
 
 
 def train(config, workdir, max_minutes: float | None = None, log=logging.info, model=None):

@@ -11,6 +11,8 @@ import pytest
 
 from configs import train_demo
 from jaxdiff import photos, training
+from jaxdiff.diffusion import gaussian
+from jaxdiff.diffusion.schedule import schedule_from_meta
 
 PRIOR = Path(__file__).parent.parent / "jaxdiff" / "assets" / "demo_prior"
 
@@ -96,7 +98,8 @@ def test_shipped_prior_is_trained():
     x0 = jnp.stack([jnp.asarray(photos.center_crop(n, size, 1.5)) for n in held])
     t = jnp.full((3,), 200)
     eps = jax.random.normal(jax.random.key(0), x0.shape)
-    xt = training.q_sample(training.diffusion_tables(meta["diffusion"]), x0, t, eps)
+    c = training.per_image_tables(schedule_from_meta(meta["diffusion"]), t)
+    xt = gaussian.q_sample(c, x0, eps)
     eps_hat = jax.jit(model.apply)({"params": params}, xt, t)
     mse = np.asarray(jnp.mean((eps_hat - eps) ** 2, axis=(1, 2, 3)))
     # Predicting zero scores 1.0; an untrained (zero-initialised) ADM outputs exactly zero.
@@ -118,7 +121,8 @@ def test_shipped_prior_predicts_the_image_mean_colour():
     x0 = jnp.stack([jnp.asarray(photos.center_crop(n, size, s)) for n in held for s in (1, 2)])
     x0 = jnp.concatenate([x0] * 4)  # 24 images, each with its own noise
     t = jnp.full((x0.shape[0],), 800)
-    sa, s1 = (tab[800] for tab in training.diffusion_tables(meta["diffusion"]))
+    c = schedule_from_meta(meta["diffusion"]).gather(800, jnp.float32)
+    sa, s1 = c["sqrt_alphas_cumprod"], c["sqrt_one_minus_alphas_cumprod"]
     eps = jax.random.normal(jax.random.key(1), x0.shape)
     xt = sa * x0 + s1 * eps
     eps_hat = jax.jit(model.apply)({"params": params}, xt, t)
