@@ -205,7 +205,7 @@ def _sampler_method(config, model, meta, operator, noise, image_shape) -> Method
     if "sigma" in opts:
         raise ValueError("sampler.options.sigma: set sampler.hparams.sigma instead (traced)")
     make = get_sampler(name)
-    if "guide" in inspect.signature(make).parameters:  # SDEdit, Tweedie: start from the measurement
+    if "guide" in make.needs:  # SDEdit, Tweedie: start from an image made from the measurement
         opts.setdefault("guide", lambda op_params, y: measurement_as_image(y, image_shape))
     sample = make(
         model_fn(model), schedule, operator=operator, noise=noise, image_shape=image_shape, **opts
@@ -213,7 +213,7 @@ def _sampler_method(config, model, meta, operator, noise, image_shape) -> Method
     hp = {k: float(v) for k, v in dict(sc.hparams).items()}
     # A sampler that assumes a measurement sigma (Score-ALD, Tweedie) gets the task's, traced, so
     # it follows a noise_sigma sweep; an explicit sampler.hparams.sigma overrides it.
-    takes_sigma = "sigma" in inspect.signature(make).parameters
+    takes_sigma = "sigma" in make.hparams
 
     def fn(params, key, y, op_params, hparams, valid):
         h = dict(hparams)

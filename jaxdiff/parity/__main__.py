@@ -2,9 +2,10 @@
 
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
-`ddpm_*.npz` -> parity.ddpm, `dps_*.npz` -> parity.dps, `operators*.npz` -> parity.operators,
-`*_io.npz` -> parity.models. Every setting is read from the fixture and its JSON sidecar. Without
-`--model`, the model named in the sidecar is converted from beside the fixture when it is there.
+`<method>_*.npz` -> parity.<method> (ddpm, dps, ddim, ddrm, ddnm, pigdm, reddiff, diffpir, daps),
+`fid*.npz` -> parity.fid, `operators*.npz` -> parity.operators, `*_io.npz` -> parity.models.
+Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
+in the sidecar is converted from beside the fixture when it is there.
 Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage.
 """
 
@@ -22,6 +23,14 @@ import traceback
 ROUTES = (
     ("ddpm_*.npz", "ddpm"),
     ("dps_*.npz", "dps"),
+    ("ddim_*.npz", "ddim"),
+    ("ddrm_*.npz", "ddrm"),
+    ("ddnm_*.npz", "ddnm"),
+    ("pigdm_*.npz", "pigdm"),
+    ("reddiff_*.npz", "reddiff"),
+    ("diffpir_*.npz", "diffpir"),
+    ("daps_*.npz", "daps"),
+    ("fid*.npz", "fid"),
     ("operators*.npz", "operators"),
     ("*_io.npz", "models"),
 )

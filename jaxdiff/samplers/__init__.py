@@ -19,24 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.errors import DivergenceError
-from jaxdiff.registry import Registry
+
+# Importing a method module registers it (each file declares its needs, hparams and cost).
+from jaxdiff.samplers import ddpm, dps, score_ald, sdedit, tweedie  # noqa: F401
+from jaxdiff.samplers.base import SAMPLERS, LoopOptions, SamplerSpec, register_sampler
 from jaxdiff.samplers.common import SampleResult
-from jaxdiff.samplers.ddpm import make_ddpm
-from jaxdiff.samplers.dps import BATCH_AXIS, make_dps
-from jaxdiff.samplers.score_ald import make_score_ald
-from jaxdiff.samplers.sdedit import make_sdedit
-from jaxdiff.samplers.tweedie import make_tweedie
-
-SAMPLERS: Registry = Registry("sampler")
-SAMPLERS.register("ddpm")(make_ddpm)
-SAMPLERS.register("tweedie")(make_tweedie)
-SAMPLERS.register("sdedit")(make_sdedit)
-SAMPLERS.register("score_ald")(make_score_ald)
-SAMPLERS.register("dps")(make_dps)
+from jaxdiff.samplers.dps import BATCH_AXIS
 
 
-def get_sampler(name: str):
-    """The factory `make(model_fn, schedule, *, operator=None, noise=None, **static_options)`."""
+def get_sampler(name: str) -> SamplerSpec:
+    """The registered sampler, called as the factory
+    `make(model_fn, schedule, *, operator=None, noise=None, **hparam_defaults_and_options)`."""
     return SAMPLERS.get(name)
 
 
@@ -97,6 +90,9 @@ def raise_on_divergence(result: SampleResult, timestep_map=None) -> SampleResult
 
 __all__ = [
     "SAMPLERS",
+    "LoopOptions",
+    "SamplerSpec",
+    "register_sampler",
     "SampleResult",
     "batched",
     "get_sampler",

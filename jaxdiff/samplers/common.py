@@ -115,11 +115,11 @@ def noise_kind(noise) -> str | None:
     return None if name is None else str(name)
 
 
-def p_mean_variance(model_fn, params, schedule, x, k, *, clip_denoised: bool, remat=False) -> dict:
-    """One model call at respaced step k: eps, x0_hat, posterior mean and log variance.
+def predict_x0(model_fn, params, schedule, x, k, *, clip_denoised: bool, remat=False) -> dict:
+    """The x0 prediction every sampler shares: one model call at respaced step k.
 
-    The expressions and their order follow guided-diffusion's p_mean_variance (float32 tables
-    gathered per step), so a float32 replay stays at the reference's rounding noise.
+    Returns the step's float tables `c`, eps, the variance channels `v` (None unless learned) and
+    x0_hat = x0(x_t, eps), clipped to [-1, 1] (torch.clamp's gradient) when `clip_denoised`.
     """
     c = schedule.gather(k, x.dtype)
     out = call_model(model_fn, params, x, c["timestep"], remat=remat)
@@ -129,12 +129,26 @@ def p_mean_variance(model_fn, params, schedule, x, k, *, clip_denoised: bool, re
     x0 = gaussian.x0_from_eps(c, x, eps)
     if clip_denoised:
         x0 = clip_inclusive(x0)
+    return {"c": c, "eps": eps, "v": v, "x0": x0}
+
+
+def p_mean_variance(model_fn, params, schedule, x, k, *, clip_denoised: bool, remat=False) -> dict:
+    """One model call at respaced step k: eps, x0_hat, posterior mean and log variance.
+
+    The expressions and their order follow guided-diffusion's p_mean_variance (float32 tables
+    gathered per step), so a float32 replay stays at the reference's rounding noise.
+    """
+    pred = predict_x0(model_fn, params, schedule, x, k, clip_denoised=clip_denoised, remat=remat)
+    return posterior_step(schedule, pred, x)
+
+
+def posterior_step(schedule, pred: dict, x) -> dict:
+    """`pred` (from predict_x0) with the posterior mean and log variance of q(x_{t-1} | x_t, x0)."""
+    c = pred["c"]
     return {
-        "c": c,
-        "eps": eps,
-        "x0": x0,
-        "mean": gaussian.posterior_mean(c, x0, x),
-        "log_variance": gaussian.log_variance(schedule.variance_type, c, v),
+        **pred,
+        "mean": gaussian.posterior_mean(c, pred["x0"], x),
+        "log_variance": gaussian.log_variance(schedule.variance_type, c, pred["v"]),
     }
 
 

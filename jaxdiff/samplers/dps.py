@@ -1,4 +1,5 @@
-"""DPS, diffusion posterior sampling (REFERENCE 4.2, the official code's update exactly):
+"""DPS, diffusion posterior sampling (Chung et al. 2023; the official code's update exactly,
+docs/methods.md):
 
     x0_hat = clamp(x0(x_t, eps_theta(x_t)))          (clamp gradient inclusive, like torch)
     x'     = posterior_mean(x0_hat, x_t) + 1[k>0] exp(logvar/2) z
@@ -18,39 +19,36 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.diffusion import gaussian
+from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import (
-    SampleResult,
     ancestral,
     as_forward,
-    call_model,
     check_measurement,
-    clip_inclusive,
     noise_kind,
+    posterior_step,
+    predict_x0,
     resolve_hparams,
     resolve_image_shape,
 )
-from jaxdiff.samplers.loop import run_chain
 
 BATCH_AXIS = "batch"
 
 
+@register_sampler("dps", needs=("operator", "measurement"), hparams={"scale": 1.0}, grad=True)
 def make_dps(
     model_fn,
     schedule,
     *,
     operator=None,
     noise=None,
+    defaults,
+    loop,
     image_shape=None,
-    scale: float = 1.0,
     likelihood: str | None = None,
     batch_coupled_norm: bool = False,
     clip_denoised: bool = True,
     remat: bool = False,
     dtype=jnp.float32,
-    keep_trajectory: bool = False,
-    snapshot_every: int = 0,
-    progress_every: int = 0,
 ):
     """`sample(params, key, y, op_params, hparams={"scale"}, replay=None, valid=True)`.
 
@@ -67,9 +65,7 @@ def make_dps(
     if likelihood not in ("gaussian", "poisson"):
         raise ValueError(f"dps: likelihood must be 'gaussian' or 'poisson', got {likelihood!r}")
     shape = resolve_image_shape(image_shape, operator, None, "dps")
-    defaults = {"scale": float(scale)}
     steps = np.arange(schedule.num_steps)[::-1]
-    variance_type = schedule.variance_type
 
     def batch_sum(v, valid):
         if not batch_coupled_norm:
@@ -86,10 +82,7 @@ def make_dps(
         h = resolve_hparams(defaults, hparams, "dps")
         y = jnp.asarray(y, dtype)
         check_measurement(forward, op_params, jax.ShapeDtypeStruct(shape, dtype), y, "dps")
-        replay = replay or {}
-        k_init, k_loop = jax.random.split(key)
-        x_T = replay.get("x_T")
-        x_T = jax.random.normal(k_init, shape, dtype) if x_T is None else jnp.asarray(x_T, dtype)
+        x_T, k_loop = initial_x(key, replay, shape, dtype, "dps")
         valid = jnp.asarray(valid, bool)
         if likelihood == "poisson":
             inv = 1.0 / jnp.abs(y)
@@ -98,39 +91,21 @@ def make_dps(
             weight = jnp.asarray(1.0, dtype)
 
         def step(x, k, z, state):
-            c = schedule.gather(k, dtype)
-
             def residual(x_in):
-                out = call_model(model_fn, params, x_in, c["timestep"], remat=remat)
-                eps, v = gaussian.split_model_output(out, shape[-1], variance_type)
-                x0 = gaussian.x0_from_eps(c, x_in, eps)
-                if clip_denoised:
-                    x0 = clip_inclusive(x0)
-                return y - forward(op_params, x0), (x0, v)
+                pred = predict_x0(
+                    model_fn, params, schedule, x_in, k, clip_denoised=clip_denoised, remat=remat
+                )
+                return y - forward(op_params, pred["x0"]), pred
 
-            r, pullback, (x0, v) = jax.vjp(residual, x, has_aux=True)
-            pmv = {
-                "mean": gaussian.posterior_mean(c, x0, x),
-                "log_variance": gaussian.log_variance(variance_type, c, v),
-            }
-            x_prime = ancestral(pmv, k, z)
+            r, pullback, pred = jax.vjp(residual, x, has_aux=True)
+            x0 = pred["x0"]
+            x_prime = ancestral(posterior_step(schedule, pred, x), k, z)
             norm = jnp.sqrt(batch_sum(jnp.sum(r * r), valid))
             (grad,) = pullback(r * (weight / norm))
             x_new = x_prime - h["scale"].astype(dtype) * grad
             record = {"x_pre_guidance": x_prime, "x0_hat": x0, "norm": norm * weight}
             return x_new, state, record
 
-        out = run_chain(
-            step,
-            x_T,
-            steps,
-            key=k_loop,
-            noise=replay.get("noise"),
-            keep_trajectory=keep_trajectory,
-            snapshot_every=snapshot_every,
-            progress_every=progress_every,
-            label="dps",
-        )
-        return SampleResult(out.x, out.diverged_at, out.snapshots, out.trajectory)
+        return chain(step, x_T, steps, key=k_loop, replay=replay, loop=loop, label="dps")
 
     return sample

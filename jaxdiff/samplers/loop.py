@@ -1,11 +1,12 @@
 """The one `lax.scan` over time shared by every sampler.
 
 A sampler supplies `step_fn(x, k, z, state) -> (x_next, state_next, record)` for one image at
-respaced step k with this step's standard-normal draw z; the loop supplies the rest:
+respaced step k with this step's random draws z; the loop supplies the rest:
 
 - noise: z comes from `noise[i]` when a recorded trajectory is replayed (that is how parity with
-  the PyTorch fixtures is proven), else `normal(fold_in(key, k))`, so a result depends only on
-  its own key (never on batch size, device count or the other images);
+  the PyTorch fixtures is proven), else `draw(fold_in(key, k), x)` (default: one standard normal
+  of x's shape; a method with several draws per step returns a pytree), so a result depends only
+  on its own key (never on batch size, device count or the other images);
 - the NaN/Inf guard: an image whose x goes non-finite is frozen at its last finite value and
   `diverged_at` records the sampling step; nothing raises inside the compiled function, the
   caller raises `DivergenceError` (see `jaxdiff.samplers.raise_on_divergence`) while keeping
@@ -58,19 +59,25 @@ def run_chain(
     snapshot_every: int = 0,
     progress_every: int = 0,
     label: str = "sampling",
+    draw=None,
 ) -> LoopOutput:
     """Scan `step_fn` over `steps` (respaced indices in sampling order, static)."""
+    if draw is None:
+        draw = _standard_normal
     steps = np.asarray(steps, dtype=np.int64)
     n = int(steps.shape[0])
     if n == 0:
         raise ValueError(f"{label}: no steps to run")
     x_init = jnp.asarray(x_init)
     if noise is not None:
-        noise = jnp.asarray(noise, dtype=x_init.dtype)
-        if noise.shape != (n, *x_init.shape):
+        want = jax.eval_shape(draw, jax.random.key(0), x_init)
+        noise = jax.tree.map(lambda a, w: jnp.asarray(a, w.dtype), noise, want)
+        got = jax.tree.map(lambda a: tuple(a.shape), noise)
+        expected = jax.tree.map(lambda w: (n, *w.shape), want)
+        if got != expected:
             raise ValueError(
-                f"{label}: replayed noise has shape {tuple(noise.shape)}, expected "
-                f"{(n, *x_init.shape)} (one draw per step, for one image)"
+                f"{label}: replayed noise has shape {got}, expected {expected} "
+                "(one draw per step, for one image)"
             )
     snaps_at = snapshot_steps(n, int(snapshot_every))
     slot_of_step = np.full((n,), -1, np.int32)
@@ -83,7 +90,7 @@ def run_chain(
         x, st, diverged_at, buf = carry
         i, k, z = xs
         if z is None:
-            z = jax.random.normal(jax.random.fold_in(key, k), x.shape, x.dtype)
+            z = draw(jax.random.fold_in(key, k), x)
         if ticker is not None:
             jax.lax.cond(
                 (i % progress_every == 0) | (i == n - 1),
@@ -118,6 +125,10 @@ def run_chain(
     init = (x_init, state, jnp.asarray(-1, jnp.int32), snaps)
     (x, state, diverged_at, snaps), traj = jax.lax.scan(body, init, xs)
     return LoopOutput(x, state, diverged_at, snaps, traj)
+
+
+def _standard_normal(key, x):
+    return jax.random.normal(key, x.shape, x.dtype)
 
 
 class _Ticker:

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import (
-    SampleResult,
     ancestral,
     as_forward,
     check_measurement,
@@ -30,36 +30,36 @@ from jaxdiff.samplers.common import (
     resolve_hparams,
     resolve_image_shape,
 )
-from jaxdiff.samplers.loop import run_chain
 
 
+@register_sampler(
+    "score_ald",
+    needs=("operator", "measurement"),
+    hparams={"weight": 1.0, "sigma": None},
+    grad=False,
+)
 def make_score_ald(
     model_fn,
     schedule,
     *,
     operator=None,
     noise=None,
+    defaults,
+    loop,
     image_shape=None,
     gamma: str = "ve",
     half: bool = False,
     beta_step: bool = False,
-    weight: float = 1.0,
-    sigma: float | None = None,
     clip_denoised: bool = True,
     dtype=jnp.float32,
-    keep_trajectory: bool = False,
-    snapshot_every: int = 0,
-    progress_every: int = 0,
 ):
     """`sample(params, key, y, op_params, hparams={"weight", "sigma"}, replay=None)`."""
     if gamma not in ("ve", "vp"):
         raise ValueError(f"score_ald: gamma must be 've' or 'vp', got {gamma!r}")
     forward = as_forward(operator)
-    if forward is None:
-        raise ValueError("score_ald: needs an operator (the forward model A)")
     shape = resolve_image_shape(image_shape, operator, None, "score_ald")
-    sigma = sigma if sigma is not None else noise_sigma(noise)
-    defaults = {"weight": float(weight), "sigma": sigma}
+    if defaults["sigma"] is None:
+        defaults = {**defaults, "sigma": noise_sigma(noise)}
     steps = np.arange(schedule.num_steps)[::-1]
 
     def sample(params, key, y, op_params=None, hparams=None, replay=None, valid=True):
@@ -67,10 +67,7 @@ def make_score_ald(
         h = resolve_hparams(defaults, hparams, "score_ald")
         y = jnp.asarray(y, dtype)
         check_measurement(forward, op_params, jax.ShapeDtypeStruct(shape, dtype), y, "score_ald")
-        replay = replay or {}
-        k_init, k_loop = jax.random.split(key)
-        x_T = replay.get("x_T")
-        x_T = jax.random.normal(k_init, shape, dtype) if x_T is None else jnp.asarray(x_T, dtype)
+        x_T, k_loop = initial_x(key, replay, shape, dtype, "score_ald")
 
         def step(x, k, z, state):
             pmv = p_mean_variance(model_fn, params, schedule, x, k, clip_denoised=clip_denoised)
@@ -98,17 +95,6 @@ def make_score_ald(
             x_new = ancestral(pmv, k, z) - w.astype(x.dtype) * grad
             return x_new, state, {"x0_hat": pmv["x0"]}
 
-        out = run_chain(
-            step,
-            x_T,
-            steps,
-            key=k_loop,
-            noise=replay.get("noise"),
-            keep_trajectory=keep_trajectory,
-            snapshot_every=snapshot_every,
-            progress_every=progress_every,
-            label="score_ald",
-        )
-        return SampleResult(out.x, out.diverged_at, out.snapshots, out.trajectory)
+        return chain(step, x_T, steps, key=k_loop, replay=replay, loop=loop, label="score_ald")
 
     return sample

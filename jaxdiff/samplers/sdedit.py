@@ -1,4 +1,4 @@
-"""SDEdit (REFERENCE 2.2): noise a measurement-derived guide image to t0, run the reverse chain.
+"""SDEdit (Meng et al. 2022): noise a measurement-derived guide image to t0, run the reverse chain.
 
 t0 is a traced hyperparameter (a fraction of the training steps, SDEdit's `--t`/1000), so a sweep
 over t0 is one compiled call. How: the scan always covers the respaced steps up to the static
@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion import gaussian
+from jaxdiff.samplers.base import chain, register_sampler
 from jaxdiff.samplers.common import (
     SampleResult,
     ancestral,
@@ -27,26 +28,30 @@ from jaxdiff.samplers.common import (
     resolve_hparams,
     resolve_image_shape,
 )
-from jaxdiff.samplers.loop import run_chain
 
 
+def _sdedit_nfe(num_steps: int, options: dict) -> int:
+    """The scan covers the steps up to max_t0 (whatever t0 is), once per repeat."""
+    frac = float(options.get("max_t0", 1.0))
+    return int(np.ceil(frac * num_steps)) * int(options.get("repeats", 1))
+
+
+@register_sampler("sdedit", needs=("guide", "measurement"), hparams={"t0": 0.5}, nfe=_sdedit_nfe)
 def make_sdedit(
     model_fn,
     schedule,
     *,
     operator=None,
     noise=None,
+    defaults,
+    loop,
     image_shape=None,
     guide=None,
-    t0: float = 0.5,
     max_t0: float = 1.0,
     repeats: int = 1,
     mask=None,
     clip_denoised: bool = False,
     dtype=jnp.float32,
-    keep_trajectory: bool = False,
-    snapshot_every: int = 0,
-    progress_every: int = 0,
 ):
     """`sample(params, key, y, op_params=None, hparams={"t0": ...}, replay=None)`.
 
@@ -64,7 +69,6 @@ def make_sdedit(
     t_train = schedule.num_train_timesteps
     k_max = max(int(np.searchsorted(tmap, round(max_t0 * t_train) - 1, side="right")) - 1, 0)
     steps = np.arange(k_max + 1)[::-1]
-    defaults = {"t0": float(t0)}
 
     def start_index(t0_frac):
         t_start = jnp.round(t0_frac * t_train).astype(jnp.int32) - 1
@@ -96,18 +100,8 @@ def make_sdedit(
                 x_new = jnp.where(k <= k0, x_new, x)
                 return x_new, state, {"x0_hat": pmv["x0"]}
 
-            out = run_chain(
-                step,
-                x_init,
-                steps,
-                key=k_loop,
-                noise=replay.get("noise"),
-                keep_trajectory=keep_trajectory,
-                snapshot_every=snapshot_every,
-                progress_every=progress_every,
-                label="sdedit",
-            )
-            x0 = out.x if keep is None else keep * x0 + (1 - keep) * out.x
+            out = chain(step, x_init, steps, key=k_loop, replay=replay, loop=loop, label="sdedit")
+            x0 = out.x0 if keep is None else keep * x0 + (1 - keep) * out.x0
             shifted = jnp.where(out.diverged_at >= 0, out.diverged_at + r * len(steps), -1)
             diverged = jnp.where(diverged >= 0, diverged, shifted)
             snaps.append(out.snapshots)

@@ -1,4 +1,4 @@
-"""Tweedie one-step denoising (REFERENCE 2.1): x0_hat = E[x0 | x_t] from one model call.
+"""Tweedie one-step denoising (Efron 2011): x0_hat = E[x0 | x_t] from one model call.
 
 The measurement-derived guide g (y itself for denoising) is read as a noisy x0 with std sigma,
 i.e. x_t = sqrt(abar_t*) g at the training index t* whose VE noise level sqrt((1-abar)/abar) is
@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxdiff.diffusion import gaussian
+from jaxdiff.samplers.base import register_sampler
 from jaxdiff.samplers.common import (
     SampleResult,
     call_model,
@@ -20,21 +21,24 @@ from jaxdiff.samplers.common import (
 )
 
 
+@register_sampler(
+    "tweedie",
+    needs=("guide", "measurement"),
+    hparams={"sigma": None, "t": None},
+    nfe=lambda num_steps, options: 1,
+)
 def make_tweedie(
     model_fn,
     schedule,
     *,
     operator=None,
     noise=None,
+    defaults,
+    loop,
     image_shape=None,
     guide=None,
-    sigma: float | None = None,
-    t: int | None = None,
     clip_denoised: bool = False,
     dtype=jnp.float32,
-    keep_trajectory: bool = False,
-    snapshot_every: int = 0,
-    progress_every: int = 0,
 ):
     """`sample(params, key, y, op_params=None, hparams=None, ...)`; the key is unused.
 
@@ -43,10 +47,10 @@ def make_tweedie(
     default: it is the posterior mean, and clipping would bias it. There is no loop, so
     snapshots/progress do not apply; `keep_trajectory` records the t* used.
     """
-    del snapshot_every, progress_every
     shape = resolve_image_shape(image_shape, operator, None, "tweedie")
     guide_fn = make_guide(guide, shape, "tweedie")
-    sigma = sigma if sigma is not None else noise_sigma(noise)
+    sigma = defaults["sigma"] if defaults["sigma"] is not None else noise_sigma(noise)
+    t = defaults["t"]
     defaults = {"sigma": -1.0 if sigma is None else float(sigma), "t": -1 if t is None else int(t)}
     train_abar = schedule.train_alphas_cumprod
     variance_type = schedule.variance_type
@@ -76,6 +80,6 @@ def make_tweedie(
         if clip_denoised:
             x0 = clip_inclusive(x0)
         diverged = jnp.where(jnp.all(jnp.isfinite(x0)), -1, 0).astype(jnp.int32)
-        return SampleResult(x0, diverged, None, {"t": t_star} if keep_trajectory else None)
+        return SampleResult(x0, diverged, None, {"t": t_star} if loop.keep_trajectory else None)
 
     return sample

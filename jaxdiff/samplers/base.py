@@ -1,0 +1,166 @@
+"""The sampler registry and the set-up every sampler shares.
+
+Each method file registers its factory at the definition site and declares there what it needs
+and offers, so the driver, the demo, the sweep, the table and the benchmark list methods from
+`SAMPLERS` instead of hard-coded tuples, and nothing is sniffed from signatures:
+
+    @register_sampler("ddrm", needs=("operator", "linear", "svd", "measurement"),
+                      hparams={"eta": 0.85, "eta_b": 1.0}, nfe=per_step)
+    def make_ddrm(model_fn, schedule, *, operator, noise, defaults, loop, **options):
+        ...
+        return sample      # sample(params, key, y, op_params, hparams, replay, valid)
+
+`SAMPLERS.get(name)` is a `SamplerSpec`; calling it (`get_sampler(name)(model_fn, schedule,
+operator=..., scale=0.3, snapshot_every=10)`) checks the declared needs against the operator,
+splits the keyword arguments into traced-hparam defaults, loop options and static options, and
+calls the factory. The factory receives `defaults` (the traced hparams' defaults, overridden per
+call by the sample function's `hparams`) and `loop` (`LoopOptions`), and builds its sample
+function from `initial_x`, `predict_x0` (common.py) and `chain` (below), so that a method file
+holds its update alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.registry import Registry
+from jaxdiff.samplers.common import SampleResult
+from jaxdiff.samplers.loop import run_chain
+
+SAMPLERS: Registry = Registry("sampler")
+
+NEEDS = frozenset({"operator", "linear", "svd", "measurement", "guide"})
+"""operator: a forward model A. linear: A must be linear (adjoint / pseudo-inverse). svd: A must
+offer `.svd` (DDRM, DDNM). measurement: the sample function reads y. guide: the method starts from
+an image made from y (SDEdit, Tweedie), so a driver may pass `guide=`."""
+
+
+class LoopOptions(NamedTuple):
+    """What the shared loop records, for every sampler alike (see samplers/loop.py)."""
+
+    keep_trajectory: bool = False
+    snapshot_every: int = 0
+    progress_every: int = 0
+
+
+def per_step(num_steps: int, options: dict) -> int:
+    """NFE of a method with one network evaluation per respaced step."""
+    del options
+    return int(num_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its factory and what it declares.
+
+    hparams: traced hyperparameters and their defaults (None: no default; a factory may fill it,
+    e.g. sigma from the noise model). nfe(num_steps, options) -> network evaluations per image.
+    grad: whether a step differentiates through the network (a gradient costs about 2 forwards).
+    """
+
+    name: str
+    make: Callable
+    needs: frozenset
+    hparams: dict
+    nfe: Callable[[int, dict], int]
+    grad: bool = False
+    doc: str = ""
+
+    def __call__(self, model_fn, schedule, *, operator=None, noise=None, **kwargs):
+        check_operator(self, operator)
+        hparams = dict(self.hparams)
+        for name in list(kwargs):
+            if name in self.hparams:
+                hparams[name] = kwargs.pop(name)
+        loop = LoopOptions(
+            **{f: kwargs.pop(f) for f in LoopOptions._fields if f in kwargs},
+        )
+        return self.make(
+            model_fn,
+            schedule,
+            operator=operator,
+            noise=noise,
+            defaults=hparams,
+            loop=loop,
+            **kwargs,
+        )
+
+    def num_evaluations(self, num_steps: int, options: dict | None = None) -> int:
+        return int(self.nfe(int(num_steps), dict(options or {})))
+
+
+def check_operator(spec: SamplerSpec, operator) -> None:
+    """The declared needs against the operator given: a clear error naming both."""
+    op_name = getattr(operator, "name", type(operator).__name__)
+    if "operator" in spec.needs and operator is None:
+        raise ValueError(f"{spec.name}: needs an operator (the forward model A)")
+    if operator is None:
+        return
+    if "linear" in spec.needs and not getattr(operator, "linear", False):
+        raise ValueError(f"{spec.name}: needs a linear operator; {op_name!r} is nonlinear")
+    if "svd" in spec.needs and getattr(operator, "svd", None) is None:
+        raise ValueError(
+            f"{spec.name}: needs an operator in SVD form (operator.svd); {op_name!r} has none"
+        )
+
+
+def register_sampler(
+    name: str,
+    *,
+    needs=(),
+    hparams: dict | None = None,
+    nfe: Callable[[int, dict], int] = per_step,
+    grad: bool = False,
+):
+    """Register `make` under `name` with its declared needs, traced hparams and cost."""
+    unknown = set(needs) - NEEDS
+    if unknown:
+        raise ValueError(
+            f"sampler {name!r}: unknown needs {sorted(unknown)}; known {sorted(NEEDS)}"
+        )
+
+    def add(make):
+        doc = getattr(sys.modules.get(make.__module__), "__doc__", None) or make.__doc__ or ""
+        spec = SamplerSpec(name, make, frozenset(needs), dict(hparams or {}), nfe, grad, doc)
+        SAMPLERS.register(name)(spec)
+        return make
+
+    return add
+
+
+def initial_x(key, replay, shape, dtype, where: str, name: str = "x_T"):
+    """The chain's start: `replay[name]` when a recorded draw is replayed, else N(0, I) from the
+    first half of `key`. Returns (x, key for the loop), so every sampler splits keys alike."""
+    k_init, k_loop = jax.random.split(key)
+    x = (replay or {}).get(name)
+    if x is None:
+        return jax.random.normal(k_init, shape, dtype), k_loop
+    if tuple(jnp.shape(x)) != tuple(shape):
+        raise ValueError(
+            f"{where}: replay {name} has shape {tuple(jnp.shape(x))}, expected {shape}"
+        )
+    return jnp.asarray(x, dtype), k_loop
+
+
+def chain(step, x_init, steps, *, key, replay, loop: LoopOptions, label: str, **kw) -> SampleResult:
+    """`run_chain` with the shared options; the replayed per-step draws are `replay["noise"]`
+    (any pytree with a leading step axis, matching what `draw` returns; see loop.py)."""
+    out = run_chain(
+        step,
+        x_init,
+        steps,
+        key=key,
+        noise=(replay or {}).get("noise"),
+        keep_trajectory=loop.keep_trajectory,
+        snapshot_every=loop.snapshot_every,
+        progress_every=loop.progress_every,
+        label=label,
+        **kw,
+    )
+    return SampleResult(out.x, out.diverged_at, out.snapshots, out.trajectory)
