@@ -74,8 +74,10 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     """Kept original timesteps, ascending, for a respacing spec (guided-diffusion respace.py).
 
     Accepts an int or a string of comma-separated section counts ("250", "10,10,10"), "ddimN"
-    (the smallest integer stride giving exactly N steps), and diffusers' spacings "leadingN" /
-    "trailingN" (DDPMScheduler.set_timesteps with steps_offset=0). None or "" keeps every step.
+    (the smallest integer stride giving exactly N steps), "skipN" (range(0, T, T // N): the
+    uniform skip of the DDIM, DDRM, DDNM, PiGDM and RED-diff codes, N+1 steps when N does not
+    divide T), and diffusers' spacings "leadingN" / "trailingN" (DDPMScheduler.set_timesteps
+    with steps_offset=0). None or "" keeps every step.
     """
     t = _positive_int(num_timesteps, "num_timesteps")
     if section_counts is None or section_counts == "":
@@ -85,7 +87,7 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
         counts = [int(spec)]
     elif isinstance(spec, str):
         spec = spec.strip()
-        m = re.fullmatch(r"(ddim|leading|trailing)(\d+)", spec)
+        m = re.fullmatch(r"(ddim|skip|leading|trailing)(\d+)", spec)
         if m:
             return _named_spacing(m.group(1), t, int(m.group(2)), section_counts)
         try:
@@ -93,7 +95,7 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
         except ValueError:
             raise ValueError(
                 f"respacing {section_counts!r}: expected an int, comma-separated section counts "
-                "('250', '10,10,10'), 'ddimN', 'leadingN' or 'trailingN'"
+                "('250', '10,10,10'), 'ddimN', 'skipN', 'leadingN' or 'trailingN'"
             ) from None
     else:
         raise ValueError(f"respacing must be an int or a string, got {section_counts!r}")
@@ -130,6 +132,8 @@ def _named_spacing(kind: str, t: int, n: int, spec) -> list[int]:
             return [0]
         raise ValueError(f"respacing {spec!r}: no integer stride gives exactly {n} of {t} steps")
     ratio = t // n
+    if kind == "skip":
+        return list(range(0, t, ratio))
     if kind == "leading":
         return [int(v) for v in np.arange(n) * ratio]
     # trailing: round(arange(T, 0, -T/N)) - 1, reversed to ascending.
