@@ -54,6 +54,16 @@ SDEDIT_T0 = {"box": 0.3, "random": 0.3, "gaussian_blur": 0.02, "sr4": 0.1, "sr2"
 # ~32 dB). The demo blurs with std 1.0 px in a 9x9 kernel instead (8 px at 256: a strong blur).
 TASK_OVERRIDES = {"gaussian_blur": {"reference_size": 32, "kernel_size": 9, "std": 1.0}}
 
+# Every tuned traced hyperparameter: method -> hparam -> task -> value. A hyperparameter whose
+# sampler declares a static bound (SDEdit's t0 <= max_t0) sets the bound too (scripts.demo).
+HPARAMS = {
+    "dps": {"scale": DPS_SCALE},
+    "score_ald": {"weight": SCORE_ALD_WEIGHT},
+    "sdedit": {"t0": SDEDIT_T0},
+}
+# Respacing per method where it differs from `respacing` / `task_respacing` (method wins).
+METHOD_RESPACING = {}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
@@ -69,8 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.methods = METHODS
     c.baselines = BASELINES
     c.ddpm_samples = 8  # unconditional samples of the prior (ddpm_samples.png); 0 = none
-    c.dps_scale = ml_collections.ConfigDict(DPS_SCALE)
-    c.score_ald_weight = ml_collections.ConfigDict(SCORE_ALD_WEIGHT)
-    c.sdedit_t0 = ml_collections.ConfigDict(SDEDIT_T0)
+    c.method_respacing = ml_collections.ConfigDict(METHOD_RESPACING)
+    c.hparams = ml_collections.ConfigDict(HPARAMS)
     c.task_overrides = ml_collections.ConfigDict(TASK_OVERRIDES)
     return c

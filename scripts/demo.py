@@ -33,23 +33,25 @@ def define_flags() -> None:
     _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
 
 
-DIFFUSION = ("ddpm", "tweedie", "sdedit", "score_ald", "dps")
-
-
 def _split(s: str) -> list[str]:
     return [p.strip() for p in str(s).split(",") if p.strip()]
 
 
-def respacing(demo, task: str) -> str:
-    """The diffusion methods' respacing on `task`: demo.task_respacing, else demo.respacing."""
+def respacing(demo, task: str, method: str | None = None) -> str:
+    """A diffusion method's respacing on `task`: demo.method_respacing[method], else
+    demo.task_respacing[task], else demo.respacing."""
+    if method is not None and method in demo.get("method_respacing", {}):
+        return str(demo.method_respacing[method])
     return str(demo.task_respacing.get(task, demo.respacing))
 
 
 def run_config(demo, method: str, task: str):
     """The driver config of one (method, task) run of the demo."""
-    if method in DIFFUSION:
+    from jaxdiff.samplers import SAMPLERS
+
+    if method in SAMPLERS:
         c = importlib.import_module(f"configs.{method}").get_config(task)
-        c.sampler.respacing = respacing(demo, task)
+        c.sampler.respacing = respacing(demo, task, method)
     else:
         c = importlib.import_module("configs.baselines").get_config(f"{method},{task}")
     overrides = dict(demo.task_overrides.get(task, {}))
@@ -62,13 +64,13 @@ def run_config(demo, method: str, task: str):
             c.task.operator_config[key] = value
     c.model, c.data = demo.model, demo.data
     c.num_images, c.seed, c.batch_size = demo.num_images, demo.seed, demo.batch_size
-    if method == "dps":
-        c.sampler.hparams.scale = float(demo.dps_scale[task])
-    elif method == "score_ald":
-        c.sampler.hparams.weight = float(demo.score_ald_weight[task])
-    elif method == "sdedit":
-        c.sampler.hparams.t0 = float(demo.sdedit_t0[task])
-        c.sampler.options.max_t0 = float(demo.sdedit_t0[task])
+    if method in SAMPLERS:
+        bounds = SAMPLERS.get(method).bounds
+        for name, per_task in demo.hparams.get(method, {}).items():
+            if task in per_task:
+                c.sampler.hparams[name] = float(per_task[task])
+                if name in bounds:  # a static scan bound that must cover the traced value
+                    c.sampler.options[bounds[name]] = float(per_task[task])
     return c
 
 
@@ -184,6 +186,8 @@ def main(argv):
         print(f"{'yes' if holds else 'NO '}  {text}")
     demo = _CONFIG.value
     steps = ", ".join(f"{respacing(demo, t)} on {t}" for t in _split(demo.tasks))
+    if demo.method_respacing:
+        steps += "; " + ", ".join(f"{r} for {m}" for m, r in demo.method_respacing.items())
     print(
         f"demo finished in {result['seconds']:.0f} s ({jax.device_count()} device(s)); "
         f"respaced steps of the diffusion methods: {steps} (configs/demo.py)."

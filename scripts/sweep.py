@@ -74,11 +74,15 @@ def value_label(v: float) -> str:
 
 
 def prepare_config(config, name: str, values):
-    """A copy of `config` able to run every value; SDEdit's scan bound max_t0 covers max(t0)."""
+    """A copy of `config` able to run every value: a static bound the sampler declares for the
+    swept hparam (SDEdit's max_t0 for t0) covers max(values)."""
+    from jaxdiff.samplers import SAMPLERS
+
     config = copy.deepcopy(config)
     with config.unlocked():
-        if config.method == "sdedit" and name == "t0":
-            config.sampler.options.max_t0 = float(max(values))
+        bounds = SAMPLERS.get(config.method).bounds if config.method in SAMPLERS else {}
+        if name in bounds:
+            config.sampler.options[bounds[name]] = float(max(values))
         if name in config.sampler.hparams:
             config.sampler.hparams[name] = float(values[0])  # unused: the sweep overrides it
     return config

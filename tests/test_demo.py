@@ -7,6 +7,7 @@ import pytest
 
 from configs import demo as demo_config
 from jaxdiff import data as jdata
+from jaxdiff.samplers import SAMPLERS
 from scripts.demo import plan, run_config, run_demo
 from tests.test_reproduce import tiny_model  # noqa: F401 (fixture)
 
@@ -52,14 +53,21 @@ def test_demo_run_configs_carry_the_demo_settings():
         rc = run_config(c, method, task)
         assert rc.method == method and rc.task.name == task
         assert rc.model == "demo" and rc.data == "demo"
-        if method in ("sdedit", "score_ald", "dps"):
-            assert rc.sampler.respacing == c.task_respacing.get(task, c.respacing)
+        if method in SAMPLERS:
+            want = c.method_respacing.get(method, c.task_respacing.get(task, c.respacing))
+            assert rc.sampler.respacing == want
     assert run_config(c, "dps", "box").sampler.respacing == "100"
     assert run_config(c, "dps", "sr2").sampler.respacing == c.respacing == "50"
-    assert run_config(c, "dps", "box").sampler.hparams.scale == c.dps_scale.box
-    assert run_config(c, "score_ald", "sr4").sampler.hparams.weight == c.score_ald_weight.sr4
-    sd = run_config(c, "sdedit", "random")
-    assert sd.sampler.hparams.t0 == sd.sampler.options.max_t0 == c.sdedit_t0.random
+    assert run_config(c, "dps", "box").sampler.hparams.scale == c.hparams.dps.scale.box
+    assert (
+        run_config(c, "score_ald", "sr4").sampler.hparams.weight == c.hparams.score_ald.weight.sr4
+    )
+    sd = run_config(c, "sdedit", "random")  # t0's declared bound max_t0 follows it
+    assert sd.sampler.hparams.t0 == sd.sampler.options.max_t0 == c.hparams.sdedit.t0.random
+    # every method the demo runs is a registered sampler or a baseline
+    from configs.baselines import APPLIES
+
+    assert {m for m, _ in plan(c)} <= set(SAMPLERS.names()) | set(APPLIES)
     with pytest.raises(KeyError, match="unknown baseline"):
         plan(tiny_demo("x", baselines="nope"))
 

@@ -62,6 +62,8 @@ class SamplerSpec:
     hparams: traced hyperparameters and their defaults (None: no default; a factory may fill it,
     e.g. sigma from the noise model). nfe(num_steps, options) -> network evaluations per image.
     grad: whether a step differentiates through the network (a gradient costs about 2 forwards).
+    bounds: traced hparam -> the static option that bounds it (SDEdit's t0 <= max_t0: the scan's
+    length); a sweep or a tuned config sets the option to cover the values it runs.
     """
 
     name: str
@@ -71,6 +73,7 @@ class SamplerSpec:
     nfe: Callable[[int, dict], int]
     grad: bool = False
     doc: str = ""
+    bounds: dict = dataclasses.field(default_factory=dict)
 
     def __call__(self, model_fn, schedule, *, operator=None, noise=None, **kwargs):
         check_operator(self, operator)
@@ -117,6 +120,7 @@ def register_sampler(
     hparams: dict | None = None,
     nfe: Callable[[int, dict], int] = per_step,
     grad: bool = False,
+    bounds: dict | None = None,
 ):
     """Register `make` under `name` with its declared needs, traced hparams and cost."""
     unknown = set(needs) - NEEDS
@@ -127,7 +131,9 @@ def register_sampler(
 
     def add(make):
         doc = getattr(sys.modules.get(make.__module__), "__doc__", None) or make.__doc__ or ""
-        spec = SamplerSpec(name, make, frozenset(needs), dict(hparams or {}), nfe, grad, doc)
+        spec = SamplerSpec(
+            name, make, frozenset(needs), dict(hparams or {}), nfe, grad, doc, dict(bounds or {})
+        )
         SAMPLERS.register(name)(spec)
         return make
 

@@ -36,7 +36,13 @@ def _sdedit_nfe(num_steps: int, options: dict) -> int:
     return int(np.ceil(frac * num_steps)) * int(options.get("repeats", 1))
 
 
-@register_sampler("sdedit", needs=("guide", "measurement"), hparams={"t0": 0.5}, nfe=_sdedit_nfe)
+@register_sampler(
+    "sdedit",
+    needs=("guide", "measurement"),
+    hparams={"t0": 0.5},
+    nfe=_sdedit_nfe,
+    bounds={"t0": "max_t0"},
+)
 def make_sdedit(
     model_fn,
     schedule,
