@@ -1,6 +1,8 @@
 """Diffusion core: schedules, respacing and Gaussian-diffusion algebra (numbers only)."""
 
 from jaxdiff.diffusion.gaussian import (
+    ddim_coefficients,
+    ddim_step,
     eps_from_score,
     eps_from_x0,
     eps_mean,
@@ -26,6 +28,8 @@ from jaxdiff.diffusion.schedule import (
 __all__ = [
     "Schedule",
     "alphas_cumprod_from_betas",
+    "ddim_coefficients",
+    "ddim_step",
     "eps_from_score",
     "eps_from_x0",
     "eps_mean",

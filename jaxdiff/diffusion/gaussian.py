@@ -127,3 +127,20 @@ def t_for_sigma(train_alphas_cumprod, sigma):
     """
     ve = jnp.sqrt((1.0 - jnp.asarray(train_alphas_cumprod)) / jnp.asarray(train_alphas_cumprod))
     return jnp.argmin(jnp.abs(ve - sigma)).astype(jnp.int32)
+
+
+def ddim_coefficients(abar_t, abar_next, eta):
+    """(c1, c2) of the generalized DDIM step (Song, Meng, Ermon 2021, eq. 12 and 16):
+    c1 = eta sqrt((1 - abar_t/abar_next)(1 - abar_next)/(1 - abar_t)) is the noise std (eta = 1:
+    the DDPM posterior std), c2 = sqrt(1 - abar_next - c1^2) the weight of eps. The expression
+    order is that of RED-diff algos/ddim.py, so float32 values reproduce the official ones."""
+    c1 = jnp.sqrt((1 - abar_t / abar_next) * (1 - abar_next) / (1 - abar_t)) * eta
+    c2 = jnp.sqrt(jnp.maximum((1 - abar_next) - c1**2, 0.0))
+    return c1, c2
+
+
+def ddim_step(x0, eps, abar_t, abar_next, eta, z):
+    """x_next = sqrt(abar_next) x0 + c1 z + c2 eps (DDIM; eta = 0 deterministic, eta = 1 the
+    DDPM fixed_small ancestral step). Shared by DDIM, PiGDM and the other DDIM-style samplers."""
+    c1, c2 = ddim_coefficients(abar_t, abar_next, eta)
+    return jnp.sqrt(abar_next) * x0 + c1 * z + c2 * eps
