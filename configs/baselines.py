@@ -5,7 +5,7 @@
 
 NAME is a jaxdiff.baselines name (zero_fill, adjoint, least_squares, tv_least_squares, bicubic,
 wiener, telea, navier_stokes) or "measurement" (the measurement itself: the floor). Settings are
-the baselines' defaults (REFERENCE 11); keyword arguments go in `config.baseline`, e.g.
+the baselines' defaults; keyword arguments go in `config.baseline`, e.g.
 `--config.baseline.lam=0.05` for TV. The DPS paper's ADMM-TV / PnP-ADMM (scico, 9.3) are not here.
 """
 
@@ -15,7 +15,7 @@ import ml_collections
 
 from configs import default, tasks
 
-# The classical method of each task (REFERENCE 11), used when only a task is given.
+# The classical method of each task, used when only a task is given.
 DEFAULT = {
     "box": "telea",
     "random": "telea",

@@ -1,4 +1,4 @@
-"""Unconditional DDPM ancestral sampling (REFERENCE 1.5): the prior alone, the measurement unused.
+"""Unconditional DDPM ancestral sampling (Ho et al. 2020): the prior alone, the measurement unused.
 
 Its metrics against the ground truth are the "no information" reference for the table. Settings:
 guided-diffusion's image_sample.py defaults (all 1000 steps, clip_denoised True).

@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 0  # images per compiled call, padded to the device count; 0 = min(N, 8)
 
     c.sampler = ml_collections.ConfigDict()
-    # DPS configs/diffusion_config.yaml timestep_respacing 1000 (REFERENCE 4.3): every step of a
+    # DPS configs/diffusion_config.yaml timestep_respacing 1000: every step of a
     # 1000-step model. A respacing spec of jaxdiff.diffusion.space_timesteps ("100", "ddim50").
     c.sampler.respacing = "1000"
     c.sampler.options = ml_collections.ConfigDict()  # static factory options (clip_denoised, ...)
@@ -36,9 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.baseline = ml_collections.ConfigDict()  # keyword arguments of a classical baseline
 
     c.metrics = ml_collections.ConfigDict()
-    c.metrics.lpips_net = "vgg"  # DPS reports LPIPS-VGG (util/compute_metric.py, REFERENCE 8.1)
+    c.metrics.lpips_net = "vgg"  # DPS reports LPIPS-VGG (util/compute_metric.py)
     # "clip": the reconstruction clipped to [-1, 1] (what the PNG holds). "minmax": per-image
-    # min-max normalisation of both images, as the DPS repo's saved images (REFERENCE 8.1).
+    # min-max normalisation of both images, as the DPS repo's saved images (DPS sample_condition.py).
     c.metrics.range = "clip"
 
     c.output = ml_collections.ConfigDict()

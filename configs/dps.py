@@ -2,9 +2,9 @@
 
     python -m scripts.reproduce --config=configs/dps.py:box --workdir=runs/dps_box
 
-Sampler (DPS configs/diffusion_config.yaml, REFERENCE 4.3): 1000 ancestral steps (no respacing),
+Sampler (DPS configs/diffusion_config.yaml): 1000 ancestral steps (no respacing),
 learned-range variance from the checkpoint, clip_denoised True; the guidance is the official
-un-squared norm ||y - A(x0_hat)|| times `scale` (REFERENCE 4.2), per image (the official code's
+un-squared norm ||y - A(x0_hat)|| times `scale` (docs/methods.md), per image (the official code's
 whole-batch norm is `sampler.options.batch_coupled_norm=True`; identical at batch 1).
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from configs import default
 
-# conditioning.params.scale of the official task configs (REFERENCE 4.4). The paper's zeta' = 1.0
-# (App. D.1) corresponds to code scale 2.0 (REFERENCE 4.2, 9.2); the configs are what ran.
+# conditioning.params.scale of the official task configs. The paper's zeta' = 1.0
+# (App. D.1) corresponds to code scale 2.0 (docs/methods.md); the configs are what ran.
 SCALES = {
     "sr4": 0.3,  # super_resolution_config.yaml
     "sr2": 0.3,  # no official config: the x4 value

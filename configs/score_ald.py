@@ -1,11 +1,11 @@
-"""Score-ALD (Jalal et al.) in the DDPM form of the course posters (REFERENCE 3.2).
+"""Score-ALD (Jalal et al.) in the DDPM form of the course posters (docs/methods.md).
 
     x_{t-1} = x'_{t-1} - w_t grad_{x_t} ||A(x_t / sqrt(abar_t)) - y||^2,
     w_t = weight / (sigma^2 + gamma_t^2) * beta_t / sqrt(alpha_t)
 
 gamma_t^2 = (1 - abar_t) / abar_t (NCSN units, Jalal et al.'s sigma_c; gamma="ve"), sigma the
 task's measurement noise. There is no official DDPM-form step size: the posters' formula has no
-beta_t factor and with sigma = 0.05 its weight reaches 1/sigma^2 = 400, which diverges (REFERENCE
+beta_t factor and with sigma = 0.05 its weight reaches 1/sigma^2 = 400, which diverges (docs/methods.md
 3.2); the beta_t/sqrt(alpha_t) factor makes it the Langevin-consistent step of the reverse process.
 `weight` is a traced, sweepable multiplier (python -m scripts.sweep ... --sweep=weight:...).
 """

@@ -1,11 +1,11 @@
 """SDEdit (Meng et al. ICLR 2022) applied to the measurement, one preset per task.
 
-Official VP code settings (ermongroup/SDEdit runners/image_editing.py, REFERENCE 2.2): t0 = 0.4
+Official VP code settings (ermongroup/SDEdit runners/image_editing.py): t0 = 0.4
 (`--t 400`, the code default; its README examples use 0.5), the reverse chain without clipping,
 the eps-form mean with fixed-small variance; `--sample_step` K = 3 repeats. Here the checkpoint's
 own variance type is used and K = 1 (each repeat costs a full chain; `sampler.options.repeats=3`
 restores it). The guide is the measurement brought to image shape (bicubic for SR); on
-inpainting the masked variant keeps the measured pixels (use_mask, REFERENCE 2.2).
+inpainting the masked variant keeps the measured pixels (use_mask).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Task presets shared by every method config: the forward operator, its settings and the noise.
 
-Every number is the official DPS setting at 256x256 (REFERENCE 4.4, 5, 9.1; DPS configs/*.yaml):
+Every number is the official DPS setting at 256x256 (DPS configs/*.yaml and paper Sec. 4):
 lengths are given at `reference_size` = 256 and scaled by the driver when the model's image size
 differs (jaxdiff.experiment.scale_task: box sizes, margins, blur kernel sizes and the Gaussian std
 scale by size/256; kernel sizes round to the nearest odd integer >= 3; fractions, the SR factor
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-# DPS measurement noise: sigma 0.05 on the [-1, 1] scale (REFERENCE 0.2, 5.5; DPS issue #6).
+# DPS measurement noise: sigma 0.05 on the [-1, 1] scale (DPS measurements.py; DPS issue #6).
 SIGMA = 0.05
 REFERENCE_SIZE = 256
 
@@ -32,7 +32,7 @@ def _task(name: str, operator: str, operator_config: dict, doc: str, sigma: floa
 def box():
     # DPS configs/inpainting_config.yaml, box variant (commented there): mask_len_range (128, 129),
     # i.e. a 128x128 hole at a random position 16 px from the border (util/img_utils.py
-    # random_sq_bbox; REFERENCE 5.1). Paper: "128x128 box region" (9.1).
+    # random_sq_bbox). Paper: "128x128 box region" (9.1).
     return _task(
         "box",
         "inpaint_box",
@@ -43,7 +43,7 @@ def box():
 
 def random():
     # DPS configs/inpainting_config.yaml: mask_type random, mask_prob_range (0.3, 0.7): one
-    # fraction per image, shared across RGB (REFERENCE 5.1). (The paper's text says 92%; the
+    # fraction per image, shared across RGB (DPS util/img_utils.py mask_generator). (The paper's text says 92%; the
     # official config draws 30-70%, which is what this preset follows.)
     return _task(
         "random",
@@ -54,7 +54,7 @@ def random():
 
 
 def gaussian_blur():
-    # DPS configs/gaussian_deblur_config.yaml: kernel_size 61, intensity (std) 3.0 (REFERENCE 5.2).
+    # DPS configs/gaussian_deblur_config.yaml: kernel_size 61, intensity (std) 3.0.
     return _task(
         "gaussian_blur",
         "gaussian_blur",
@@ -64,7 +64,7 @@ def gaussian_blur():
 
 
 def motion_blur():
-    # DPS configs/motion_deblur_config.yaml: kernel_size 61, intensity 0.5 (REFERENCE 5.3). The
+    # DPS configs/motion_deblur_config.yaml: kernel_size 61, intensity 0.5. The
     # official code draws ONE kernel per run; here each image draws its own from its key.
     return _task(
         "motion_blur",
@@ -76,7 +76,7 @@ def motion_blur():
 
 def sr4():
     # DPS configs/super_resolution_config.yaml: scale_factor 4, the MATLAB-style bicubic Resizer
-    # (REFERENCE 5.4).
+    # (DPS util/resizer.py).
     return _task(
         "sr4",
         "super_resolution",
@@ -109,7 +109,7 @@ def colorize():
 
 
 def phase_retrieval():
-    # DPS configs/phase_retrieval_config.yaml: oversample 2.0 (REFERENCE 5.6). Nonlinear: only DPS
+    # DPS configs/phase_retrieval_config.yaml: oversample 2.0. Nonlinear: only DPS
     # and Score-ALD use it properly; the paper reports the best of 4 samples (not done here).
     return _task(
         "phase_retrieval",
@@ -130,7 +130,7 @@ TASKS = {
     "colorize": colorize,
     "phase_retrieval": phase_retrieval,
 }
-# The five tasks of the DPS tables (REFERENCE 9.4-9.7), in the paper's column order.
+# The five tasks of the DPS tables (DPS paper Tables 1-2), in the paper's column order.
 PAPER_TASKS = ("sr4", "box", "random", "gaussian_blur", "motion_blur")
 
 

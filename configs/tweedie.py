@@ -1,4 +1,4 @@
-"""Tweedie one-step denoising (REFERENCE 2.1): x0_hat = E[x0 | x_t] from one network call.
+"""Tweedie one-step denoising (Efron 2011): x0_hat = E[x0 | x_t] from one network call.
 
 The guide (the measurement brought to image shape) is read as x0 plus Gaussian noise of the
 task's sigma; t* is the training step whose noise level matches it (sigma 0.05 -> t* = 11 for the

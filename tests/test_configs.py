@@ -61,7 +61,7 @@ def test_baseline_default_per_task_and_errors():
 
 
 def test_paper_preset_is_the_official_setting():
-    """REFERENCE 4.3/4.4/5: 1000 steps, the configs' scales, sigma 0.05, official operators."""
+    """DPS configs/*.yaml: 1000 steps, the configs' scales, sigma 0.05, official operators."""
     want_scale = {"sr4": 0.3, "box": 0.5, "random": 0.5, "gaussian_blur": 0.3, "motion_blur": 0.3}
     for task, scale in want_scale.items():
         c = _cfg("dps", task)

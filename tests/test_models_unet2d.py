@@ -139,7 +139,7 @@ BASE = {
     "attention_head_dim": None,
 }
 CONFIGS = {
-    "google_ddpm_256": {  # REFERENCE 7.1: google/ddpm-cat-256
+    "google_ddpm_256": {  # google/ddpm-cat-256's config.json
         "block_out_channels": [128, 128, 256, 256, 512, 512],
         "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4,

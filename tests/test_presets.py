@@ -15,7 +15,7 @@ from jaxdiff.models.adm import _heads, normalize_config
 from tests.conftest import FIXTURES
 from tests.torch_layouts import adm_state_dict_shapes
 
-# REFERENCE 6.1 (derived by replaying the constructor): parameters, tensors.
+# guided-diffusion create_model (derived by replaying the constructor): parameters, tensors.
 COUNTS = {"ffhq256": (93_563_910, 362), "imagenet256_uncond": (552_814_086, 566)}
 
 
@@ -27,7 +27,7 @@ def test_full_size_parameter_counts_from_eval_shape(name):
     assert presets.PRESET_DIFFUSION[name]["num_timesteps"] == 1000
 
 
-# REFERENCE 6.2 module tree, spot checks: key -> torch shape (None = must not exist).
+# guided-diffusion unet.py module tree, spot checks: key -> torch shape (None = must not exist).
 SPOT = {
     "ffhq256": {
         "time_embed.0.weight": (512, 128),

@@ -64,7 +64,7 @@ def test_tweedie_is_the_exact_posterior_mean():
     res = run(
         gp.params(), jax.random.split(jax.random.key(0), 2), y, None, {"t": jnp.array([-1, 40])}
     )
-    for i, t in enumerate([26, 40]):  # -1: t* from sigma = 0.1 (REFERENCE 2.1: t* = 26)
+    for i, t in enumerate([26, 40]):  # -1: t* from sigma = 0.1 (closest VE level: t* = 26)
         want = [gp.posterior_mean_x0(np.sqrt(gp.abar[t]) * yi, t) for yi in flat(y)]
         np.testing.assert_allclose(flat(res.x0[i]), np.stack(want), atol=2e-5)
     # at t*, the noisy-image reading (1-abar)/abar ~ sigma^2 makes it the denoising posterior mean

@@ -1,4 +1,5 @@
-"""Schedules, respacing and Gaussian algebra against the closed forms and anchors of REFERENCE 1."""
+"""Schedules, respacing and Gaussian algebra against closed forms and guided-diffusion's
+gaussian_diffusion.py anchors."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Deblurring baselines: Wiener deconvolution and TV-regularised least squares (REFERENCE 11).
+"""Deblurring baselines: Wiener deconvolution and TV-regularised least squares.
 
 Both are pure JAX and jit-able with the operator closed over, e.g.
 `jax.jit(lambda y, p: wiener(y, op, p, noise_sigma=0.05))`.

@@ -1,4 +1,5 @@
-"""Classical inpainting with OpenCV: Telea's fast marching and Navier-Stokes (REFERENCE 11).
+"""Classical inpainting with OpenCV: Telea's fast marching (Telea 2004) and Navier-Stokes
+(Bertalmio et al. 2001).
 
 HOST-SIDE, NOT jit-able: cv2.inpaint runs on uint8 numpy images, so these functions pull y to
 the host. Call them eagerly, one image at a time (a Python loop over a batch).

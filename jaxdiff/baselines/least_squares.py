@@ -22,7 +22,7 @@ def adjoint(y, operator, op_params, *, clip: bool = True):
 
 def zero_fill(y, operator, op_params, *, clip: bool = True):
     """The measurement as an image: holes at 0 for inpainting, y itself for same-shape operators
-    (blur, denoise), nearest-neighbour upsampling for super-resolution (REFERENCE 11)."""
+    (blur, denoise), nearest-neighbour upsampling for super-resolution."""
     y = check_measurement("zero_fill", y, operator)
     H, W, C = operator.image_shape
     h, w, c = y.shape

@@ -1,4 +1,5 @@
-"""Beta schedules, alpha-bar and timestep respacing: numbers only (REFERENCE sections 1.1, 1.6).
+"""Beta schedules, alpha-bar and timestep respacing: numbers only (guided-diffusion's
+gaussian_diffusion.py and respace.py).
 
 Every table is float64 numpy, as in guided-diffusion; samplers cast the entry they gather to the
 compute dtype (float32 normally), which is what the reference's `_extract_into_tensor(...).float()`
@@ -153,7 +154,8 @@ class Schedule:
     training index `timestep_map[k]` (guided-diffusion's `rescale_timesteps=False`). Tables are
     float64 numpy; `gather(k, dtype)` casts them to the compute dtype and indexes with a (traced) k.
 
-    `convention` only matters where the two reference codes differ (REFERENCE 1.4):
+    `convention` only matters where the two reference codes differ (guided-diffusion's
+    p_mean_variance, diffusers' DDPMScheduler):
     "guided_diffusion" uses the clipped posterior log-variance; "diffusers" clamps the posterior
     variance at 1e-20 instead, and its fixed_large uses the current beta at every step.
     """

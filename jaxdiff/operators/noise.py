@@ -5,7 +5,7 @@
     noise.log_likelihood(y, Ax)            # log p(y | Ax), summed over every entry (a scalar)
 
 - `gaussian(sigma)`: y = Ax + sigma z. sigma = 0.05 is the official setting, on the [-1, 1] scale
-  (= 0.025 on [0, 1]; REFERENCE 5.5, DPS issue #6). Exact log-density.
+  (= 0.025 on [0, 1]; DPS measurements.py, DPS issue #6). Exact log-density.
 - `poisson(rate)`: DPS "version 3": x01 = clip((Ax + 1) / 2, 0, 1), N ~ Poisson(255 rate x01),
   y = clip(2 N / (255 rate) - 1, -1, 1). The log-likelihood is the Poisson pmf of the count
   N = (y + 1) / 2 * 255 rate (rounded), with the top clip (y = 1 means N >= 255 rate) as the

@@ -1,4 +1,5 @@
-"""Score-ALD in DDPM form (REFERENCE 3.2): an ancestral step, then a likelihood step.
+"""Score-ALD (Jalal et al. 2021) in DDPM form (docs/methods.md): an ancestral step, then a
+likelihood step.
 
     x_{t-1} = x'_{t-1} - w_t * grad_{x_t} ||A(u(x_t)) - v_t y||^2
 
