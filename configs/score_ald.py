@@ -5,8 +5,8 @@
 
 gamma_t^2 = (1 - abar_t) / abar_t (NCSN units, Jalal et al.'s sigma_c; gamma="ve"), sigma the
 task's measurement noise. There is no official DDPM-form step size: the posters' formula has no
-beta_t factor and with sigma = 0.05 its weight reaches 1/sigma^2 = 400, which diverges (docs/methods.md
-3.2); the beta_t/sqrt(alpha_t) factor makes it the Langevin-consistent step of the reverse process.
+beta_t factor and with sigma = 0.05 its weight reaches 1/sigma^2 = 400, which diverges
+(docs/methods.md); the beta_t/sqrt(alpha_t) factor makes it the Langevin-consistent step of the reverse process.
 `weight` is a traced, sweepable multiplier (python -m scripts.sweep ... --sweep=weight:...).
 """
 
