@@ -21,7 +21,7 @@ import numpy as np
 
 from convert_weights import torch_pickle
 from jaxdiff.checkpoint import save_pretrained
-from jaxdiff.errors import CheckpointError
+from jaxdiff.errors import CheckpointError, NotFIDInceptionError
 
 CONVERTER_VERSION = "0.1.0"
 ADM_SUFFIXES = (".pt", ".pth", ".bin")
@@ -209,17 +209,35 @@ def convert(
     key: str | None = None,
     force: bool = False,
     progress: bool = True,
+    kind: str | None = None,
 ) -> dict:
-    """Convert SRC into the jaxdiff checkpoint folder OUT; returns the sidecar dict written."""
+    """Convert SRC into the jaxdiff checkpoint folder OUT; returns the sidecar dict written.
+
+    `kind="fid_inception"` insists on pytorch-fid's FID Inception (NotFIDInceptionError
+    otherwise); without it, a file with Inception keys is converted as one."""
+    from convert_weights import fid_inception
+
     out = Path(out)
     if out.exists() and not force:  # before the (possibly long) read
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    if kind not in (None, "diffusion", fid_inception.ARCHITECTURE):
+        raise ValueError(f"unknown --kind {kind!r}; known: diffusion, fid_inception")
     source = detect_source(src)
+    if kind == fid_inception.ARCHITECTURE and source.architecture != "adm":
+        raise NotFIDInceptionError(f"{src}: a diffusers folder, not the FID Inception .pth")
     if source.architecture == "adm":
         from convert_weights import adm
 
         fmt = torch_pickle.checkpoint_format(source.weights)
         sd = _as_float32(torch_pickle.load_state_dict(source.weights, key, progress=progress))
+        if kind == fid_inception.ARCHITECTURE or (
+            kind is None and fid_inception.looks_like_inception(sd)
+        ):
+            params = fid_inception.state_dict_to_params(sd, str(source.weights))
+            file = {"file": source.weights.name, "format": fmt}
+            file["sha256"] = sha256(source.weights, progress)
+            save_pretrained(out, params, fid_inception.meta(file, CONVERTER_VERSION), force=force)
+            return json.loads((out / "jaxdiff.json").read_text())
         model_config, flags = adm_model_config(sd, preset, Path(config) if config else None)
         params = adm.state_dict_to_params(sd, model_config, what=str(source.weights))
         diffusion, extra = adm_diffusion(model_config, flags, preset), {}
@@ -273,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         'or {"kwargs": {...}}; default: inferred from the checkpoint',
     )
     p.add_argument("--key", help="entry holding the state dict in a nested file, e.g. 'ema'")
+    p.add_argument(
+        "--kind",
+        choices=("diffusion", "fid_inception"),
+        help="what SRC must be; default: recognised by its keys (pytorch-fid's "
+        "pt_inception-2015-12-05-6726825d.pth is converted for FID/KID)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing --out checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -289,11 +313,19 @@ def main(argv=None) -> int:
             key=args.key,
             force=args.force,
             progress=not args.quiet,
+            kind=args.kind,
         )
     except (CheckpointError, ValueError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"convert_weights: error: {msg}", file=sys.stderr)
         return 1
+    if meta["architecture"] == "fid_inception":
+        print(
+            f"wrote {Path(args.out).absolute()}: FID InceptionV3, {meta['num_parameters']:,} "
+            f"parameters from {meta['source']['file']} ({meta['source']['format']}); use it "
+            f"with --config.metrics.inception={args.out}"
+        )
+        return 0
     print(
         f"wrote {Path(args.out).absolute()}: {meta['architecture']}, "
         f"{meta['num_parameters']:,} parameters from {meta['source']['file']} "

@@ -41,3 +41,7 @@ class KeyMismatchError(CheckpointError):
 
 class DivergenceError(JaxdiffError, FloatingPointError):
     """A sampler produced NaN or Inf; the message names the images and the step."""
+
+
+class NotFIDInceptionError(CheckpointError):
+    """A file or folder given as the FID Inception is not pytorch-fid's FID InceptionV3."""
