@@ -55,6 +55,23 @@ class StorageType:
     name: str
     dtype: np.dtype
 
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"refused a BUILD on the allow-listed 'torch.{self.name}'")
+
+
+class _AllowedCallable:
+    """An allow-listed global as the pickle sees it: callable, but a BUILD opcode on it (which
+    would update the shared function's attributes for every later load) is refused."""
+
+    def __init__(self, qualname: str, fn):
+        self._qualname, self._fn = qualname, fn
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"refused a BUILD on the allow-listed '{self._qualname}'")
+
 
 @dataclass
 class Storage:
@@ -98,6 +115,12 @@ class LazyTensor:
                 f"its storage {self.storage.key!r} of {flat.size} elements"
             )
         n = int(np.prod(size, dtype=np.int64))
+        if n > flat.size - self.offset:  # a state dict's tensor owns its elements
+            raise CheckpointError(
+                f"tensor view of {n} elements (size {size}, stride {stride}) over a storage "
+                f"{self.storage.key!r} of {flat.size} elements: overlapping strides are not "
+                "how a state dict stores its tensors (refused, it could expand without bound)"
+            )
         if stride == _contiguous_strides(size):
             return flat[self.offset : self.offset + n].reshape(size)
         item = flat.dtype.itemsize
@@ -127,11 +150,16 @@ def _rebuild_parameter(data, *_ignored):
 
 
 _ALLOWED: dict[tuple[str, str], object] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    **{
+        (module, name): _AllowedCallable(f"{module}.{name}", fn)
+        for module, name, fn in (
+            ("collections", "OrderedDict", collections.OrderedDict),
+            ("torch._utils", "_rebuild_tensor", _rebuild_tensor),
+            ("torch._utils", "_rebuild_tensor_v2", _rebuild_tensor),
+            ("torch._utils", "_rebuild_parameter", _rebuild_parameter),
+            ("torch._utils", "_rebuild_parameter_with_state", _rebuild_parameter),
+        )
+    },
     **{("torch", name): StorageType(name, dt) for name, dt in _STORAGE_DTYPES.items()},
 }
 

@@ -348,3 +348,41 @@ def test_view_past_storage_end(tmp_path):
     obj = {"a": FakeTensor(FakeStorage("0", np.ones(4, np.float32)), 2, (3,))}
     with pytest.raises(CheckpointError, match="runs past its storage '0' of 4 elements"):
         tp.load(write_zip(tmp_path / "short.pt", obj))
+
+
+def test_stride_zero_expansion_is_refused(tmp_path):
+    """One stored element viewed as a 32768 x 16384 tensor (2 GiB once materialised)."""
+    obj = {"a": FakeTensor(FakeStorage("0", np.ones(1, np.float32)), 0, (32768, 16384), (0, 0))}
+    with pytest.raises(CheckpointError, match="overlapping strides"):
+        tp.load(write_zip(tmp_path / "bomb.pt", obj))
+
+
+class _Build:
+    """Pickles as GLOBAL target + BUILD(state): an attempt to mutate an allow-listed object."""
+
+    def __init__(self, qualname: str, state):
+        self.target, self.state = G(qualname), state
+
+
+def _save_build(self, obj):
+    self.save(obj.target)
+    self.save(obj.state)
+    self.write(pickle.BUILD)
+
+
+_Writer.dispatch[_Build] = _save_build
+
+
+@pytest.mark.parametrize(
+    "qualname", ["torch.FloatStorage", "torch._utils._rebuild_tensor_v2", "collections.OrderedDict"]
+)
+def test_build_on_an_allow_listed_global_is_refused_and_changes_nothing(tmp_path, qualname):
+    state = {"dtype": None, "name": "x", "_fn": None}  # would break every later load
+    obj = {"ok": tensor("0", np.ones(2, np.float32)), "evil": _Build(qualname, state)}
+    path = write_zip(tmp_path / "build.pt", obj)
+    with pytest.raises(UnsafePickleError, match=f"BUILD on the allow-listed '{qualname}'"):
+        tp.load(path)
+    # the reader's shared state is intact: a clean file still loads with the right dtype
+    clean = write_zip(tmp_path / "clean.pt", {"w": tensor("0", np.arange(3, dtype=np.float32))})
+    sd = tp.load_state_dict(clean)
+    assert sd["w"].dtype == np.float32 and sd["w"].tolist() == [0.0, 1.0, 2.0]
