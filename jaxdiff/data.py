@@ -46,13 +46,50 @@ def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
+def to_rgb8(img: Image.Image, path) -> Image.Image:
+    """An 8-bit RGB image from any mode PIL decodes, at its real bit depth, or ImageReadError.
+
+    PIL's plain convert("RGB") clips 16-bit grayscale ("I;16", "I") to 255, so a 16-bit photo
+    would come out mostly white: those are scaled by 255/65535 instead. Palette images are
+    expanded, CMYK and YCbCr converted; an alpha channel is dropped only where every pixel is
+    opaque (what lies under transparent pixels is not part of the picture). Floating-point and
+    other modes with no defined display range are refused by name.
+    """
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.int64)
+        if a.min() < 0 or a.max() > 65535:
+            raise ImageReadError(
+                f"{path}: {mode} image with values in [{a.min()}, {a.max()}], outside the "
+                "16-bit range [0, 65535]; save it as 8- or 16-bit"
+            )
+        u8 = np.round(a * (255.0 / 65535.0)).astype(np.uint8)
+        return Image.fromarray(u8, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() < 255:
+            raise ImageReadError(
+                f"{path}: {mode} image with transparent pixels ({int((alpha < 255).sum())} of "
+                f"{alpha.size}); flatten it onto a background first"
+            )
+        return img.convert("RGB")
+    if mode in ("1", "L", "RGB", "CMYK", "YCbCr", "RGBX"):
+        return img.convert("RGB")
+    raise ImageReadError(f"{path}: image mode {mode!r} has no defined RGB conversion; save as RGB")
+
+
 def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     """One image file -> (H, W, 3) float32 in [-1, 1], centre-cropped and resized to `size`."""
     path = pathlib.Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            img = img.convert("RGB")
+            img = to_rgb8(img, path)
+    except ImageReadError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot decode image ({e})") from e
     if size is not None:

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from jaxdiff import data
+from jaxdiff.data import ImageReadError, load_image
 
 
 def test_load_image_matches_dps_transform(fixtures_dir):
@@ -64,3 +65,50 @@ def test_png_round_trip_and_grid(tmp_path):
     assert grid.shape == (2 * 18 + 2, 2 * 18 + 2, 3)
     np.testing.assert_array_equal(grid[2:18, 2:18], x)
     np.testing.assert_array_equal(grid[2:18, 20:36], 0.0)  # upsampled grey -> 3 channels
+
+
+def _gray16(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(ramp).save(path)  # PIL writes a 16-bit grayscale PNG ("I;16")
+    return path, ramp
+
+
+def test_16bit_png_is_read_at_its_bit_depth(tmp_path):
+    path, ramp = _gray16(tmp_path)
+    x = load_image(path)
+    want = ramp / 65535.0 * 2 - 1
+    assert np.abs(x[..., 0] - want).max() <= 1.0 / 255 + 1e-6  # 8-bit rounding, not clipping
+    assert np.mean(x >= 0.999) < 0.01  # plain convert("RGB") made ~79% of pixels white
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])
+
+
+def test_palette_cmyk_and_opaque_alpha_convert_like_rgb(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    want = load_image(tmp_path / "rgb.png")
+    rgba = np.concatenate([rgb, np.full((16, 16, 1), 255, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "opaque.png"), want)
+    pal = Image.fromarray(rgb).quantize(colors=256)
+    pal.save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(
+        load_image(tmp_path / "pal.png"), load_image_array(pal.convert("RGB"))
+    )
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")
+    assert np.abs(load_image(tmp_path / "cmyk.tif") - want).max() <= 2.0 / 255
+
+
+def load_image_array(img):
+    return (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
+
+
+def test_transparent_and_float_images_are_refused_by_name(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "glass.png")
+    with pytest.raises(ImageReadError, match=r"glass.png: RGBA image with transparent pixels"):
+        load_image(tmp_path / "glass.png")
+    Image.fromarray(np.full((8, 8), 3.5, np.float32), "F").save(tmp_path / "float.tif")
+    with pytest.raises(ImageReadError, match=r"float.tif: image mode 'F'"):
+        load_image(tmp_path / "float.tif")
