@@ -9,6 +9,7 @@ import pytest
 from jaxdiff.diffusion import make_schedule
 from jaxdiff.errors import DivergenceError
 from jaxdiff.samplers import SAMPLERS, batched, get_sampler, loop, raise_on_divergence
+from jaxdiff.samplers.base import NEEDS
 from tests.gaussian_prior import GaussianPrior
 
 SHAPE = (4, 4, 1)
@@ -26,10 +27,58 @@ def measurements(n, seed=1):
     return 0.3 * jax.random.normal(jax.random.key(seed), (n, *SHAPE))
 
 
-def test_registry():
-    assert SAMPLERS.names() == ["ddpm", "dps", "score_ald", "sdedit", "tweedie"]
-    with pytest.raises(KeyError, match="unknown sampler 'ddim'"):
-        get_sampler("ddim")
+def test_registry_entries_declare_what_they_need_and_cost():
+    assert {"ddpm", "dps", "score_ald", "sdedit", "tweedie"} <= set(SAMPLERS.names())
+    with pytest.raises(KeyError, match="unknown sampler 'nope'"):
+        get_sampler("nope")
+    for name in SAMPLERS.names():
+        spec = get_sampler(name)
+        assert spec.needs <= NEEDS, name
+        assert spec.num_evaluations(10) >= 1, name
+        assert set(spec.bounds) <= set(spec.hparams), name
+    assert get_sampler("dps").grad and not get_sampler("score_ald").grad
+    assert get_sampler("tweedie").num_evaluations(1000) == 1
+    assert get_sampler("sdedit").num_evaluations(100, {"max_t0": 0.3, "repeats": 2}) == 60
+    assert "guide" in get_sampler("sdedit").needs and "sigma" in get_sampler("tweedie").hparams
+
+
+def test_declared_needs_are_checked_against_the_operator():
+    from jaxdiff.operators import get_operator
+
+    pr = get_operator("phase_retrieval", image_shape=SHAPE)
+    for name in SAMPLERS.names():
+        spec = get_sampler(name)
+        if "linear" in spec.needs:
+            with pytest.raises(ValueError, match=f"{name}: needs a linear operator"):
+                spec(GP.model_fn, SCHED, operator=pr, image_shape=SHAPE)
+        elif "svd" in spec.needs:
+            with pytest.raises(ValueError, match=f"{name}: needs an operator in SVD form"):
+                spec(GP.model_fn, SCHED, operator=pr, image_shape=SHAPE)
+        if "operator" in spec.needs:
+            with pytest.raises(ValueError, match=f"{name}: needs an operator"):
+                spec(GP.model_fn, SCHED, image_shape=SHAPE)
+
+
+def test_model_image_size_is_checked_against_the_operator():
+    """The README's DPS example with a 256 px operator and a 32 px prior used to sample at 256."""
+    import json
+    import pathlib
+
+    import jaxdiff
+    from jaxdiff.models import build_model, model_fn
+    from jaxdiff.operators import get_operator
+
+    sidecar = pathlib.Path(jaxdiff.__file__).parent / "assets" / "demo_prior" / "jaxdiff.json"
+    cfg = json.loads(sidecar.read_text())["model_config"]
+    size = int(cfg["image_size"])
+    fn = model_fn(build_model("adm", cfg))
+    assert fn.image_size == size
+    op = get_operator("inpaint_box", image_shape=(256, 256, 3))
+    with pytest.raises(ValueError, match=f"built for {size}x{size} images, but operator"):
+        get_sampler("dps")(fn, SCHED, operator=op)
+    with pytest.raises(ValueError, match=f"built for {size}x{size} images, but image_shape"):
+        get_sampler("ddpm")(fn, SCHED, image_shape=(64, 64, 3))
+    get_sampler("ddpm")(fn, SCHED, image_shape=(size, size, 3))  # the right size builds
 
 
 TRACES = []

@@ -88,9 +88,34 @@ def load_pretrained(path, dtype=None) -> tuple[nn.Module, dict, dict]:
     return model, params, meta
 
 
+class ModelFn:
+    """`model_fn(params, x, t)` for the samplers (docs/DESIGN.md); `image_size` is the size the
+    network was built for (None when unknown), which the samplers check against the operator."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.image_size = image_size_of(model)
+
+    def __call__(self, params, x, t):
+        return self.model.apply({"params": params}, x, t)
+
+
 def model_fn(model: nn.Module) -> Callable:
     """`model_fn(params, x, t)` for the samplers (docs/DESIGN.md)."""
-    return lambda params, x, t: model.apply({"params": params}, x, t)
+    return ModelFn(model)
+
+
+def image_size_of(model: nn.Module) -> int | None:
+    """The image size in the module's config (ADM `image_size`, diffusers `sample_size`)."""
+    config = getattr(model, "config", None)
+    try:
+        config = dict(config) if config is not None else {}
+    except (TypeError, ValueError):
+        return None
+    size = config.get("image_size", config.get("sample_size"))
+    if isinstance(size, (list, tuple)):
+        size = size[0] if len(set(size)) == 1 else None
+    return int(size) if isinstance(size, (int, np.integer)) and size > 0 else None
 
 
 __all__ = [
@@ -99,6 +124,8 @@ __all__ = [
     "build_model",
     "check_params",
     "load_pretrained",
+    "ModelFn",
+    "image_size_of",
     "model_fn",
     "param_count",
 ]

@@ -77,6 +77,7 @@ class SamplerSpec:
 
     def __call__(self, model_fn, schedule, *, operator=None, noise=None, **kwargs):
         check_operator(self, operator)
+        check_image_size(self, model_fn, operator, kwargs.get("image_shape"))
         hparams = dict(self.hparams)
         for name in list(kwargs):
             if name in self.hparams:
@@ -111,6 +112,23 @@ def check_operator(spec: SamplerSpec, operator) -> None:
         raise ValueError(
             f"{spec.name}: needs an operator in SVD form (operator.svd); {op_name!r} has none"
         )
+
+
+def check_image_size(spec: SamplerSpec, model_fn, operator, image_shape) -> None:
+    """The network's own image size (`model_fn.image_size`, see jaxdiff.models.ModelFn) against
+    the image the operator takes and `image_shape`: a 32 px prior must not sample at 256 px."""
+    size = getattr(model_fn, "image_size", None)
+    if size is None:
+        return
+    for what, shape in (
+        ("image_shape", image_shape),
+        (f"operator {getattr(operator, 'name', '')!r}", getattr(operator, "image_shape", None)),
+    ):
+        if shape is not None and tuple(int(s) for s in tuple(shape)[:2]) != (size, size):
+            raise ValueError(
+                f"{spec.name}: the model was built for {size}x{size} images, but {what} is "
+                f"{tuple(int(s) for s in shape)}; build the operator at the model's size"
+            )
 
 
 def register_sampler(
