@@ -33,6 +33,7 @@ class Operator:
 
     name: str = "operator"
     linear: bool = True
+    svd = None  # an SVDForm (jaxdiff/operators/svd.py) where H = U diag(s) V^T is tractable
 
     def __init__(self, image_shape):
         self.image_shape = check_image_shape(image_shape, self.name)

@@ -24,12 +24,15 @@ match the torch fixture to ~1.4e-6 and exact float64 to <1e-6; "fft" takes 0.07 
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from jaxdiff.operators.base import Operator, check_param_shape
 from jaxdiff.operators.motion import check_motion_kernel_size, motion_kernel
+from jaxdiff.operators.svd import SeparableSVD, separable_factors
 
 _HIGHEST = lax.Precision.HIGHEST
 _METHODS = ("direct", "fft")
@@ -138,6 +141,13 @@ def reflect_correlate_separable(x, k_rows, k_cols):
     return jnp.einsum("jw,iwc->ijc", mw, y, precision=_HIGHEST)
 
 
+def _separable_svd(image_shape, k_rows, k_cols) -> SeparableSVD:
+    H, W, _ = image_shape
+    mh = np.asarray(reflect_matrix(jnp.asarray(np.asarray(k_rows, np.float64)), H))
+    mw = np.asarray(reflect_matrix(jnp.asarray(np.asarray(k_cols, np.float64)), W))
+    return SeparableSVD(image_shape, mh, mw)
+
+
 class _Blur(Operator):
     def __init__(self, image_shape, kernel_shape, method):
         super().__init__(image_shape)
@@ -170,6 +180,11 @@ class GaussianBlur(_Blur):
     def sample(self, key) -> dict:
         del key
         return {"kernel": jnp.asarray(self.kernel), "kernel_1d": jnp.asarray(self.kernel_1d)}
+
+    @functools.cached_property
+    def svd(self):
+        """The SVDs of the two reflect-padded 1-D matrices (of the configured kernel)."""
+        return _separable_svd(self.image_shape, self.kernel_1d, self.kernel_1d)
 
     def _apply(self, op_params, x):
         k1 = check_param_shape(self.name, op_params, "kernel_1d", self.kernel_shape[:1])
@@ -207,3 +222,9 @@ class Blur(_Blur):
     def sample(self, key) -> dict:
         del key
         return {"kernel": jnp.asarray(self.kernel)}
+
+    @functools.cached_property
+    def svd(self):
+        """Separable (rank-1) kernels only: the SVDs of the two reflect-padded 1-D matrices."""
+        factors = separable_factors(self.kernel)
+        return None if factors is None else _separable_svd(self.image_shape, *factors)

@@ -17,14 +17,22 @@ match the official *distribution*, not numpy's draws.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.operators.base import Operator, check_param_shape
+from jaxdiff.operators.svd import MaskSVD
 
 
 class _Masked(Operator):
+    @functools.cached_property
+    def svd(self):
+        """U = V = I, singulars = the mask (y stays image-shaped; holes are s == 0)."""
+        return MaskSVD(self.image_shape)
+
     def _apply(self, op_params, x):
         mask = check_param_shape(self.name, op_params, "mask", self.image_shape)
         return mask.astype(x.dtype) * x

@@ -16,11 +16,14 @@ must be divisible by `factor`.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from jaxdiff.operators.base import Operator
+from jaxdiff.operators.svd import SeparableSVD
 
 _HIGHEST = lax.Precision.HIGHEST
 _METHODS = ("bicubic", "avg_pool")
@@ -73,6 +76,11 @@ def tables_to_matrix(weights: np.ndarray, fov: np.ndarray, in_length: int) -> np
     return mat.astype(np.float32)
 
 
+def _block_mean(n: int, f: int) -> np.ndarray:
+    """(n / f, n) matrix averaging consecutive blocks of f entries."""
+    return np.kron(np.eye(n // f), np.full((1, f), 1.0 / f))
+
+
 class SuperResolution(Operator):
     """Downsampling by an integer factor (the DPS Resizer, or block averaging)."""
 
@@ -105,6 +113,15 @@ class SuperResolution(Operator):
             }
             self.matrix_h = tables_to_matrix(wh, fh, H)
             self.matrix_w = tables_to_matrix(ww, fw, W)
+
+    @functools.cached_property
+    def svd(self):
+        """Separable: the SVDs of the two 1-D (out, in) matrices (block means for avg_pool)."""
+        H, W, _ = self.image_shape
+        if self.method == "avg_pool":
+            f = self.factor
+            return SeparableSVD(self.image_shape, _block_mean(H, f), _block_mean(W, f))
+        return SeparableSVD(self.image_shape, self.matrix_h, self.matrix_w)
 
     def _output_shape(self):
         H, W, C = self.image_shape

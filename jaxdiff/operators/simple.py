@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.operators.base import Operator
+from jaxdiff.operators.svd import IdentitySVD, PixelSVD
 
 GRAY_WEIGHTS = {"mean": (1 / 3, 1 / 3, 1 / 3), "bt601": (0.299, 0.587, 0.114)}
 
@@ -20,6 +23,10 @@ class Denoise(Operator):
     """The identity: the measurement is the noisy image itself."""
 
     name = "denoise"
+
+    @functools.cached_property
+    def svd(self):
+        return IdentitySVD(self.image_shape)
 
     def _apply(self, op_params, x):
         del op_params
@@ -45,6 +52,11 @@ class Colorize(Operator):
                 f"{self.image_shape[2]} channels"
             )
         self.weights = weights
+
+    @functools.cached_property
+    def svd(self):
+        """Per pixel the (1, C) row of weights: singular |w|, V's first column w / |w|."""
+        return PixelSVD(self.image_shape, self.weights)
 
     def _output_shape(self):
         H, W, _ = self.image_shape
