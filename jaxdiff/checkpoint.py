@@ -9,6 +9,7 @@ leaves a half-written ``DIR`` that a later load would trust.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -28,8 +29,60 @@ PARAMS_DIR = "params"
 REQUIRED_META = ("architecture", "model_config")
 
 
+MAX_ABS_WEIGHT = 1e5  # no trained diffusion UNet comes near this; corrupted bytes often do
+
+
 def count_parameters(params) -> int:
     return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+
+
+def _named_leaves(params) -> list[tuple[str, np.ndarray]]:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    named = [(jax.tree_util.keystr(path), np.asarray(v)) for path, v in leaves]
+    return sorted(named, key=lambda kv: kv[0])
+
+
+def params_digest(params) -> str:
+    """SHA-256 over every leaf's name, dtype, shape and bytes (in name order): what
+    `jaxdiff.json` records so a load can tell the parameters are the ones that were written.
+    Costs one pass over the bytes (about 1-2 s per GB on one core)."""
+    h = hashlib.sha256()
+    for name, v in _named_leaves(params):
+        v = np.ascontiguousarray(v)
+        h.update(f"{name}|{v.dtype.str}|{v.shape}\n".encode())
+        h.update(memoryview(v).cast("B"))
+    return h.hexdigest()
+
+
+def check_weights(params, max_abs: float | None = MAX_ABS_WEIGHT, what: str = "params") -> None:
+    """Refuse non-finite values (naming each tensor and the count) and, unless `max_abs` is
+    None, magnitudes above it: both are what a corrupted file decodes to, not what training
+    produces."""
+    bad, huge = [], []
+    for name, v in _named_leaves(params):
+        if not np.issubdtype(v.dtype, np.floating) or v.size == 0:
+            continue
+        finite = np.isfinite(v)
+        if not finite.all():
+            bad.append(f"{name} ({int(v.size - finite.sum())} of {v.size})")
+        elif max_abs is not None:
+            m = float(np.max(np.abs(v)))
+            if m > max_abs:
+                huge.append(f"{name} (max |w| = {m:.3g})")
+    if bad:
+        raise CheckpointError(
+            f"{what}: non-finite weights (NaN/Inf) in {len(bad)} tensor(s): "
+            + "; ".join(bad[:10])
+            + (" ..." if len(bad) > 10 else "")
+            + ": the file is corrupt"
+        )
+    if huge:
+        raise CheckpointError(
+            f"{what}: weights above {max_abs:g} in magnitude in {len(huge)} tensor(s): "
+            + "; ".join(huge[:10])
+            + (" ..." if len(huge) > 10 else "")
+            + ": the file is likely corrupt (converter: --allow_large_weights if they are real)"
+        )
 
 
 def _to_numpy_f32(params):
@@ -50,12 +103,15 @@ def _json_default(x):
     raise TypeError(f"{type(x).__name__} is not JSON-serializable")
 
 
-def save_pretrained(directory, params, meta: dict, force: bool = False) -> Path:
+def save_pretrained(
+    directory, params, meta: dict, force: bool = False, max_abs: float | None = MAX_ABS_WEIGHT
+) -> Path:
     """Write ``params`` (a pytree of arrays) and ``meta`` (the sidecar dict) to ``directory``.
 
-    ``format_version`` and ``num_parameters`` are filled in here. An existing ``directory``
-    raises FileExistsError unless ``force``; then it is replaced (atomically swapped where the
-    OS allows it, so there is no moment without a checkpoint at that path).
+    The weights are checked first (`check_weights`: finite, |w| <= max_abs unless None).
+    ``format_version``, ``num_parameters`` and ``params_sha256`` are filled in here. An
+    existing ``directory`` raises FileExistsError unless ``force``; then it is replaced
+    (atomically swapped where the OS allows it, so there is never no checkpoint at that path).
     """
     import orbax.checkpoint as ocp
 
@@ -69,7 +125,13 @@ def save_pretrained(directory, params, meta: dict, force: bool = False) -> Path:
     params = _to_numpy_f32(params)
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("params is empty: nothing to save")
-    meta = {"format_version": FORMAT_VERSION, **meta, "num_parameters": count_parameters(params)}
+    check_weights(params, max_abs, what=str(meta.get("source", {}).get("file", directory)))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "num_parameters": count_parameters(params),
+        "params_sha256": params_digest(params),
+    }
     meta_text = json.dumps(meta, indent=2, default=_json_default) + "\n"
 
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -167,8 +229,12 @@ def read_meta(directory) -> dict:
     return meta
 
 
-def load_checkpoint(directory) -> tuple[Any, dict]:
-    """``(params, meta)``: params a nested dict of host numpy arrays (floating ones float32)."""
+def load_checkpoint(directory, verify: bool = True) -> tuple[Any, dict]:
+    """``(params, meta)``: params a nested dict of host numpy arrays (floating ones float32).
+
+    With ``verify`` the parameters must hash to the sidecar's ``params_sha256`` (a damaged
+    params/ folder fails here, not as silently wrong samples); a sidecar written before the
+    digest existed gets the finiteness check instead."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
@@ -188,4 +254,14 @@ def load_checkpoint(directory) -> tuple[Any, dict]:
             f"{directory}: {META_FILE} says {meta['num_parameters']} parameters, "
             f"{PARAMS_DIR}/ holds {n}"
         )
+    if verify:
+        want = meta.get("params_sha256")
+        if want is None:
+            check_weights(params, None, what=str(directory))
+        elif params_digest(params) != want:
+            raise CheckpointError(
+                f"{directory}: the parameters in {PARAMS_DIR}/ are not the ones that were "
+                f"written (SHA-256 differs from {META_FILE}'s params_sha256): the folder is "
+                "corrupt; convert or export it again"
+            )
     return params, meta

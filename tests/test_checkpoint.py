@@ -138,3 +138,45 @@ def test_load_errors(tmp_path):
     (d / "params").mkdir()
     with pytest.raises(CheckpointError, match="cannot restore parameters"):
         ck.load_checkpoint(d)
+
+
+def test_non_finite_and_absurd_weights_are_refused_by_name(tmp_path):
+    params = _params()
+    params["conv_in"]["bias"] = np.array([0, np.nan, np.inf, 1, 0, 0, 0, 0], np.float32)
+    with pytest.raises(CheckpointError, match=r"non-finite.*\['conv_in'\]\['bias'\] \(2 of 8\)"):
+        ck.save_pretrained(tmp_path / "nan", params, META)
+    params["conv_in"]["bias"] = np.full(8, 9e35, np.float32)
+    with pytest.raises(CheckpointError, match=r"above 100000.*\['conv_in'\]\['bias'\]"):
+        ck.save_pretrained(tmp_path / "huge", params, META)
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "huge").exists()
+    ck.save_pretrained(tmp_path / "ok", params, META, max_abs=None)  # the override
+
+
+def test_a_damaged_params_folder_is_detected_on_load(tmp_path):
+    d = ck.save_pretrained(tmp_path / "ckpt", _params(), META)
+    meta = json.loads((d / "jaxdiff.json").read_text())
+    assert meta["params_sha256"] == ck.params_digest(ck.load_checkpoint(d)[0])
+    # weights changed behind the sidecar's back (what XORed bytes in an orbax file decode to)
+    ck.save_pretrained(tmp_path / "other", _params(seed=1), META)
+    for f in (d / "params").rglob("*"):
+        if f.is_file():
+            f.unlink()
+    for f in (tmp_path / "other" / "params").rglob("*"):
+        if f.is_file():
+            target = d / "params" / f.relative_to(tmp_path / "other" / "params")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(f.read_bytes())
+    with pytest.raises(CheckpointError, match="not the ones that were written"):
+        ck.load_checkpoint(d)
+    ck.load_checkpoint(d, verify=False)  # readable, just not what the sidecar describes
+    # bytes flipped inside the largest data file: refused one way or the other
+    big = {"w": np.random.default_rng(0).standard_normal(4096).astype(np.float32)}
+    ck.save_pretrained(tmp_path / "flip", big, META)
+    files = [p for p in (tmp_path / "flip" / "params").rglob("d/*") if p.is_file()]
+    data = max(files, key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 64] = bytes(b ^ 0x5A for b in raw[mid : mid + 64])
+    data.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError):
+        ck.load_checkpoint(tmp_path / "flip")
