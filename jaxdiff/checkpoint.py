@@ -135,6 +135,7 @@ def save_pretrained(
     meta_text = json.dumps(meta, indent=2, default=_json_default) + "\n"
 
     directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
@@ -147,6 +148,35 @@ def save_pretrained(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def remove_stale_temporaries(directory) -> list[Path]:
+    """Remove `.NAME.tmp-PID-*` folders that an earlier save of `directory` left behind when it
+    was killed (SIGKILL leaves no chance to clean up) and whose process is gone."""
+    directory = Path(directory).absolute()
+    removed = []
+    if not directory.parent.is_dir():
+        return removed
+    prefix = f".{directory.name}.tmp-"
+    for tmp in directory.parent.glob(f"{prefix}*"):
+        pid = tmp.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or not tmp.is_dir() or _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_replaceable(directory: Path, force: bool) -> None:

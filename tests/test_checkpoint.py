@@ -180,3 +180,21 @@ def test_a_damaged_params_folder_is_detected_on_load(tmp_path):
     data.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError):
         ck.load_checkpoint(tmp_path / "flip")
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    pid = int(dead.stdout)
+    stale = tmp_path / f".ckpt.tmp-{pid}-deadbeef"
+    (stale / "params").mkdir(parents=True)
+    live = tmp_path / f".ckpt.tmp-{os.getppid()}-cafe0000"  # a running process: kept
+    live.mkdir()
+    other = tmp_path / f".other.tmp-{pid}-deadbeef"  # another checkpoint's: not ours to touch
+    other.mkdir()
+    ck.save_pretrained(tmp_path / "ckpt", _params(), META)
+    assert not stale.exists() and live.exists() and other.exists()
