@@ -198,3 +198,19 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
     other.mkdir()
     ck.save_pretrained(tmp_path / "ckpt", _params(), META)
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_diffusion_sidecar_without_its_schedule_is_named(tmp_path):
+    import shutil
+
+    import jaxdiff
+    from jaxdiff.models import load_pretrained
+
+    src = os.path.join(os.path.dirname(jaxdiff.__file__), "assets", "demo_prior")
+    d = tmp_path / "prior"
+    shutil.copytree(src, d)
+    meta = json.loads((d / "jaxdiff.json").read_text())
+    del meta["diffusion"]
+    (d / "jaxdiff.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"prior/jaxdiff.json: no 'diffusion' entry"):
+        load_pretrained(d)

@@ -82,6 +82,14 @@ def load_pretrained(path, dtype=None) -> tuple[nn.Module, dict, dict]:
     arch = meta.get("architecture")
     if arch not in MODELS:
         raise KeyError(f"{path}: unknown architecture {arch!r}; known: {MODELS.names()}")
+    if not isinstance(meta.get("diffusion"), dict):
+        from jaxdiff.errors import CheckpointError
+
+        raise CheckpointError(
+            f"{path}/jaxdiff.json: no 'diffusion' entry (the schedule the model was trained with: "
+            "num_timesteps, beta_schedule, variance_type, ...); convert the checkpoint again or "
+            "add it (docs/DESIGN.md, Checkpoints)"
+        )
     config = meta["model_config"]
     check_params(arch, config, params, what=str(path))
     model = build_model(arch, config, dtype=jnp.float32 if dtype is None else dtype)
