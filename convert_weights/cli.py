@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from convert_weights import torch_pickle
-from jaxdiff.checkpoint import save_pretrained
+from jaxdiff.checkpoint import MAX_ABS_WEIGHT, save_pretrained
 from jaxdiff.errors import CheckpointError, NotFIDInceptionError
 
 CONVERTER_VERSION = "0.1.0"
@@ -210,11 +210,14 @@ def convert(
     force: bool = False,
     progress: bool = True,
     kind: str | None = None,
+    allow_large_weights: bool = False,
 ) -> dict:
     """Convert SRC into the jaxdiff checkpoint folder OUT; returns the sidecar dict written.
 
-    `kind="fid_inception"` insists on pytorch-fid's FID Inception (NotFIDInceptionError
-    otherwise); without it, a file with Inception keys is converted as one."""
+        `kind="fid_inception"` insists on pytorch-fid's FID Inception (NotFIDInceptionError
+        otherwise); without it, a file with Inception keys is converted as one. Non-finite weights
+    are always refused, magnitudes above jaxdiff.checkpoint.MAX_ABS_WEIGHT unless
+    `allow_large_weights` (both are what a corrupted file decodes to)."""
     from convert_weights import fid_inception
 
     out = Path(out)
@@ -236,7 +239,13 @@ def convert(
             params = fid_inception.state_dict_to_params(sd, str(source.weights))
             file = {"file": source.weights.name, "format": fmt}
             file["sha256"] = sha256(source.weights, progress)
-            save_pretrained(out, params, fid_inception.meta(file, CONVERTER_VERSION), force=force)
+            save_pretrained(
+                out,
+                params,
+                fid_inception.meta(file, CONVERTER_VERSION),
+                force=force,
+                max_abs=None if allow_large_weights else MAX_ABS_WEIGHT,
+            )
             return json.loads((out / "jaxdiff.json").read_text())
         model_config, flags = adm_model_config(sd, preset, Path(config) if config else None)
         params = adm.state_dict_to_params(sd, model_config, what=str(source.weights))
@@ -271,7 +280,8 @@ def convert(
         },
         "converter_version": CONVERTER_VERSION,
     }
-    save_pretrained(out, params, meta, force=force)
+    max_abs = None if allow_large_weights else MAX_ABS_WEIGHT
+    save_pretrained(out, params, meta, force=force, max_abs=max_abs)
     return json.loads((out / "jaxdiff.json").read_text())
 
 
@@ -298,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pt_inception-2015-12-05-6726825d.pth is converted for FID/KID)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out checkpoint")
+    p.add_argument(
+        "--allow_large_weights",
+        action="store_true",
+        help="accept weights above 1e5 in magnitude (refused by default: corrupted files decode "
+        "to such values; no trained diffusion UNet has them)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -314,6 +330,7 @@ def main(argv=None) -> int:
             force=args.force,
             progress=not args.quiet,
             kind=args.kind,
+            allow_large_weights=args.allow_large_weights,
         )
     except (CheckpointError, ValueError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -326,3 +326,19 @@ def test_failure_mid_conversion_leaves_no_dir(fixtures_dir, tmp_path, capsys, mo
         assert run(*argv) == 1
         assert "disk full" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("byte, match", [(0xFF, "non-finite"), (0x7E, "above 100000")])
+def test_corrupted_weights_are_refused(fixtures_dir, tmp_path, capsys, byte, match):
+    """400 bytes of the safetensors data overwritten: NaNs (0xFF) or 8e37s (0x7E) used to
+    convert with exit 0."""
+    src = tmp_path / "damaged"
+    shutil.copytree(fixtures_dir / "diffusers_tiny", src)
+    weights = src / "diffusion_pytorch_model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1000:-600] = bytes([byte]) * 400  # the tensor data, past the JSON header
+    weights.write_bytes(bytes(raw))
+    err = _fails(capsys, tmp_path, src, match=match)
+    assert "tensor(s): [" in err and "corrupt" in err  # names the tensors
+    if byte == 0x7E:  # a legitimate-but-huge checkpoint can still be converted on request
+        assert run(src, "--out", tmp_path / "out", "--allow_large_weights") == 0
