@@ -1,0 +1,191 @@
+"""DAPS, decoupled annealing posterior sampling (Zhang et al., CVPR 2025; docs/methods/daps.md),
+as the official code (zhangbingliang2019/DAPS, sampler.py DAPS, cores/mcmc.py, cores/scheduler.py,
+model/precond.py) computes it, one image at a time.
+
+State x = x0 + sigma n (EDM/VE, unscaled); sigma_0 > ... > sigma_{N-1} > sigma_N = 0 is the
+annealing grid (jaxdiff.diffusion.annealing). Annealing step i, s = sigma_i:
+
+    x0_hat = Euler solve of the PF-ODE dx/dt = -t score(x; t) = (x - D(x; t)) / t from t = s down
+             to ode_sigma_min on the poly-rho grid (K steps, K model calls; x0_hat is the ODE
+             state at ode_sigma_min, no final denoiser call, no clamp)
+    D(x; t) = x - t eps(c_in x, c_noise)      (a VP eps-network read as a VE denoiser: VPPrecond)
+    Langevin on p(x0 | x_t, y) ~ N(x0; x0_hat, s^2) exp(-||A(x0) - y||^2 / tau^2), from x0_hat:
+        lr = lr0 (1 + i/(N+1) (lr_min_ratio - 1))
+        x <- x + lr (-grad ||A(x) - y||^2 / tau^2 + (x_t - x)/s^2 + (x0_hat - x_t)/s^2)
+               + sqrt(2 lr) eps                                   (L times)
+    x_t <- x0_y + sigma_{i+1} n        (also at the last step, where sigma_N = 0)
+
+The gradient goes through the operator only (never through the network), so A may be nonlinear
+and images never couple. Draws of a step: {"mcmc": (L, H, W, C), "renoise": (H, W, C)}, in the
+official order (the L Langevin draws, then the re-noise draw).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.diffusion import annealing
+from jaxdiff.samplers.base import chain, initial_x, register_sampler
+from jaxdiff.samplers.common import (
+    as_forward,
+    check_measurement,
+    resolve_hparams,
+    resolve_image_shape,
+)
+
+DRAWS = {"mcmc", "renoise"}
+
+
+def _nfe(num_steps: int, options: dict) -> int:
+    """One network call per Euler step of each annealing step's ODE solve."""
+    n = options.get("annealing_steps") or num_steps
+    return int(n) * int(options.get("ode_steps", 5))
+
+
+def _count(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+        raise ValueError(f"daps: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@register_sampler(
+    "daps",
+    needs=("operator", "measurement"),
+    hparams={"lr": 1e-4, "tau": 0.01, "lr_min_ratio": 0.01},
+    nfe=_nfe,
+)
+def make_daps(
+    model_fn,
+    schedule,
+    *,
+    operator=None,
+    noise=None,
+    defaults,
+    loop,
+    image_shape=None,
+    annealing_steps: int | None = None,
+    sigma_max: float = 100.0,
+    sigma_min: float = 0.1,
+    rho: float = 7.0,
+    ode_steps: int = 5,
+    ode_sigma_min: float = 0.01,
+    ode_rho: float = 7.0,
+    mcmc_steps: int = 100,
+    vp_beta_min: float = annealing.VP_BETA_MIN,
+    vp_beta_d: float = annealing.VP_BETA_D,
+    record_inner: bool = False,
+    dtype=jnp.float32,
+):
+    """`sample(params, key, y, op_params, hparams={"lr", "tau", "lr_min_ratio"}, replay, valid)`.
+
+    Static options (official config names in docs/methods/daps.md): annealing_steps (default: the
+    schedule's respaced step count), sigma_max / sigma_min / rho (annealing grid), ode_steps /
+    ode_sigma_min / ode_rho (the inner PF-ODE), mcmc_steps (Langevin steps per annealing step),
+    vp_beta_min / vp_beta_d (VPPrecond's continuous VP-SDE, M = the model's training steps).
+    replay: {"x_T": standard normal (H,W,C), scaled by sigma_max as the official get_start,
+    "noise": {"mcmc": (N, L, H,W,C), "renoise": (N, H,W,C)}}. The trajectory records x0_hat
+    and x0_y per step, with `record_inner` also every ODE state / denoiser output and every
+    Langevin iterate / data gradient / loss (memory: N (K + L) images).
+    """
+    del noise  # DAPS's likelihood weight is tau (a traced hparam), not the noise model's sigma
+    forward = as_forward(operator)
+    if forward is None:
+        raise ValueError("daps: needs an operator (the forward model A)")
+    shape = resolve_image_shape(image_shape, operator, None, "daps")
+    if annealing_steps is None:
+        if schedule is None:
+            raise ValueError("daps: pass annealing_steps (or a schedule whose respacing sets it)")
+        annealing_steps = schedule.num_steps
+    n = _count(annealing_steps, "annealing_steps")
+    k_ode = _count(ode_steps, "ode_steps")
+    n_mcmc = _count(mcmc_steps, "mcmc_steps")
+    m = int(getattr(schedule, "num_train_timesteps", annealing.VP_M))
+    np_dtype = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    sig = annealing.annealing_sigmas(n, sigma_max, sigma_min, rho, np_dtype)
+    ode_t = annealing.ode_grids(sig[:n], k_ode, ode_sigma_min, ode_rho, np_dtype)
+    c_in = annealing.vp_input_scale(ode_t[:, :k_ode], np_dtype).astype(np_dtype)
+    c_noise = annealing.vp_timestep(ode_t[:, :k_ode], vp_beta_min, vp_beta_d, m, np_dtype)
+    ratio = np.arange(n) / (n + 1)  # i / Scheduler.num_steps (which counts the initial point)
+    tables = {
+        "sigma": sig[:n],
+        "sigma_next": sig[1:],
+        "sigma_sq": (sig[:n].astype(np.float64) ** 2).astype(np_dtype),
+        "ode_t": ode_t,
+        "c_in": c_in,
+        "c_noise": c_noise.astype(np_dtype),
+        "ratio": ratio.astype(np_dtype),
+    }
+
+    def draw(key, x):
+        k1, k2 = jax.random.split(key)
+        return {
+            "mcmc": jax.random.normal(k1, (n_mcmc, *x.shape), x.dtype),
+            "renoise": jax.random.normal(k2, x.shape, x.dtype),
+        }
+
+    def sample(params, key, y, op_params=None, hparams=None, replay=None, valid=True):
+        del valid  # no batch coupling
+        h = resolve_hparams(defaults, hparams, "daps")
+        h = {name: v.astype(dtype) for name, v in h.items()}
+        if y is None:
+            raise ValueError("daps: this sampler needs the measurement y")
+        y = jnp.asarray(y, dtype)
+        check_measurement(forward, op_params, jax.ShapeDtypeStruct(shape, dtype), y, "daps")
+        noise = (replay or {}).get("noise")
+        if noise is not None and (not isinstance(noise, dict) or set(noise) != DRAWS):
+            raise ValueError(
+                'daps: replayed noise must be {"mcmc": (N, L, H, W, C), "renoise": (N, H, W, C)}, '
+                f"got {jax.tree.map(jnp.shape, noise)}"
+            )
+        z_T, k_loop = initial_x(key, replay, shape, dtype, "daps")
+        x_T = z_T * jnp.asarray(sig[0], dtype)  # prior_sigma = sigma_max (DAPS.get_start)
+        tb = {name: jnp.asarray(t) for name, t in tables.items()}
+
+        def denoise(x, c_in_k, c_noise_k, t):
+            """VPPrecond: D = x - t eps(c_in x, c_noise) (fractional timestep, eps channels)."""
+            out = model_fn(params, (c_in_k * x)[None], c_noise_k[None])[0]
+            if out.shape[:-1] != x.shape[:-1] or out.shape[-1] < x.shape[-1]:
+                raise ValueError(f"daps: the model maps an image {x.shape} to {out.shape}")
+            return x + (-t) * out[..., : x.shape[-1]]
+
+        def data_loss(x):
+            r = forward(op_params, x) - y
+            return jnp.sum(r * r)
+
+        def step(x_t, i, z, state):
+            def euler(x, k):
+                t, t_next = tb["ode_t"][i, k], tb["ode_t"][i, k + 1]
+                den = denoise(x, tb["c_in"][i, k], tb["c_noise"][i, k], t)
+                score_term = t * ((den - x) / (t * t))  # sigma * score; d = -sigma * score
+                return x + (t - t_next) * score_term, {"ode_x": x, "ode_denoised": den}
+
+            x0hat, ode_rec = jax.lax.scan(euler, x_t, jnp.arange(k_ode))
+            s_sq = tb["sigma_sq"][i]
+            lr = h["lr"] * (1 + tb["ratio"][i] * (h["lr_min_ratio"] - 1))
+            noise_scale = jnp.sqrt(2 * lr)
+            prior_score = (x0hat - x_t) / s_sq
+
+            def langevin(x, eps):
+                loss, g = jax.value_and_grad(data_loss)(x)
+                score = -g / (h["tau"] * h["tau"]) + (x_t - x) / s_sq + prior_score
+                x_new = x + lr * score + noise_scale * eps
+                return x_new, {"mcmc_x": x, "mcmc_data_grad": g, "mcmc_loss": loss}
+
+            x0y, mcmc_rec = jax.lax.scan(langevin, x0hat, z["mcmc"])
+            x_next = x0y + z["renoise"] * tb["sigma_next"][i]
+            record = {"x0_hat": x0hat, "x0_y": x0y, "lr": lr}
+            if record_inner:
+                record.update(ode_rec)
+                record.update(mcmc_rec)
+            return x_next, state, record
+
+        return chain(
+            step, x_T, np.arange(n), key=k_loop, replay=replay, loop=loop, label="daps", draw=draw
+        )
+
+    sample.sigmas = sig
+    sample.ode_grid = ode_t
+    sample.c_noise = tables["c_noise"]
+    return sample
