@@ -12,7 +12,9 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,8 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Interrupted(BaseException):
+    """SIGTERM, turned into an exception so the temporary folder is cleaned like on Ctrl-C."""
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         meta = convert(
             args.src,
@@ -336,6 +349,17 @@ def main(argv=None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"convert_weights: error: {msg}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Interrupted) as e:
+        # save_pretrained has removed its temporary folder; nothing was written at --out.
+        what = "SIGINT" if isinstance(e, KeyboardInterrupt) else e.args[0]
+        print(f"convert_weights: interrupted ({what}); nothing written", file=sys.stderr)
+        sys.stderr.flush()
+        if argv is None:  # the command line: exit now, before orbax's worker threads complain
+            os._exit(130)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if meta["architecture"] == "fid_inception":
         print(
             f"wrote {Path(args.out).absolute()}: FID InceptionV3, {meta['num_parameters']:,} "

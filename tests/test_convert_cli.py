@@ -342,3 +342,38 @@ def test_corrupted_weights_are_refused(fixtures_dir, tmp_path, capsys, byte, mat
     assert "tensor(s): [" in err and "corrupt" in err  # names the tensors
     if byte == 0x7E:  # a legitimate-but-huge checkpoint can still be converted on request
         assert run(src, "--out", tmp_path / "out", "--allow_large_weights") == 0
+
+
+_SLOW_SAVE = """
+import sys, time
+import orbax.checkpoint as ocp
+def slow_save(self, *a, **k):
+    print("saving", flush=True)
+    time.sleep(60)
+ocp.StandardCheckpointer.save = slow_save
+from convert_weights.cli import main
+sys.argv = ["convert_weights", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_interrupted_conversion_cleans_up_and_says_one_line(fixtures_dir, tmp_path, sig):
+    import signal
+
+    out = tmp_path / "out"
+    argv = [sys.executable, "-c", _SLOW_SAVE, str(fixtures_dir / "diffusers_tiny"), "--out", out]
+    proc = subprocess.Popen(
+        [str(a) for a in argv + ["--quiet"]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert proc.stdout.readline().strip() == "saving"  # inside save_pretrained's temporary
+    assert list(tmp_path.glob(".out.tmp-*"))
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip() == f"convert_weights: interrupted ({sig}); nothing written"
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
