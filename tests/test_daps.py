@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.diffusion import annealing
+from jaxdiff.diffusion import annealing, make_schedule
 from jaxdiff.parity import daps as daps_parity
 from jaxdiff.samplers import SAMPLERS, batched, get_sampler
 from tests.gaussian_prior import GaussianPrior
@@ -30,6 +30,19 @@ def test_daps_trajectory(fixtures_dir, name):
     assert a["x_t"]["max_abs_err"] < 1e-3
     assert a["mcmc_loss"]["max_rel_err"] < 1e-5
     assert a["sigma_steps"]["max_abs_err"] == 0 and a["ode_time"]["max_abs_err"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAST + SLOW)
+def test_float64_replay_matches_the_reference_float64_replay(fixtures_dir, name):
+    """float64: per step, our error against the float32 reference equals the reference's own
+    float64-vs-float32 difference (daps.json f64_replay): our float64 DAPS is torch's float64 DAPS
+    up to float64 rounding, so the float32 differences above are float32 noise only."""
+    r = daps_parity.replay(fixtures_dir / "daps" / f"{name}.npz", dtype="float64")
+    assert r["pass"], r
+    ours = np.array(r["arrays"]["x_t"]["per_step_max_abs_err"])
+    ref = np.array(r["reference_f64_replay_max_abs_diff_x_t_per_step"])
+    np.testing.assert_allclose(ours, ref, rtol=0.05, atol=1e-6)
 
 
 def test_grids_are_the_official_float32_values(fixtures_dir):
@@ -201,6 +214,13 @@ def test_bad_inputs_are_clear_errors():
         make(gauss_eps, None, operator=forward, image_shape=SHAPE, annealing_steps=3, mcmc_steps=0)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         make(gauss_eps, None, operator=forward, image_shape=SHAPE, annealing_steps=3, sigma_min=200)
+    cosine = make_schedule(1000, "cosine", respacing="10")
+    with pytest.raises(ValueError, match="not the continuous VP-SDE"):
+        make(gauss_eps, cosine, operator=forward, image_shape=SHAPE)
+    linear = make(
+        gauss_eps, make_schedule(1000, respacing="10"), operator=forward, image_shape=SHAPE
+    )
+    assert len(linear.sigmas) == 11  # annealing steps = the respaced step count
     sample = make(gauss_eps, None, operator=forward, image_shape=SHAPE, **OPTS)
     key = jax.random.key(0)
     with pytest.raises(ValueError, match=r"maps an image \(2, 2, 1\) to \(2,\), but the meas"):

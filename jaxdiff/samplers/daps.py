@@ -50,6 +50,24 @@ def _count(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def _check_vp_schedule(schedule, beta_min: float, beta_d: float, m: int) -> None:
+    """VPPrecond reads the model on the continuous VP-SDE (beta_min, beta_d); a model trained on
+    another schedule (cosine) would get the wrong timestep for each sigma: refuse it."""
+    abar = getattr(schedule, "train_alphas_cumprod", None)
+    if abar is None or len(abar) <= 10:
+        return
+    i = np.arange(10, len(abar))
+    cont = np.exp(-(beta_min * i / (m - 1) + 0.5 * beta_d * (i / (m - 1)) ** 2))
+    log_sigma = lambda a: 0.5 * np.log((1 - a) / a)  # noqa: E731
+    gap = float(np.max(np.abs(log_sigma(np.asarray(abar)[i]) - log_sigma(cont))))
+    if gap > 0.25:
+        raise ValueError(
+            f"daps: the model's noise schedule is not the continuous VP-SDE (beta_min {beta_min}, "
+            f"beta_d {beta_d}) that VPPrecond assumes (log-sigma gap {gap:.2f}); pass "
+            "vp_beta_min / vp_beta_d matching it (the linear DDPM schedule is within 0.05)"
+        )
+
+
 @register_sampler(
     "daps",
     needs=("operator", "measurement"),
@@ -102,6 +120,7 @@ def make_daps(
     k_ode = _count(ode_steps, "ode_steps")
     n_mcmc = _count(mcmc_steps, "mcmc_steps")
     m = int(getattr(schedule, "num_train_timesteps", annealing.VP_M))
+    _check_vp_schedule(schedule, vp_beta_min, vp_beta_d, m)
     np_dtype = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
     sig = annealing.annealing_sigmas(n, sigma_max, sigma_min, rho, np_dtype)
     ode_t = annealing.ode_grids(sig[:n], k_ode, ode_sigma_min, ode_rho, np_dtype)
