@@ -23,6 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = "demo"  # converted checkpoint folder (python -m convert_weights), or "demo"
     c.data = "demo"  # image folder, or "demo" (the demo prior's held-out photos)
     c.num_images = 0  # the first N images of the folder (sorted by name); 0 = all
+    # a named list of configs/image_lists.py, e.g. "ffhq_dps_1k" (the DPS paper's FFHQ split)
+    c.image_list = ""
     c.seed = 0  # per-image key = fold_in(PRNGKey(seed), index of the file in the sorted folder)
     c.batch_size = 0  # images per compiled call, padded to the device count; 0 = min(N, 8)
 
@@ -40,6 +42,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # "clip": the reconstruction clipped to [-1, 1] (what the PNG holds). "minmax": per-image
     # min-max normalisation of both images, as the DPS repo's saved images (DPS sample_condition.py).
     c.metrics.range = "clip"
+    # FID / KID (set-level, reconstructions vs ground truth, pytorch-fid / torch-fidelity): the
+    # folder of pytorch-fid's pt_inception-2015-12-05-6726825d.pth converted by
+    # `python -m convert_weights FILE --out DIR`; "" = not computed (reported as missing).
+    c.metrics.inception = ""
+    c.metrics.fid_sqrtm = "scipy"  # pytorch-fid's scipy.linalg.sqrtm; "svd": same value, fast
+    c.metrics.kid_subsets = 100  # torch-fidelity defaults (subset size capped at the image count)
+    c.metrics.kid_subset_size = 1000
+    # where the ground truth's features are cached; "" = DIR/reference_stats of the Inception
+    c.metrics.reference_stats = ""
 
     c.output = ml_collections.ConfigDict()
     c.output.save_images = True  # truth / measurement / reconstruction PNGs per image

@@ -93,10 +93,14 @@ def demo_photo_names(meta: dict | None = None) -> tuple[str, ...]:
     return tuple(names) if names else DEMO_HELD_OUT
 
 
-def load_images(source: str, size: int, limit: int = 0, meta: dict | None = None) -> Images:
+def load_images(
+    source: str, size: int, limit: int = 0, meta: dict | None = None, image_list: str = ""
+) -> Images:
     """Images from a folder (PNG/JPEG, centre-cropped and resized to `size`) or "demo" (the
     model's held-out photos from jaxdiff.photos, whole-photo centre crops).
 
+    `image_list` names a list of configs/image_lists.py (e.g. "ffhq_dps_1k"): exactly those
+    files, matched by stem, in the list's order; a missing one is an error naming it.
     An undecodable file is named in a warning and skipped; the run goes on without it.
     """
     if source in ("", "demo"):
@@ -108,7 +112,20 @@ def load_images(source: str, size: int, limit: int = 0, meta: dict | None = None
         arrays = [photos.center_crop(n, size) for n in names]
         return Images(names, list(range(len(names))), np.stack(arrays).astype(np.float32), {})
     names, index, arrays, skipped = [], [], [], {}
-    for i, path in enumerate(jdata.list_images(source)):
+    listing = list(enumerate(jdata.list_images(source)))
+    if image_list:
+        from configs.image_lists import get_list
+
+        by_stem = {p.stem: (i, p) for i, p in listing}
+        wanted = [pathlib.Path(n).stem for n in get_list(image_list)]
+        absent = [n for n in wanted if n not in by_stem]
+        if absent:
+            raise FileNotFoundError(
+                f"{source}: image list {image_list!r} names {len(absent)} file(s) not in the "
+                f"folder, e.g. {absent[:3]}"
+            )
+        listing = [by_stem[n] for n in wanted]
+    for i, path in listing:
         if limit and len(names) >= limit:
             break
         try:

@@ -25,6 +25,14 @@ import numpy as np
 
 from jaxdiff import data as jdata
 from jaxdiff.experiment import Experiment, Images, build, load_images
+from jaxdiff.metrics.distribution import (
+    MISSING,
+    FeatureStore,
+    InceptionScorer,
+    reference_features,
+    set_metrics,
+)
+from jaxdiff.metrics.lpips import variant_name
 from jaxdiff.runner import METRICS, BatchRunner, compute_metrics, image_keys, round_batch
 
 log = logging.getLogger("jaxdiff.runs")
@@ -38,6 +46,8 @@ CONFIG, RESULTS, SUMMARY_JSON, SUMMARY_MD, FIGURE = (
 )
 # Config entries that do not change any image's result: a restart may change them.
 _NOT_FINGERPRINTED = ("num_images", "batch_size", "output")
+# metrics.* entries of the set-level FID/KID (computed at the end of every run, never per image)
+SET_METRIC_KEYS = ("inception", "fid_sqrtm", "kid_subsets", "kid_subset_size", "reference_stats")
 
 
 def config_dict(config) -> dict:
@@ -46,13 +56,19 @@ def config_dict(config) -> dict:
 
 def fingerprint(cfg: dict) -> str:
     kept = {k: v for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
+    if not kept.get("image_list"):  # added later: an empty one leaves old fingerprints alone
+        kept.pop("image_list", None)
+    if isinstance(kept.get("metrics"), dict):
+        kept["metrics"] = {k: v for k, v in kept["metrics"].items() if k not in SET_METRIC_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
-        if k in _NOT_FINGERPRINTED and not prefix:
+        if (k in _NOT_FINGERPRINTED and not prefix) or (
+            prefix == "metrics." and k in SET_METRIC_KEYS
+        ):
             continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
@@ -136,7 +152,9 @@ def run(
     cfg = config_dict(config)
     store = ResultStore(workdir, cfg)
     exp = exp or build(config)
-    images = images or load_images(config.data, exp.image_size, config.num_images, exp.meta)
+    images = images or load_images(
+        config.data, exp.image_size, config.num_images, exp.meta, config.get("image_list", "")
+    )
     n = len(images.names)
     todo = [i for i in range(n) if not store.done(images.names[i], images.index[i])]
     batch = round_batch(config.batch_size, n)
@@ -144,6 +162,8 @@ def run(
     desc = f"{exp.method.name}/{exp.task['name']}"
     bar = _progress(n, n - len(todo), desc, progress)
     runner = BatchRunner(exp, batch) if todo else None
+    scorer = _inception_scorer(config)  # before the loop: a bad weights folder fails at once
+    feats = FeatureStore(workdir, scorer.sha256) if scorer else None
     try:
         for start in range(0, len(todo), batch):
             sel = todo[start : start + batch]
@@ -169,6 +189,8 @@ def run(
                         "diverged_at": int(out["diverged"][j]),
                     }
                 )
+            if feats is not None:
+                feats.add([images.names[i] for i in sel], scorer.features(out["x_hat"]))
             store.add(records)
             bar.update(len(sel))
             bar.set_postfix(_running_means(store), refresh=False)
@@ -176,10 +198,48 @@ def run(
         bar.close()
     compile_s = runner.compile_seconds if runner else 0.0
     summary = summarize(exp, images, store, cfg, compile_s, time.perf_counter() - t_start)
+    summary["set_metrics"] = _set_metrics(config, workdir, exp, images, scorer, feats)
     write_summary(workdir, summary)
     if config.output.save_images and config.output.figure_images:
         write_figure(workdir, [r["image"] for r in store.ordered()][: config.output.figure_images])
     return summary
+
+
+def _inception_scorer(config):
+    directory = config.metrics.get("inception", "")
+    return InceptionScorer(directory) if directory else None
+
+
+def _set_metrics(config, workdir, exp, images, scorer, feats) -> dict:
+    """FID / KID of the reconstructions vs the ground truth, or why they are missing."""
+    if scorer is None:
+        return {"fid": None, "kid": None, "missing": MISSING}
+    t0 = time.perf_counter()
+    names = list(images.names)
+    todo = [n for n in names if n not in feats.rows]
+    if todo:  # done before the weights were given: from the saved reconstructions
+        paths = [image_path(workdir, n, "recon") for n in todo]
+        absent = [str(p) for p in paths if not p.exists()]
+        if absent:
+            raise FileNotFoundError(
+                f"FID: no features and no saved reconstruction for {absent[:3]}: rerun in a "
+                "new --workdir with --config.metrics.inception"
+            )
+        feats.add(todo, scorer.features(np.stack([read_png(p) for p in paths])))
+    recon = np.stack([feats.rows[n] for n in names])
+    m = config.metrics
+    cache = m.get("reference_stats", "") or None
+    ref, path, cached = reference_features(scorer, config.data, images, exp.image_size, cache)
+    out = set_metrics(
+        recon,
+        ref,
+        m.get("fid_sqrtm", "scipy"),
+        int(m.get("kid_subsets", 100)),
+        int(m.get("kid_subset_size", 1000)),
+    )
+    out.update(inception=str(scorer.dir), reference=str(path), reference_cached=cached)
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 def _metric_args(config) -> dict:
@@ -237,7 +297,9 @@ def write_summary(workdir, s: dict) -> None:
         "|---|---|",
         f"| PSNR (dB) ↑ | {_fmt(s['metrics']['psnr'], 2)} |",
         f"| SSIM ↑ | {_fmt(s['metrics']['ssim'])} |",
-        f"| LPIPS ({s['config']['metrics']['lpips_net']}) ↓ | {_fmt(s['metrics']['lpips'])} |",
+        f"| LPIPS ({variant_name(s['config']['metrics']['lpips_net'])}) ↓ | "
+        f"{_fmt(s['metrics']['lpips'])} |",
+        *_set_metric_lines(s.get("set_metrics")),
         f"| seconds / image | {_fmt(s['seconds_per_image'], 2)} |",
         "",
         f"- task: `{op['operator']}` {json.dumps(op['operator_config'])}, noise {op['noise']} "
@@ -252,6 +314,17 @@ def write_summary(workdir, s: dict) -> None:
         lines.append(f"- diverged (NaN/Inf, frozen at the last finite value): {s['diverged']}")
     lines += ["", "```json", json.dumps(s["config"], indent=2, sort_keys=True), "```", ""]
     jdata.atomic_write_text(workdir / SUMMARY_MD, "\n".join(lines))
+
+
+def _set_metric_lines(sm) -> list[str]:
+    if not sm:
+        return []
+    if sm.get("missing"):
+        return [f"| FID ↓ | {sm['missing']} |", "| KID ↓ | missing |"]
+    na = sm.get("note", "n/a")
+    fid = na if sm["fid"] is None else f"{sm['fid']:.3f}"
+    kid = na if sm["kid"] is None else f"{sm['kid']:.5f} ± {sm['kid_std']:.5f}"
+    return [f"| FID ↓ | {fid} |", f"| KID ↓ | {kid} |"]
 
 
 def read_png(path) -> np.ndarray:

@@ -37,10 +37,12 @@ def main(argv):
 
     summary = runs.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
     m = summary["metrics"]
+    sm = summary.get("set_metrics") or {}
+    fid = sm.get("missing") or f"FID {sm.get('fid')}, KID {sm.get('kid')}"
     print(
         f"{summary['method']}/{summary['task']}: {summary['num_images']} images, "
         f"PSNR {m['psnr']['mean']}, SSIM {m['ssim']['mean']}, LPIPS {m['lpips']['mean']}; "
-        f"results in {_WORKDIR.value}/summary.md"
+        f"{fid}; results in {_WORKDIR.value}/summary.md"
     )
 
 

@@ -89,25 +89,57 @@ def _mean(s, metric):
     return s["metrics"][metric]["mean"]
 
 
-def _cell(s) -> str:
+def _set_metrics(s) -> dict:
+    return s.get("set_metrics") or {}
+
+
+def has_fid(t: dict) -> bool:
+    """Whether any run computed FID/KID (then every cell gets the two columns)."""
+    return any(_set_metrics(s).get("fid") is not None for s in t["cells"].values())
+
+
+def lpips_name(s) -> str:
+    """The LPIPS variant a run used (jaxdiff.metrics.lpips names), for the header."""
+    from jaxdiff.metrics.lpips import variant_name
+
+    return variant_name(((s.get("config") or {}).get("metrics") or {}).get("lpips_net", "vgg"))
+
+
+def _cell(s, fid: bool = False, lpips_in_cell: bool = False) -> str:
     if s is None:
         return "–"
     vals = [_mean(s, m) for m in METRICS]
     fmt = ("{:.2f}", "{:.3f}", "{:.3f}")
-    return " / ".join("n/a" if v is None else f.format(v) for f, v in zip(fmt, vals))
+    out = [("n/a" if v is None else f.format(v)) for f, v in zip(fmt, vals)]
+    if lpips_in_cell:
+        out[-1] += f" ({lpips_name(s)})"
+    if fid:
+        sm = _set_metrics(s)
+        out.append("missing" if sm.get("fid") is None else f"{sm['fid']:.2f}")
+        out.append("missing" if sm.get("kid") is None else f"{sm['kid']:.4f}")
+    return " / ".join(out)
 
 
 def markdown(t: dict) -> str:
     cells = t["cells"]
     head = "| method | " + " | ".join(t["tasks"]) + " |"
+    fid = has_fid(t)
+    variants = sorted({lpips_name(s) for s in cells.values()})
+    lp = f"LPIPS ({variants[0]})" if len(variants) == 1 else "LPIPS (variant in each cell)"
+    cols = f"PSNR (dB) ↑ / SSIM ↑ / {lp} ↓" + (" / FID ↓ / KID ↓" if fid else "")
     lines = [
-        "PSNR (dB) ↑ / SSIM ↑ / LPIPS ↓, mean over images ('–': not run or not applicable).",
+        f"{cols}, mean over images ('–': not run or not applicable).",
+        "FID / KID: reconstructions vs ground truth over all images of the run (pytorch-fid "
+        "Inception; 'missing': no --config.metrics.inception=DIR, not zero)."
+        if fid
+        else "FID / KID: missing (runs made without --config.metrics.inception=DIR; not zero).",
         "",
         head,
         "|" + "---|" * (len(t["tasks"]) + 1),
     ]
     for m in t["methods"]:
-        lines.append(f"| {m} | " + " | ".join(_cell(cells.get((m, k))) for k in t["tasks"]) + " |")
+        row = [_cell(cells.get((m, k)), fid, len(variants) > 1) for k in t["tasks"]]
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines += ["", "| task | images | image size |", "|---|---|---|"]
     for k in t["tasks"]:
         ss = [cells[(m, k)] for m in t["methods"] if (m, k) in cells]
@@ -134,6 +166,14 @@ def to_csv(t: dict) -> str:
                     [m, k, metric, st["mean"], st["std"], st["n"],
                      s["seconds_per_image"]["mean"], s["run"]]
                 )  # fmt: skip
+            if has_fid(t):  # set-level: one value per run ("" = missing), KID's std as std
+                sm = _set_metrics(s)
+                for metric, std in (("fid", None), ("kid", sm.get("kid_std"))):
+                    v = sm.get(metric)
+                    w.writerow(
+                        [m, k, metric, "" if v is None else v, "" if std is None else std,
+                         sm.get("n", ""), s["seconds_per_image"]["mean"], s["run"]]
+                    )  # fmt: skip
     return buf.getvalue()
 
 

