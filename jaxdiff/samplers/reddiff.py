@@ -53,6 +53,7 @@ DENOISE_TERM_WEIGHTS = {
 }
 
 INITS = ("pinv", "adjoint", "zeros")
+DRAWS = ("noise_x0", "noise_xt")  # per step, in the code's order
 
 
 def adam(learning_rate):
@@ -179,6 +180,13 @@ def make_reddiff(
             raise ValueError("reddiff: needs the measurement y")
         y = jnp.asarray(y, dtype)
         check_measurement(forward, op_params, jax.ShapeDtypeStruct(shape, dtype), y, "reddiff")
+        noise = (replay or {}).get("noise")
+        if noise is not None and (not isinstance(noise, dict) or set(noise) != set(DRAWS)):
+            raise ValueError(
+                f"reddiff: replay['noise'] must be a dict with keys {DRAWS} (each (K, H, W, C)), "
+                f"got {type(noise).__name__}"
+                + (f" with keys {sorted(noise)}" if isinstance(noise, dict) else "")
+            )
         valid = jnp.asarray(valid, bool)
         mu0 = jnp.asarray(start(op_params, y), dtype)
         if mu0.shape != shape:
