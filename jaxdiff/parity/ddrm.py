@@ -113,7 +113,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         fn, params, _ = load_model(_model_fixture(npz_path), model_dir, "adm_tiny", jdtype)
         sample = get_sampler("ddrm")(
             fn, sched, operator=op, image_shape=shape, dtype=jdtype, keep_trajectory=True,
-            official=True, eta=eta, eta_b=eta_b, sigma_y=sigma_0,
+            official=True, eta=eta, eta_b=eta_b, sigma=sigma_0,
         )  # fmt: skip
         msz = svd.rank
         # x_T's draw: its flat NCHW order is the spectral order; reshape (no transpose) keeps it

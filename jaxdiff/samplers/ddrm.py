@@ -17,10 +17,10 @@ and, at respaced step k, sigma' = sigma of the next (lower) step:
     x_T = sqrt(abar_T) V(x_VE) with x_VE_i = ybar_i / s_i + sqrt(sigma_T^2 - sigma_y^2 / s_i^2) z_i
           where s_i sigma_T > sigma_y, else sigma_T z_i.
 
-hparams (traced): eta (the paper's eta = etaA = etaC, 0.85), eta_b (1.0), sigma_y (default: the
-noise model's sigma, 0 without one). Three draws per step (z on the unobserved, the "after" and
-the "before" coordinates; the sets are disjoint, so one (D,) normal feeds all three unless a
-replay gives them separately, as the official code draws them).
+hparams (traced): eta (the paper's eta = etaA = etaC, 0.85), eta_b (1.0), sigma = sigma_y
+(default: the noise model's sigma, 0 without one). Three draws per step (z on the unobserved,
+the "after" and the "before" coordinates; the sets are disjoint, so one (D,) normal feeds all
+three unless a replay gives them separately, as the official code draws them).
 
 `official=True` reproduces two defects of the official code (for parity only):
 - a coordinate with s_i = 0 inside the first m counts as observed ("s_i sigma' < sigma_y"), so
@@ -48,7 +48,7 @@ from jaxdiff.samplers.common import (
 @register_sampler(
     "ddrm",
     needs=("operator", "linear", "svd", "measurement"),
-    hparams={"eta": 0.85, "eta_b": 1.0, "sigma_y": None},
+    hparams={"eta": 0.85, "eta_b": 1.0, "sigma": None},
 )
 def make_ddrm(
     model_fn,
@@ -62,7 +62,7 @@ def make_ddrm(
     official: bool = False,
     dtype=jnp.float32,
 ):
-    """`sample(params, key, y, op_params, hparams={"eta", "eta_b", "sigma_y"}, replay=None)`.
+    """`sample(params, key, y, op_params, hparams={"eta", "eta_b", "sigma"}, replay=None)`.
 
     y in the operator's output layout (`operator.svd.y_shape`). replay: {"x_T_noise": (H,W,C)
     whose reshape(-1) is the spectral draw of x_T, "noise": {"full": (K,D), "after": (K,m),
@@ -75,9 +75,9 @@ def make_ddrm(
         raise ValueError(
             f"ddrm: image_shape {shape} but the operator's SVD is for {svd.image_shape}"
         )
-    if defaults.get("sigma_y") is None:
+    if defaults.get("sigma") is None:
         sigma = noise_sigma(noise) if noise is not None else 0.0
-        defaults = {**defaults, "sigma_y": sigma}
+        defaults = {**defaults, "sigma": sigma}
     D, m = svd.size, svd.rank
     steps = np.arange(schedule.num_steps)[::-1]
     k_first = int(steps[0])
@@ -91,7 +91,7 @@ def make_ddrm(
         h = resolve_hparams(defaults, hparams, "ddrm")
         check_measurement(operator.apply, op_params, jnp.zeros(shape, dtype), y, "ddrm")
         eta, eta_b = h["eta"].astype(dtype), h["eta_b"].astype(dtype)
-        sigma_y = h["sigma_y"].astype(dtype)
+        sigma_y = h["sigma"].astype(dtype)
         s = svd.singulars(op_params).astype(dtype)
         nz = s > 0
         s_safe = jnp.where(nz, s, 1)
