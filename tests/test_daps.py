@@ -202,6 +202,17 @@ def test_registry_entry_replay_and_nonlinear_operator():
     b = run(PARAMS, jax.random.key(9), y, None, None, rep)
     np.testing.assert_array_equal(a.x0, b.x0)
     assert np.all(np.isfinite(a.x0)) and int(a.diverged_at) == -1
+    # a fresh run unfolds the Langevin draws inside the inner scan; replaying the full draws of
+    # the same keys (x_T from the key's first half, step i from fold_in(second half, i)) is equal
+    key = jax.random.key(7)
+    k_init, k_loop = jax.random.split(key)
+    x = jnp.zeros(SHAPE)
+    full = jax.vmap(lambda i: sample.draw(jax.random.fold_in(k_loop, i), x))(jnp.arange(n))
+    fresh = run(PARAMS, key, y)
+    replayed = run(
+        PARAMS, key, y, None, None, {"x_T": jax.random.normal(k_init, SHAPE), "noise": full}
+    )
+    np.testing.assert_allclose(fresh.x0, replayed.x0, atol=1e-5, rtol=0)
 
 
 def test_bad_inputs_are_clear_errors():

@@ -17,7 +17,8 @@ annealing grid (jaxdiff.diffusion.annealing). Annealing step i, s = sigma_i:
 
 The gradient goes through the operator only (never through the network), so A may be nonlinear
 and images never couple. Draws of a step: {"mcmc": (L, H, W, C), "renoise": (H, W, C)}, in the
-official order (the L Langevin draws, then the re-noise draw).
+official order (the L Langevin draws, then the re-noise draw); that is the replay layout, while a
+fresh run draws each Langevin update's noise inside the inner scan from the step's key.
 """
 
 from __future__ import annotations
@@ -138,11 +139,19 @@ def make_daps(
     }
 
     def draw(key, x):
+        """A step's draws in full (the replay layout; the same values `draw_lazy` unfolds)."""
         k1, k2 = jax.random.split(key)
+        one = lambda l: jax.random.normal(jax.random.fold_in(k1, l), x.shape, x.dtype)  # noqa: E731
         return {
-            "mcmc": jax.random.normal(k1, (n_mcmc, *x.shape), x.dtype),
+            "mcmc": jax.vmap(one)(jnp.arange(n_mcmc)),
             "renoise": jax.random.normal(k2, x.shape, x.dtype),
         }
+
+    def draw_lazy(key, x):
+        """The same draws, with the L Langevin ones left as a key that the inner scan unfolds
+        one update at a time (memory O(image) instead of O(L images) per step and image)."""
+        k1, k2 = jax.random.split(key)
+        return {"mcmc": jax.random.key_data(k1), "renoise": jax.random.normal(k2, x.shape, x.dtype)}
 
     def sample(params, key, y, op_params=None, hparams=None, replay=None, valid=True):
         del valid  # no batch coupling
@@ -187,12 +196,18 @@ def make_daps(
             prior_score = (x0hat - x_t) / s_sq
 
             def langevin(x, eps):
+                if lazy:  # eps is the update's index: its draw from the step's key
+                    eps = jax.random.normal(jax.random.fold_in(mcmc_key, eps), x.shape, x.dtype)
                 loss, g = jax.value_and_grad(data_loss)(x)
                 score = -g / (h["tau"] * h["tau"]) + (x_t - x) / s_sq + prior_score
                 x_new = x + lr * score + noise_scale * eps
                 return x_new, {"mcmc_x": x, "mcmc_data_grad": g, "mcmc_loss": loss}
 
-            x0y, mcmc_rec = jax.lax.scan(langevin, x0hat, z["mcmc"])
+            if lazy:
+                mcmc_key = jax.random.wrap_key_data(z["mcmc"])
+                x0y, mcmc_rec = jax.lax.scan(langevin, x0hat, jnp.arange(n_mcmc))
+            else:
+                x0y, mcmc_rec = jax.lax.scan(langevin, x0hat, z["mcmc"])
             x_next = x0y + z["renoise"] * tb["sigma_next"][i]
             record = {"x0_hat": x0hat, "x0_y": x0y, "lr": lr}
             if record_inner:
@@ -200,11 +215,20 @@ def make_daps(
                 record.update(mcmc_rec)
             return x_next, state, record
 
+        lazy = noise is None
         return chain(
-            step, x_T, np.arange(n), key=k_loop, replay=replay, loop=loop, label="daps", draw=draw
+            step,
+            x_T,
+            np.arange(n),
+            key=k_loop,
+            replay=replay,
+            loop=loop,
+            label="daps",
+            draw=draw_lazy if lazy else draw,
         )
 
     sample.sigmas = sig
+    sample.draw = draw
     sample.ode_grid = ode_t
     sample.c_noise = tables["c_noise"]
     return sample
