@@ -121,7 +121,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         op = off.OfficialOperator(svd, op_params)
         fn, params, _ = load_model(_model_fixture(npz_path), model_dir, "adm_tiny", jdtype)
         options = {"official": True, "lambda_singulars": lam_s} if plus else {}
-        hp = {"eta": eta, **({"sigma_y": sigma_y} if plus else {})}
+        hp = {"eta": eta, **({"sigma": sigma_y} if plus else {})}
         sample = get_sampler("ddnm_plus" if plus else "ddnm")(
             fn, sched, operator=op, image_shape=shape, dtype=jdtype, keep_trajectory=True,
             **hp, **options,

@@ -55,12 +55,13 @@ def make_ddnm(model_fn, schedule, *, operator=None, noise=None, defaults, loop, 
     return _make("ddnm", False, model_fn, schedule, operator, noise, defaults, loop, **options)
 
 
-@register_sampler("ddnm_plus", needs=NEEDS, hparams={"eta": 0.85, "sigma_y": None})
+@register_sampler("ddnm_plus", needs=NEEDS, hparams={"eta": 0.85, "sigma": None})
 def make_ddnm_plus(model_fn, schedule, *, operator=None, noise=None, defaults, loop, **options):
     """DDNM+ (`ddnm_plus_diffusion`): the range-space correction and the noise scaled per
-    singular value for noisy y. hparams: eta, sigma_y (noise std on y's scale; default: the
-    noise model's sigma). `official=True` reproduces the official noise step (module doc).
-    The trajectory also records pinv_res and the noise term (Lambda_noise_out)."""
+    singular value for noisy y. hparams: eta, sigma (the paper's sigma_y, the noise std on y's
+    scale; default: the noise model's, which the experiment passes traced, like Score-ALD's).
+    `official=True` reproduces the official noise step (module doc). The trajectory also
+    records pinv_res and the noise term (Lambda_noise_out)."""
     return _make("ddnm_plus", True, model_fn, schedule, operator, noise, defaults, loop, **options)
 
 
@@ -87,9 +88,8 @@ def _make(
         )
     shape = resolve_image_shape(image_shape, operator, None, name)
     size = math.prod(shape)
-    if plus and defaults.get("sigma_y") is None:
-        sigma = noise_sigma(noise)
-        defaults = {**defaults, "sigma_y": sigma}
+    if plus and defaults.get("sigma") is None:
+        defaults = {**defaults, "sigma": noise_sigma(noise)}
     steps = np.arange(schedule.num_steps)[::-1]
     noise_vt = official_noise_coords(svd) if official else svd.Vt
     if lambda_singulars is not None:
@@ -124,7 +124,7 @@ def _make(
             )
         x_T, k_loop = initial_x(key, replay, shape, dtype, name)
         if plus:
-            sigma_y = h["sigma_y"].astype(dtype)
+            sigma_y = h["sigma"].astype(dtype)
             s = spectral_singulars(op_params).astype(dtype)
             inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
 
