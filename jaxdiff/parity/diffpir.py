@@ -115,7 +115,10 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         arrays["t_i"] = _exact(grid.t_i, npz["t_i"])
         arrays["seq"] = _exact(grid.seq, npz["seq"])
         for name in ("alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_1m_alphas_cumprod"):
-            arrays[f"schedule_{name}"] = compare(grid.tables[name], npz[name], atol=1e-7)
+            # float32: <= 1 ulp (torch's CPU sqrt is not always correctly rounded); float64: the
+            # stored tables are the official float32 arithmetic (relative error ~1e-6)
+            atol_tab = 1e-7 if dtype == "float32" else 2e-6
+            arrays[f"schedule_{name}"] = compare(grid.tables[name], npz[name], atol=atol_tab)
         full = respace(sched.train_alphas_cumprod, None, "learned_range")
         for name in ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"):
             arrays[f"gd_{name}"] = compare(full.tables[name], npz[f"gd_{name}"], atol=1e-12)
@@ -149,7 +152,8 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     kk = grid.num_steps - 1
     arrays["x_T"] = compare(x_T, nchw_to_nhwc(npz["x_T"]), atol=1e-6)
     rho_rel = np.abs(traj["rho"][:, 0] / npz["rho_t"][:kk] - 1)
-    arrays["rho_t"] = {"pass": bool(rho_rel.max() <= RTOL_RHO), "max_rel_err": float(rho_rel.max())}
+    rtol_rho = RTOL_RHO if dtype == "float32" else 1e-5
+    arrays["rho_t"] = {"pass": bool(rho_rel.max() <= rtol_rho), "max_rel_err": float(rho_rel.max())}
     f64 = task.get("f64_replay", {})
     if inpaint:
         atol_x = ATOL_X_INPAINT
