@@ -182,3 +182,27 @@ def test_bad_inputs_are_clear_errors():
         ddnm(GP.params(), jax.random.key(0), jnp.zeros((2, 2, 1)))
     with pytest.raises(ValueError, match="lambda_singulars must have 16"):
         get_sampler("ddnm_plus")(GP.model_fn, SCHED, operator=op, lambda_singulars=np.ones(3))
+
+
+def test_config_presets():
+    """configs/ddnm.py: the official settings on every task whose operator has an SVD; motion
+    blur and phase retrieval are refused by name."""
+    from configs import ddnm as cfg
+    from configs import tasks
+    from jaxdiff.experiment import scale_task
+
+    for name in sorted(tasks.TASKS):
+        if name in cfg.NO_SVD:
+            with pytest.raises(ValueError, match=f"task '{name}' is not supported"):
+                cfg.get_config(name)
+            continue
+        c = cfg.get_config(name)
+        assert (c.method, c.sampler.respacing, c.sampler.hparams.eta) == (
+            "ddnm_plus",
+            "skip100",
+            0.85,
+        )
+        assert c.sampler.options.official is False
+        t = scale_task(c.task.to_dict(), 32)
+        op = get_operator(t["operator"], image_shape=(32, 32, 3), **t["operator_config"])
+        assert op.svd is not None, name
