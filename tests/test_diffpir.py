@@ -217,3 +217,24 @@ def test_bad_inputs_are_clear_errors():
         sample(PARAMS, jax.random.key(0), jnp.zeros((2, 2, 1)), op.sample(None), {"sigma": 0.1})
     with pytest.raises(ValueError, match="sf=3 must divide"):
         CircularBlur(SHAPE, kernel=np.ones((3, 3)), sf=3)
+
+
+def test_config_presets():
+    from configs import diffpir as cfg
+    from configs import tasks
+
+    for task in sorted(tasks.TASKS):
+        if task == "phase_retrieval":
+            with pytest.raises(ValueError, match="diffpir: task 'phase_retrieval' is not supp"):
+                cfg.get_config(task)
+            continue
+        c = cfg.get_config(task)
+        assert c.method == "diffpir" and c.sampler.options.skip_type == "quad"
+    c = cfg.get_config("gaussian_blur")
+    assert (c.sampler.respacing, c.sampler.hparams.lambda_, c.sampler.hparams.zeta) == (
+        "100",
+        7.0,
+        0.3,
+    )
+    assert cfg.get_config("box").sampler.respacing == "20"
+    assert cfg.get_config("sr4").sampler.options.init == "guide"
