@@ -180,7 +180,7 @@ def test_bad_inputs_are_clear_errors():
         ddnm(GP.params(), jax.random.key(0), y, hparams={"sigma": 0.1})
     with pytest.raises(ValueError, match=r"y has shape \(2, 2, 1\)"):
         ddnm(GP.params(), jax.random.key(0), jnp.zeros((2, 2, 1)))
-    with pytest.raises(ValueError, match="lambda_singulars must have 16"):
+    with pytest.raises(ValueError, match="lambda_singulars must have 16 entries"):
         get_sampler("ddnm_plus")(GP.model_fn, SCHED, operator=op, lambda_singulars=np.ones(3))
 
 

@@ -95,7 +95,9 @@ def _make(
     if lambda_singulars is not None:
         lambda_singulars = np.asarray(lambda_singulars, np.float32).reshape(-1)
         if lambda_singulars.shape != (size,):
-            raise ValueError(f"{name}: lambda_singulars must have {size} entries (one per pixel)")
+            raise ValueError(
+                f"{name}: lambda_singulars must have {size} entries (one per coordinate)"
+            )
 
     def spectral_singulars(op_params):
         if lambda_singulars is not None:
