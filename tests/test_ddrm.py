@@ -85,7 +85,13 @@ def gaussian_problem(op_name, sigma, seed=1, **cfg):
     "op_name, cfg, sigma, tol",
     [
         ("inpaint", {"mask": np.arange(16).reshape(4, 4) % 5 > 1}, 0.05, 0.4),
-        ("super_resolution", {"factor": 2, "method": "avg_pool"}, 0.05, 0.4),
+        pytest.param(
+            "super_resolution",
+            {"factor": 2, "method": "avg_pool"},
+            0.05,
+            0.4,
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_gaussian_prior_posterior_mean(op_name, cfg, sigma, tol):
@@ -107,6 +113,7 @@ def test_gaussian_prior_posterior_mean(op_name, cfg, sigma, tol):
     assert err.max() < tol, err.max()
 
 
+@pytest.mark.slow
 def test_official_option_effects():
     """official=True: on a mask (zero singulars inside m) the holes receive U^T y / sigma, far
     from the default; on denoising (no zero singulars) only x_T's 1/sqrt(1 - abar_T) differs."""
@@ -187,3 +194,24 @@ def test_bad_inputs_are_clear_errors():
         ddrm(GP.params(), jax.random.key(0), jnp.zeros((2, 2, 1)))
     with pytest.raises(ValueError, match="needs the measurement"):
         ddrm(GP.params(), jax.random.key(0))
+
+
+def test_config_presets():
+    """configs/ddrm.py: the official settings on every SVD task; a clear error otherwise."""
+    from configs import ddrm as cfg
+
+    for task in cfg.SVD_TASKS:
+        c = cfg.get_config(task)
+        assert c.method == "ddrm" and c.sampler.respacing == "skip20"
+        assert c.sampler.hparams.eta == 0.85 and c.sampler.hparams.eta_b == 1.0
+        op = get_operator(c.task.operator, image_shape=(32, 32, 3), **_scaled(c.task))
+        assert op.svd is not None
+    for task in ("motion_blur", "phase_retrieval"):
+        with pytest.raises(ValueError, match="no operator in SVD form"):
+            cfg.get_config(task)
+
+
+def _scaled(task):
+    from jaxdiff.experiment import scale_task
+
+    return dict(scale_task(task.to_dict(), 32)["operator_config"])

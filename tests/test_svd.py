@@ -22,18 +22,20 @@ from jaxdiff.operators.svd import SeparableSVD
 FIX = Path(__file__).parent / "fixtures" / "ddrm" / "svd_probes.npz"
 SHAPE = (8, 12, 3)
 
+SLOW = pytest.mark.slow
+# the default run keeps one operator per SVD class; the rest are slow
 OPERATORS = [
-    ("denoise", {}),
+    pytest.param("denoise", {}, marks=SLOW),
     ("colorize", {}),
-    ("colorize", {"weights": "bt601"}),
-    ("inpaint", {"mask": (np.arange(8 * 12).reshape(8, 12) % 5 != 0)}),
-    ("inpaint_box", {"mask_len_range": (2, 4), "margin": (1, 1)}),
+    pytest.param("colorize", {"weights": "bt601"}, marks=SLOW),
+    pytest.param("inpaint", {"mask": (np.arange(8 * 12).reshape(8, 12) % 5 != 0)}, marks=SLOW),
+    pytest.param("inpaint_box", {"mask_len_range": (2, 4), "margin": (1, 1)}, marks=SLOW),
     ("inpaint_random", {}),
-    ("inpaint_random", {"per_channel": True}),
+    pytest.param("inpaint_random", {"per_channel": True}, marks=SLOW),
     ("super_resolution", {"factor": 4}),
-    ("super_resolution", {"factor": 2, "method": "avg_pool"}),
+    pytest.param("super_resolution", {"factor": 2, "method": "avg_pool"}, marks=SLOW),
     ("gaussian_blur", {"kernel_size": 5, "std": 1.0}),
-    ("blur", {"kernel": np.outer([1.0, 2.0, 1.0], [1.0, 3.0, 1.0]) / 20.0}),
+    pytest.param("blur", {"kernel": np.outer([1.0, 2.0, 1.0], [1.0, 3.0, 1.0]) / 20.0}, marks=SLOW),
 ]
 
 
@@ -51,34 +53,51 @@ def _case(name, cfg, seed=0):
     return op, p, x, y
 
 
+def _quantities(op, p, x, y, v, u):
+    """Everything the checks compare, in one jitted call (eager ops compile one by one)."""
+    svd = op.svd
+    hx = op.apply(p, x)
+    xp = svd.H_pinv(p, y)
+    return {
+        "H": svd.H(p, x),
+        "apply": hx,
+        "Ht": svd.Ht(p, y),
+        "adjoint": op.adjoint(p, y),
+        "VtV": svd.Vt(p, svd.V(p, v)),
+        "VVt": svd.V(p, svd.Vt(p, x)),
+        "UtU": svd.Ut(p, svd.U(p, u)),
+        "s": svd.singulars(p),
+        "HHpHx": op.apply(p, svd.H_pinv(p, hx)),
+        "xp": xp,
+        "HpHxp": svd.H_pinv(p, op.apply(p, xp)),
+        "coef": svd.Vt(p, xp),
+    }
+
+
 @pytest.mark.parametrize("name,cfg", OPERATORS)
 def test_svd_matches_apply_and_adjoint(name, cfg):
+    """H = apply, Ht = adjoint; V, U orthogonal (V^T V = I on R^D, U^T U = I on R^m, V V^T = I);
+    H_pinv is Moore-Penrose: H H+ H = H, H+ H H+ = H+, H+ y has no null-space component."""
     with jax.default_matmul_precision("highest"):
         op, p, x, y = _case(name, cfg)
         svd = op.svd
         assert svd.y_shape == op.output_shape()
-        assert svd.singulars(p).shape == (svd.rank,)
-        np.testing.assert_allclose(svd.H(p, x), op.apply(p, x), atol=2e-6)
-        np.testing.assert_allclose(svd.Ht(p, y), op.adjoint(p, y), atol=2e-6)
-        # V, U orthogonal: V^T V = I on R^D, U^T U = I on R^m; V V^T = I on images
         v = jax.random.normal(jax.random.key(7), (svd.size,))
         u = jax.random.normal(jax.random.key(8), (svd.rank,))
-        np.testing.assert_allclose(svd.Vt(p, svd.V(p, v)), v, atol=2e-6)
-        np.testing.assert_allclose(svd.V(p, svd.Vt(p, x)), x, atol=2e-6)
-        np.testing.assert_allclose(svd.Ut(p, svd.U(p, u)), u, atol=2e-6)
-        assert np.all(np.asarray(svd.singulars(p)) >= 0)
-        # H_pinv is Moore-Penrose: H H+ H = H, H+ H H+ = H+, H+ y has no null-space component
-        hx = op.apply(p, x)
-        scale = float(jnp.abs(hx).max())
-        np.testing.assert_allclose(op.apply(p, svd.H_pinv(p, hx)), hx, atol=1e-5 * scale)
-        xp = svd.H_pinv(p, y)
-        np.testing.assert_allclose(
-            svd.H_pinv(p, op.apply(p, xp)), xp, atol=1e-4 * max(1.0, float(jnp.abs(xp).max()))
-        )
-        s = np.asarray(svd.singulars(p))
-        coef = np.asarray(svd.Vt(p, xp))
-        null = np.concatenate([s == 0, np.ones(svd.size - svd.rank, bool)])
-        np.testing.assert_allclose(coef[null], 0.0, atol=1e-5 * max(1.0, float(jnp.abs(xp).max())))
+        q = jax.jit(lambda p, x, y, v, u: _quantities(op, p, x, y, v, u))(p, x, y, v, u)
+    q = {k: np.asarray(a) for k, a in q.items()}
+    assert q["s"].shape == (svd.rank,) and np.all(q["s"] >= 0)
+    np.testing.assert_allclose(q["H"], q["apply"], atol=2e-6)
+    np.testing.assert_allclose(q["Ht"], q["adjoint"], atol=2e-6)
+    np.testing.assert_allclose(q["VtV"], v, atol=2e-6)
+    np.testing.assert_allclose(q["VVt"], x, atol=2e-6)
+    np.testing.assert_allclose(q["UtU"], u, atol=2e-6)
+    scale = float(np.abs(q["apply"]).max())
+    np.testing.assert_allclose(q["HHpHx"], q["apply"], atol=1e-5 * scale)
+    big = max(1.0, float(np.abs(q["xp"]).max()))
+    np.testing.assert_allclose(q["HpHxp"], q["xp"], atol=1e-4 * big)
+    null = np.concatenate([q["s"] == 0, np.ones(svd.size - svd.rank, bool)])
+    np.testing.assert_allclose(q["coef"][null], 0.0, atol=1e-5 * big)
 
 
 def test_svd_none_where_no_svd():
@@ -92,13 +111,19 @@ def test_svd_none_where_no_svd():
 def test_random_masks_vmap():
     """Per-image masks: vmapped H equals each image's own apply; ranks stay static."""
     op = get_operator("inpaint_box", image_shape=SHAPE, mask_len_range=(2, 4), margin=(1, 1))
-    keys = jax.random.split(jax.random.key(0), 3)
-    ps = jax.vmap(op.sample)(keys)
-    xs = jax.random.normal(jax.random.key(1), (3, *SHAPE))
-    got = jax.jit(jax.vmap(op.svd.H))(ps, xs)
-    np.testing.assert_array_equal(got, jax.vmap(op.apply)(ps, xs))
-    pin = jax.vmap(op.svd.H_pinv)(ps, got)
-    np.testing.assert_array_equal(pin, got)
+
+    @jax.jit
+    def run(keys, xs):
+        ps = jax.vmap(op.sample)(keys)
+        h = jax.vmap(op.svd.H)(ps, xs)
+        return h, jax.vmap(op.apply)(ps, xs), jax.vmap(op.svd.H_pinv)(ps, h), ps["mask"]
+
+    h, want, pin, masks = run(
+        jax.random.split(jax.random.key(0), 3), jax.random.normal(jax.random.key(1), (3, *SHAPE))
+    )
+    np.testing.assert_array_equal(h, want)
+    np.testing.assert_array_equal(pin, h)
+    assert not np.array_equal(masks[0], masks[1])
 
 
 def test_separable_rejects_bad_matrices():
@@ -133,7 +158,10 @@ def _official(probes, task, **kw):
     return svd, {}, g
 
 
-@pytest.mark.parametrize("task", ["inp_box", "sr4", "deno", "deblur_gauss"])
+@pytest.mark.parametrize(
+    "task",
+    ["inp_box", pytest.param("sr4", marks=SLOW), pytest.param("deno", marks=SLOW), "deblur_gauss"],
+)
 def test_official_h_functions_reproduce_ddrm_probes(probes, task):
     with jax.default_matmul_precision("highest"):
         svd, p, g = _official(probes, task)
@@ -171,9 +199,11 @@ def test_official_deblurring_defects(probes):
         k = np.asarray(g["op_kernel"], np.float64)
         op = get_operator("blur", image_shape=(32, 32, 3), kernel=np.outer(k, k))
         kp = op.sample(None)
-        np.testing.assert_allclose(op.svd.H(kp, x), op.apply(kp, x), atol=2e-6)
+        h, want = jax.jit(lambda x: (op.svd.H(kp, x), op.apply(kp, x)))(x)
+        np.testing.assert_allclose(h, want, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_official_pigdm_deblurring_pass_through_pinv(probes):
     """RED-diff / PiGDM utils/degredations.py: same Deblurring, H_pinv passes s = 0 through."""
     with jax.default_matmul_precision("highest"):
@@ -202,3 +232,13 @@ def test_official_operator_wrapper():
     np.testing.assert_array_equal(op.apply({}, x), O.to_flat(x))
     with pytest.raises(ValueError, match="pinv_zero"):
         O.OfficialDenoising.__bases__[0]((8, 8, 3), (192,), 192, pinv_zero="nan")
+
+
+def test_svd_first_built_inside_jit():
+    """op.svd is built lazily in numpy, so first touching it inside a trace works."""
+    x = jax.random.normal(jax.random.key(0), SHAPE)
+    for name, cfg in (("gaussian_blur", {"kernel_size": 3}), ("colorize", {})):
+        op = get_operator(name, image_shape=SHAPE, **cfg)
+        p = op.sample(None)
+        h, want = jax.jit(lambda x, op=op, p=p: (op.svd.H(p, x), op.apply(p, x)))(x)
+        np.testing.assert_allclose(h, want, atol=2e-6)

@@ -141,11 +141,20 @@ def reflect_correlate_separable(x, k_rows, k_cols):
     return jnp.einsum("jw,iwc->ijc", mw, y, precision=_HIGHEST)
 
 
+def _reflect_matrix_np(taps, n: int) -> np.ndarray:
+    """reflect_matrix in float64 numpy (built at construction, possibly inside a jit trace)."""
+    taps = np.asarray(taps, np.float64)
+    k = taps.shape[0]
+    src = np.abs(np.arange(n)[:, None] + np.arange(k)[None, :] - k // 2)
+    src = np.where(src > n - 1, 2 * (n - 1) - src, src)
+    out = np.zeros((n, n))
+    np.add.at(out, (np.broadcast_to(np.arange(n)[:, None], (n, k)), src), taps)
+    return out
+
+
 def _separable_svd(image_shape, k_rows, k_cols) -> SeparableSVD:
     H, W, _ = image_shape
-    mh = np.asarray(reflect_matrix(jnp.asarray(np.asarray(k_rows, np.float64)), H))
-    mw = np.asarray(reflect_matrix(jnp.asarray(np.asarray(k_cols, np.float64)), W))
-    return SeparableSVD(image_shape, mh, mw)
+    return SeparableSVD(image_shape, _reflect_matrix_np(k_rows, H), _reflect_matrix_np(k_cols, W))
 
 
 class _Blur(Operator):
