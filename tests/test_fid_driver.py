@@ -9,11 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from configs import dps
+from configs import baselines, dps
 from jaxdiff import data as jdata
 from jaxdiff.errors import NotFIDInceptionError
 from jaxdiff.metrics import fid as F
-from jaxdiff.metrics.distribution import InceptionScorer
+from jaxdiff.metrics.distribution import InceptionScorer, reference_features
+from jaxdiff.metrics.inception import load_inception
 from jaxdiff.runs import image_path, run
 from scripts import table
 from tests.test_fid import random_state_dict, write_pth
@@ -24,14 +25,26 @@ def inception_dir(tmp_path_factory):
     from convert_weights.cli import convert
 
     d = tmp_path_factory.mktemp("inception")
-    src = write_pth(d / "pt_inception-2015-12-05-6726825d.pth", random_state_dict(seed=3))
-    convert(src, d / "converted", progress=False)
+    sd = random_state_dict(seed=3, num_batches_tracked=False)  # accepted with or without them
+    src = write_pth(d / "pt_inception-2015-12-05-6726825d.pth", sd)
+    meta = convert(src, d / "converted", progress=False)  # recognised by its keys
     src.unlink()
+    assert meta["architecture"] == "fid_inception" and meta["num_parameters"] == 21_820_000
+    params, _ = load_inception(d / "converted")
+    np.testing.assert_array_equal(
+        params["Mixed_6b"]["branch7x7_2"]["conv"]["kernel"],
+        np.transpose(sd["Mixed_6b.branch7x7_2.conv.weight"], (2, 3, 1, 0)),  # OIHW -> HWIO
+    )
+    np.testing.assert_array_equal(
+        params["Mixed_7c"]["branch_pool"]["bn"]["var"], sd["Mixed_7c.branch_pool.bn.running_var"]
+    )
     return d / "converted"
 
 
-def paper_config(**metrics):
-    c = dps.get_config("box")  # the README's paper command, on the demo prior and photos
+def paper_config(method="dps", **metrics):
+    """The README's paper command (configs/dps.py:box, or the floor of configs/baselines.py),
+    on the demo prior and its photos."""
+    c = dps.get_config("box") if method == "dps" else baselines.get_config(f"{method},box")
     c.sampler.respacing = "2"
     c.num_images = 2
     for k, v in metrics.items():
@@ -39,15 +52,17 @@ def paper_config(**metrics):
     return c
 
 
-def test_paper_command_fid_equals_a_direct_call(tmp_path, inception_dir):
+@pytest.mark.parametrize("method", ["measurement", pytest.param("dps", marks=pytest.mark.slow)])
+def test_paper_command_fid_equals_a_direct_call(tmp_path, inception_dir, method):
     # without the weights: missing, said so, never zero; the run is then resumed with them
-    s0 = run(paper_config(), tmp_path / "dps", progress=False)
+    s0 = run(paper_config(method), tmp_path / "dps", progress=False)
     assert s0["set_metrics"]["fid"] is None and "missing" in s0["set_metrics"]["missing"]
     assert "FID ↓ | missing" in (tmp_path / "dps" / "summary.md").read_text()
     md = table.make_table([tmp_path / "dps"])["md"].read_text()
     assert "FID / KID: missing" in md and "0.000" not in md
 
-    c = paper_config(inception=str(inception_dir), fid_sqrtm="svd", kid_subsets=3)
+    c = paper_config(method, inception=str(inception_dir), fid_sqrtm="svd", kid_subsets=3)
+    c.metrics.reference_stats = str(tmp_path / "ref")
     s = run(c, tmp_path / "dps", progress=False)  # same workdir: FID from the saved PNGs
     sm = s["set_metrics"]
     assert not sm["reference_cached"] and np.isfinite(sm["fid"]) and sm["n"] == 2
@@ -60,16 +75,16 @@ def test_paper_command_fid_equals_a_direct_call(tmp_path, inception_dir):
     assert sm["kid"] == pytest.approx(F.kid(fr, ft, subsets=3)[0], rel=1e-6, abs=1e-9)
     assert f"| FID ↓ | {sm['fid']:.3f} |" in (tmp_path / "dps" / "summary.md").read_text()
 
-    # a second run of the table (the floor) reuses the reference statistics
-    c2 = paper_config(inception=str(inception_dir), fid_sqrtm="svd", kid_subsets=3)
-    c2.method = "measurement"
-    s2 = run(c2, tmp_path / "floor", progress=False)
-    assert s2["set_metrics"]["reference_cached"]
-    assert s2["set_metrics"]["reference"] == sm["reference"]
-    t = table.make_table([tmp_path / "dps", tmp_path / "floor"], out=tmp_path / "t")
+    # every other run of the table (same data, list, size, weights) reuses the reference
+    from jaxdiff.experiment import load_images
+
+    images = load_images("demo", 32, 2)
+    _, path, cached = reference_features(scorer, "demo", images, 32, tmp_path / "ref")
+    assert cached and str(path) == sm["reference"]
+    t = table.make_table([tmp_path / "dps"], out=tmp_path / "t")
     md = t["md"].read_text()
-    assert "FID ↓ / KID ↓" in md and f"{sm['fid']:.2f}" in md
-    rows = [r for r in t["csv"].read_text().splitlines() if ",fid," in r]
+    assert "FID ↓ / KID ↓" in md and f"{sm['fid']:.2f} / {sm['kid']:.4f}" in md
+    rows = [r for r in t["csv"].read_text().splitlines() if ",fid," in r or ",kid," in r]
     assert len(rows) == 2
 
 
