@@ -7,8 +7,11 @@ Sampler (NVlabs/RED-diff sample_test.sh / sample_batch.sh, algos/pgdm.py, _confi
 100 DDIM steps on range(0, 1000, 10) ("skip100"; exp.num_steps=100 in the pgdm lines of
 sample_test.sh), eta = 1.0 and grad_term_weight (`scale`) = 1.0 (sample_batch.sh ETA / GRAD_WEIGHT,
 the pgdm lines of sample_test.sh), awd = True (_configs/algo/pgdm.yaml), no clamp, the chain started
-from sqrt(abar_T) A^+ y + sqrt(1 - abar_T) z (PGDM.initialize). A^+ is the operator's true
-pseudo-inverse: its SVD form where it has one, conjugate gradients otherwise (motion blur).
+from sqrt(abar_T) R y + sqrt(1 - abar_T) z (PGDM.initialize). Guidance form "noisy" (the paper's
+sigma_y weighting R_t = (A^T A + sigma^2 / r_t^2 I)^-1 A^T; sigma = the task's noise std, passed
+by the driver as the traced hparam `sigma`): the code's noiseless A^+ (form "pinv", no sigma_y
+weighting) amplifies the measurement noise of ill-conditioned blurs. R uses the operator's SVD
+form where it has one, conjugate gradients otherwise (motion blur).
 The code's "in2" branch (hard replacement of the observed pixels, `project_observed=True`) and its
 H_functions' quirks are parity options only (jaxdiff/parity/pigdm.py); they are off here.
 Phase retrieval is nonlinear: PiGDM's pseudo-inverse guidance needs a linear A (clear error).
@@ -39,6 +42,7 @@ def get_config(arg: str | None = None):
         )
     c.method = "pigdm"
     c.sampler.respacing = "skip100"  # sample_test.sh pgdm: exp.num_steps=100 (start 1000, end 0)
+    c.sampler.options.form = "noisy"  # the paper's noisy form; "pinv" is the code's exact one
     c.sampler.options.init = "pinv"  # PGDM.initialize: sqrt(abar_T) H^+ y + sqrt(1 - abar_T) z
     c.sampler.options.project_observed = False  # the "in2"-only hard replacement (parity option)
     c.sampler.options.clip_denoised = False  # the code never clamps x0_hat

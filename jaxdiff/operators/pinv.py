@@ -58,3 +58,34 @@ def make_pinv(operator, *, method: str = "auto", maxiter: int = 200, tol: float 
         return x
 
     return pinv
+
+
+def make_tikhonov(operator, *, method: str = "auto", maxiter: int = 200, tol: float = 1e-6):
+    """`solve(op_params, r, lam) -> x` = (A^T A + lam I)^-1 A^T r = A^T (A A^T + lam I)^-1 r, the
+    regularised pseudo-inverse of PiGDM's noisy guidance (lam = sigma_y^2 / r_t^2; lam = 0 is
+    A^+ r). "svd": V diag(s / (s^2 + lam)) U^T r (0 where s = 0); "cg": CG on the SPD system
+    (A^T A + lam I) x = A^T r from x = 0. `lam` may be traced."""
+    pinv = make_pinv(operator, method=method, maxiter=maxiter, tol=tol)  # checks the operator
+    svd = getattr(operator, "svd", None)
+    if method == "svd" or (method == "auto" and svd is not None):
+
+        def solve_svd(op_params, r, lam):
+            s = svd.singulars(op_params).astype(r.dtype)
+            nz = s != 0
+            w = jnp.where(nz, s / jnp.where(nz, s * s + lam, 1), 0) * svd.Ut(op_params, r)
+            return svd.V(op_params, svd.pad(w))
+
+        return solve_svd
+    del pinv
+
+    def solve_cg(op_params, r, lam):
+        def normal(x):
+            return operator.adjoint(op_params, operator.apply(op_params, x)) + lam * x
+
+        b = operator.adjoint(op_params, r)
+        x, _ = jax.scipy.sparse.linalg.cg(
+            normal, b, x0=jnp.zeros_like(b), tol=tol, maxiter=int(maxiter)
+        )
+        return x
+
+    return solve_cg

@@ -176,6 +176,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
             image_shape=shape,
             eta=eta,
             scale=weight,
+            form="pinv",  # the code: H_pinv(y) - H_pinv(H(x0)), no sigma_y weighting
             project_observed=project,
             awd=bool(algo.get("awd", True)),
             dtype=jdtype,
