@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import reddiff as reddiff_config
+from configs import tasks
 from jaxdiff.diffusion.schedule import Schedule
+from jaxdiff.experiment import scale_task
 from jaxdiff.operators import get_operator
 from jaxdiff.parity import reddiff as parity
 from jaxdiff.samplers import batched, get_sampler
@@ -223,3 +226,19 @@ def test_bad_input_errors():
         get_sampler("reddiff")(GP.model_fn, SCHED, operator=phase)
     with pytest.raises(ValueError, match="noise_x0"):
         make()(PARAMS, KEYS[0], YS[0], None, None, {"noise": jnp.zeros((6, *SHAPE))})
+
+
+@pytest.mark.parametrize("task", sorted(tasks.TASKS))
+def test_config_presets_build(task):
+    """configs/reddiff.py: every linear task builds the sampler on its operator at 32 px with the
+    preset's options and hparams (the start A^+ y included); phase retrieval is refused."""
+    if task not in reddiff_config.SETTINGS:
+        with pytest.raises(ValueError, match="linear operator"):
+            reddiff_config.get_config(task)
+        return
+    c = reddiff_config.get_config(task)
+    t = scale_task(c.task.to_dict(), 32)
+    op = get_operator(t["operator"], image_shape=(32, 32, 3), **t["operator_config"])
+    spec = get_sampler(c.method)
+    assert set(c.sampler.hparams) == set(spec.hparams)
+    spec(GP.model_fn, SCHED, operator=op, **c.sampler.options.to_dict(), **c.sampler.hparams)
