@@ -157,6 +157,8 @@ def test_registry_and_bad_inputs():
         make(gp.model_fn, sched, operator=op, form="exact")
     with pytest.raises(ValueError, match="needs form='pinv'"):
         make(gp.model_fn, sched, operator=op, project_observed=True)
+    with pytest.raises(ValueError, match="form='pinv' only"):
+        make(gp.model_fn, sched, operator=op, pinv=lambda p, y: y)
     sample = make(gp.model_fn, sched, operator=op)
     key, p = jax.random.key(0), op.sample(None)
     with pytest.raises(ValueError, match="needs the measurement"):

@@ -89,13 +89,19 @@ def make_pigdm(
         raise ValueError(f"pigdm: init must be one of {INITS}, got {init!r}")
     if form not in FORMS:
         raise ValueError(f"pigdm: form must be one of {FORMS}, got {form!r}")
+    if pinv is not None and form != "pinv":
+        raise ValueError("pigdm: pinv= replaces A^+ in form='pinv' only")
     if project_observed and form != "pinv":
         raise ValueError("pigdm: project_observed (the code's in2 branch) needs form='pinv'")
     if defaults["sigma"] is None:
         defaults = {**defaults, "sigma": noise_sigma(noise) or 0.0}
     forward = operator.apply
     if form == "pinv":
-        pinv_fn = pinv or make_pinv(operator, method=pinv_method, maxiter=cg_maxiter)
+        pinv_fn = (
+            pinv
+            if pinv is not None
+            else make_pinv(operator, method=pinv_method, maxiter=cg_maxiter)
+        )
     else:
         solve = make_tikhonov(operator, method=pinv_method, maxiter=cg_maxiter)
     shape = resolve_image_shape(image_shape, operator, None, "pigdm")
