@@ -242,3 +242,14 @@ def test_svd_first_built_inside_jit():
         p = op.sample(None)
         h, want = jax.jit(lambda x, op=op, p=p: (op.svd.H(p, x), op.apply(p, x)))(x)
         np.testing.assert_allclose(h, want, atol=2e-6)
+
+
+def test_official_colorization_is_the_grey_row():
+    """svd_replacement.Colorization: H(x) = the per-pixel row [0.3333, 0.3334, 0.3333], flat."""
+    svd = O.OfficialColorization((4, 5, 3))
+    op = get_operator("colorize", image_shape=(4, 5, 3), weights=O.OfficialColorization.ROW)
+    x = jax.random.normal(jax.random.key(0), (4, 5, 3))
+    v = jax.random.normal(jax.random.key(1), (60,))
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(svd.H({}, x), op.apply({}, x).reshape(-1), atol=1e-6)
+        np.testing.assert_allclose(svd.Vt({}, svd.V({}, v)), v, atol=1e-6)

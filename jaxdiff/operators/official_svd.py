@@ -197,6 +197,44 @@ class OfficialSuperResolution(SVDForm):
         return self.u00 * u.reshape(-1)
 
 
+class OfficialColorization(SVDForm):
+    """svd_replacement.Colorization: per pixel the 1 x 3 row [0.3333, 0.3334, 0.3333]; Vt puts
+    coefficient k of pixel p at k*H*W + p; y is the flat (H*W,) grey image times U_small.
+    `v_small` (3, 3) / `u_small` (1, 1) should be torch.svd's (the null-space basis is
+    arbitrary); by default numpy's SVD of the row."""
+
+    ROW = (0.3333, 0.3334, 0.3333)
+
+    def __init__(self, image_shape, u_small=None, v_small=None, singulars_small=None):
+        H, W, C = image_shape
+        if C != 3:
+            raise ValueError(f"OfficialColorization: 3 channels only, got {C}")
+        super().__init__(image_shape, (H * W,), H * W)
+        u, s, vt = np.linalg.svd(np.asarray([self.ROW], np.float64), full_matrices=True)
+        self.u00 = float(np.asarray(u if u_small is None else u_small).reshape(-1)[0])
+        self.v_small = np.asarray(vt.T if v_small is None else v_small, np.float32).reshape(3, 3)
+        self.s_small = float(np.asarray(s if singulars_small is None else singulars_small)[0])
+
+    def singulars(self, op_params):
+        return jnp.full((self.rank,), self.s_small, jnp.float32)
+
+    def Vt(self, op_params, x):
+        v = jnp.asarray(self.v_small, x.dtype)
+        coef = jnp.einsum("hwc,ck->khw", x, v, precision=_HIGHEST)
+        return coef.reshape(-1)
+
+    def V(self, op_params, v):
+        H, W, C = self.image_shape
+        m = jnp.asarray(self.v_small, v.dtype)
+        return jnp.einsum("khw,ck->hwc", v.reshape(C, H, W), m, precision=_HIGHEST)
+
+    def Ut(self, op_params, y):
+        return self.u00 * y.reshape(-1)
+
+    def U(self, op_params, u):
+        return self.u00 * u.reshape(-1)
+
+
 def official_blur_matrix(kernel, n: int) -> np.ndarray:
     """svd_replacement.Deblurring's 1-D matrix: H[i, j] = k[j - i + K//2] for j in
     range(i - K//2, i + K//2) inside [0, n): the last tap is dropped and the boundary is zero."""
