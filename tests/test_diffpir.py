@@ -239,3 +239,45 @@ def test_config_presets():
     )
     assert cfg.get_config("box").sampler.respacing == "20"
     assert cfg.get_config("sr4").sampler.options.init == "guide"
+
+
+@pytest.mark.slow
+def test_inner_repeats_follow_the_scripts_loop():
+    """iter_num_U = 2 against the scripts' loop written out here (inpainting closed form, init
+    from y, lambda_ 1, zeta 0.5, eta 0.3, 6 quad steps): model, prox, update, then x diffused
+    back from t_im1 to t_i and the step redone; NFE doubles."""
+    mask = (np.random.default_rng(0).uniform(size=SHAPE) < 0.5).astype(np.float32)
+    op = get_operator("inpaint", image_shape=SHAPE, mask=mask)
+    kw = dict(iter_num=6, sigma=0.05, zeta=0.5, eta=0.3, lambda_=1.0, clip_denoised=False)
+    sample = get_sampler("diffpir")(GP.model_fn, SCHED, operator=op, iter_num_U=2, **kw)
+    assert get_sampler("diffpir").num_evaluations(6, {"iter_num_U": 2}) == 10
+    rng = np.random.default_rng(1)
+    y = mask * rng.normal(size=SHAPE) * 0.3
+    n0 = rng.normal(size=SHAPE)
+    draws = {k: rng.normal(size=(5, 2, *SHAPE)) for k in ("eta", "zeta", "renoise")}
+    rep = {"x_T_noise": n0, "noise": draws}
+    got = jax.jit(sample)(PARAMS, jax.random.key(0), y, op.sample(None), None, rep).x0
+
+    g = make_grid(SCHED.train_alphas_cumprod, 6, "quad", dtype="float64")
+    sa, s1 = g.tables["sqrt_alphas_cumprod"], g.tables["sqrt_1m_alphas_cumprod"]
+    abar = SCHED.train_alphas_cumprod
+    x = sa[999] * y + np.sqrt(s1[999] ** 2 - sa[999] ** 2 * s1[0] ** 2) * n0  # t_y = 0
+    for i, (t, tm) in enumerate(zip(g.t_i[:-1], g.t_i[1:])):
+        for u in range(2):
+            eps = np.asarray(GP.model_fn(PARAMS, jnp.asarray(x[None], jnp.float32), np.array([t])))[
+                0
+            ]
+            x0 = np.sqrt(1 / abar[t]) * x - np.sqrt(1 / abar[t] - 1) * eps
+            rho = 1.0 * 0.025**2 / (s1[t] / sa[t]) ** 2
+            x0 = (mask * y + rho * x0) / (mask + rho)
+            e = (x - sa[t] * x0) / s1[t]
+            es = 0.3 * s1[tm] / s1[t] * np.sqrt(g.tables["betas"][t])
+            z1, z2, z3 = (draws[k][i, u] for k in ("eta", "zeta", "renoise"))
+            x = sa[tm] * x0 + np.sqrt(0.5) * (np.sqrt(s1[tm] ** 2 - es**2) * e + es * z1)
+            x = x + np.sqrt(0.5) * s1[tm] * z2
+            if u == 0:
+                a = sa[t] / sa[tm]
+                x = a * x + np.sqrt(s1[t] ** 2 - a**2 * s1[tm] ** 2) * z3
+    np.testing.assert_allclose(got, x, atol=1e-4)
+    one = get_sampler("diffpir")(GP.model_fn, SCHED, operator=op, **kw)
+    assert not np.allclose(jax.jit(one)(PARAMS, jax.random.key(0), y, op.sample(None)).x0, got)

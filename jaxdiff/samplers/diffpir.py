@@ -48,7 +48,8 @@ def _nfe(num_steps: int, options: dict) -> int:
     seq = time_grid(
         int(options.get("num_train_timesteps", 1000)), n, options.get("skip_type", "quad")
     )
-    return len(seq) - 1  # the scripts' last, discarded, network call is skipped
+    # the scripts' last, discarded, network call is skipped
+    return (len(seq) - 1) * int(options.get("iter_num_U", 1))
 
 
 def rho_of(row, lam, sigma):
@@ -83,12 +84,21 @@ def initial_state(grid, init: str, n0, guide_img, sigma):
     return s * guide_img + jnp.sqrt(s1[t_start] ** 2 - s**2 * s1[t_y] ** 2) * n0
 
 
-def _draw(key, x):
-    k1, k2 = jax.random.split(key)
-    return {
-        "eta": jax.random.normal(k1, x.shape, x.dtype),
-        "zeta": jax.random.normal(k2, x.shape, x.dtype),
-    }
+def renoise(row, x, z):
+    """The scripts' `iter_num_U` repeat: x at t_im1 diffused back to t_i."""
+    s = row["sqrt_ac"] / row["sqrt_ac_next"]
+    return s * x + jnp.sqrt(row["sqrt_1m"] ** 2 - s**2 * row["sqrt_1m_next"] ** 2) * z
+
+
+def _drawer(repeats: int):
+    names = ("eta", "zeta") if repeats == 1 else ("eta", "zeta", "renoise")
+    lead = () if repeats == 1 else (repeats,)
+
+    def draw(key, x):
+        keys = jax.random.split(key, len(names))
+        return {n: jax.random.normal(k, lead + x.shape, x.dtype) for n, k in zip(names, keys)}
+
+    return draw
 
 
 @register_sampler(
@@ -114,6 +124,7 @@ def make_diffpir(
     unit_interval: bool = False,
     cg_iters: int = 50,
     prox_form: str = "stable",
+    iter_num_U: int = 1,
     clip_denoised: bool = True,
     dtype=jnp.float32,
 ):
@@ -122,9 +133,15 @@ def make_diffpir(
     iter_num: grid size (default: the schedule's number of steps); skip_type 'quad' | 'uniform'.
     unit_interval: solve the data step on x/2 + 1/2 and y/2 + 1/2 as the deblur / SR scripts do
     (identical when A maps constants to constants). sigma defaults to the noise model's std.
-    replay: {"x_T_noise": (H,W,C), "noise": {"eta": (K,H,W,C), "zeta": (K,H,W,C)}}, K = steps - 1.
-    The trajectory records x0 (the network's), x0_prox and rho per step.
+    iter_num_U: the scripts' inner repeats (RePaint-style): after each update but the last, x is
+    diffused back from t_im1 to t_i and the step is redone.
+    replay: {"x_T_noise": (H,W,C), "noise": {"eta": (K,H,W,C), "zeta": (K,H,W,C)}}, K = steps - 1
+    (with iter_num_U = U > 1: eta, zeta and renoise of shape (K,U,H,W,C); the last renoise unused).
+    The trajectory records x0 (the network's), x0_prox and rho per step (its last repeat).
     """
+    if int(iter_num_U) < 1:
+        raise ValueError(f"diffpir: iter_num_U must be >= 1, got {iter_num_U!r}")
+    repeats = int(iter_num_U)
     if init not in INITS:
         raise ValueError(f"diffpir: init must be one of {INITS}, got {init!r}")
     prox, prox_kind = data_prox(operator, cg_iters=cg_iters, form=prox_form)
@@ -156,8 +173,7 @@ def make_diffpir(
         }
         y_data = y * 0.5 + 0.5 if unit_interval else y
 
-        def step(x, k, z, state):
-            row = {name: v[k] for name, v in rows.items()}
+        def one(row, x, z):
             pred = predict_x0(model_fn, params, full, x, row["t"], clip_denoised=clip_denoised)
             x0 = pred["x0"]
             rho = rho_of(row, h["lambda_"], h["sigma"])
@@ -168,10 +184,30 @@ def make_diffpir(
             x0_eff = x0 + h["guidance_scale"] * (x0_p - x0)
             x_next = update(row, x, x0_eff, z["eta"], z["zeta"], h["zeta"], h["eta"])
             record = {"x0": x0, "eps": pred["eps"], "x0_prox": x0_p, "rho": rho}
-            return x_next, state, record
+            return x_next, record
+
+        def step(x, k, z, state):
+            row = {name: v[k] for name, v in rows.items()}
+            if repeats == 1:
+                x_next, record = one(row, x, z)
+                return x_next, state, record
+
+            def inner(xu, zu):
+                x_next, record = one(row, xu, zu)
+                return renoise(row, x_next, zu["renoise"]), (x_next, record)
+
+            _, (xs, records) = jax.lax.scan(inner, x, z)
+            return xs[-1], state, jax.tree.map(lambda a: a[-1], records)
 
         return chain(
-            step, x_T, steps, key=k_loop, replay=replay, loop=loop, label="diffpir", draw=_draw
+            step,
+            x_T,
+            steps,
+            key=k_loop,
+            replay=replay,
+            loop=loop,
+            label="diffpir",
+            draw=_drawer(repeats),
         )
 
     sample.grid = grid
