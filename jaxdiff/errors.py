@@ -45,3 +45,11 @@ class DivergenceError(JaxdiffError, FloatingPointError):
 
 class NotFIDInceptionError(CheckpointError):
     """A file or folder given as the FID Inception is not pytorch-fid's FID InceptionV3."""
+
+
+class ConfigError(JaxdiffError, ValueError):
+    """A run's config or inputs are unusable; raised before anything is written."""
+
+
+class RunLockedError(JaxdiffError, RuntimeError):
+    """Another process is writing the same workdir."""

@@ -13,10 +13,12 @@ recomputes the rest and ends with the same results as an uninterrupted run.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
+import os
 import pathlib
 import time
 
@@ -24,6 +26,7 @@ import jax
 import numpy as np
 
 from jaxdiff import data as jdata
+from jaxdiff.errors import ConfigError, RunLockedError
 from jaxdiff.experiment import Experiment, Images, build, load_images
 from jaxdiff.metrics.distribution import (
     MISSING,
@@ -32,7 +35,7 @@ from jaxdiff.metrics.distribution import (
     reference_features,
     set_metrics,
 )
-from jaxdiff.metrics.lpips import variant_name
+from jaxdiff.metrics.lpips import VARIANTS, variant_name
 from jaxdiff.runner import METRICS, BatchRunner, compute_metrics, image_keys, round_batch
 
 log = logging.getLogger("jaxdiff.runs")
@@ -87,7 +90,7 @@ class ResultStore:
         path = self.dir / CONFIG
         fp = fingerprint(cfg)
         if path.exists():
-            old = json.loads(path.read_text())
+            old = _read_json(path)
             if old.get("fingerprint") != fp:
                 changes = "; ".join(_diff(old.get("config", {}), cfg)) or "unknown"
                 raise ValueError(
@@ -98,14 +101,24 @@ class ResultStore:
         self.records: dict[str, dict] = {}
         results = self.dir / RESULTS
         if results.exists():
-            for line in results.read_text().splitlines():
+            for n, line in enumerate(results.read_text().splitlines(), 1):
                 if line.strip():
-                    rec = json.loads(line)
-                    self.records[rec["image"]] = rec
+                    try:
+                        rec = json.loads(line)
+                        self.records[rec["image"]] = rec
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise ConfigError(
+                            f"{results}: line {n} is not a result record ({e}); move the file "
+                            "away to recompute every image"
+                        ) from None
 
-    def done(self, name: str, index: int) -> bool:
+    def done(self, name: str, index: int, digest: str | None = None) -> bool:
+        """Finished, for this very image: same name, folder position and (when recorded)
+        content. A replaced image with the same name is recomputed."""
         rec = self.records.get(name)
-        return rec is not None and rec.get("index") == index
+        if rec is None or rec.get("index") != index:
+            return False
+        return digest is None or rec.get("image_sha256") in (None, digest)
 
     def add(self, records: list[dict]) -> None:
         for rec in records:
@@ -117,13 +130,100 @@ class ResultStore:
         return sorted(self.records.values(), key=lambda r: (r["index"], r["image"]))
 
 
+def _read_json(path) -> dict:
+    try:
+        obj = json.loads(pathlib.Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def stem(name: str) -> str:
     return pathlib.Path(name).stem
 
 
-def image_path(workdir, name: str, kind: str) -> pathlib.Path:
-    """kind: truth | measurement | recon."""
-    return pathlib.Path(workdir) / "images" / f"{stem(name)}_{kind}.png"
+def output_stems(names) -> dict[str, str]:
+    """A file stem per input name, unique within the run: `img.png` and `img.jpg` would both
+    write images/img_recon.png, so where stems collide the suffix joins them (img_png, img_jpg)."""
+    names = list(names)
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[stem(n)] = counts.get(stem(n), 0) + 1
+    out, used = {}, set()
+    for n in names:
+        s = stem(n) if counts[stem(n)] == 1 else n.replace(".", "_")
+        while s in used:
+            s += "_"
+        used.add(s)
+        out[n] = s
+    return out
+
+
+def image_path(workdir, name: str, kind: str, stems: dict | None = None) -> pathlib.Path:
+    """kind: truth | measurement | recon; `stems` from output_stems (default: the file stem)."""
+    s = stems.get(name, stem(name)) if stems else stem(name)
+    return pathlib.Path(workdir) / "images" / f"{s}_{kind}.png"
+
+
+def image_digest(x: np.ndarray) -> str:
+    """SHA-256 of an input image as the run sees it (decoded, cropped, resized)."""
+    return hashlib.sha256(np.ascontiguousarray(x, np.float32).tobytes()).hexdigest()
+
+
+SEED_RANGE = 2**32
+
+
+def validate_config(config) -> None:
+    """Every setting a run reads before its first image, checked before anything is written."""
+    problems = []
+    for key in ("batch_size", "num_images"):
+        v = config.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            problems.append(f"{key}={v!r} must be an integer >= 0 (0 = automatic / all)")
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_RANGE:
+        problems.append(f"seed={seed!r} must be an integer in [0, 2^32)")
+    metrics = config.get("metrics", {})
+    try:
+        variant_name(metrics.get("lpips_net", "vgg"))
+    except (KeyError, ValueError):
+        known = ", ".join(VARIANTS)
+        problems.append(f"metrics.lpips_net={metrics.get('lpips_net')!r} (known: {known})")
+    if metrics.get("range", "clip") not in ("clip", "minmax"):
+        problems.append(f"metrics.range={metrics.get('range')!r} must be 'clip' or 'minmax'")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+class WorkdirLock:
+    """An exclusive lock on `workdir/.lock` (flock): two runs never write one workdir at once.
+    Released when the run ends or its process dies."""
+
+    def __init__(self, workdir):
+        self.path = pathlib.Path(workdir) / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RunLockedError(
+                f"{self.path.parent} is being written by another run (pid {holder}); wait for "
+                "it to finish or use another --workdir"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
 
 
 def _stats(values) -> dict:
@@ -149,20 +249,30 @@ def run(
 ) -> dict:
     """Run (or resume) `config` into `workdir`; returns the summary dict (also written)."""
     t_start = time.perf_counter()
+    validate_config(config)
     cfg = config_dict(config)
-    store = ResultStore(workdir, cfg)
-    exp = exp or build(config)
+    exp = exp or build(config)  # model, task, method, respacing: errors before any write
     images = images or load_images(
         config.data, exp.image_size, config.num_images, exp.meta, config.get("image_list", "")
     )
+    if not images.names:
+        raise ConfigError(f"{config.data}: no decodable images (skipped: {images.skipped})")
+    scorer = _inception_scorer(config)  # a bad weights folder fails before anything is written
+    with WorkdirLock(workdir):
+        return _run_locked(config, cfg, workdir, exp, images, scorer, progress, t_start)
+
+
+def _run_locked(config, cfg, workdir, exp, images, scorer, progress, t_start) -> dict:
+    store = ResultStore(workdir, cfg)
     n = len(images.names)
-    todo = [i for i in range(n) if not store.done(images.names[i], images.index[i])]
+    stems = output_stems(images.names)
+    digests = [image_digest(x) for x in images.arrays]
+    todo = [i for i in range(n) if not store.done(images.names[i], images.index[i], digests[i])]
     batch = round_batch(config.batch_size, n)
     keys = image_keys(config.seed, images.index)
     desc = f"{exp.method.name}/{exp.task['name']}"
     bar = _progress(n, n - len(todo), desc, progress)
     runner = BatchRunner(exp, batch) if todo else None
-    scorer = _inception_scorer(config)  # before the loop: a bad weights folder fails at once
     feats = FeatureStore(workdir, scorer.sha256) if scorer else None
     try:
         for start in range(0, len(todo), batch):
@@ -176,12 +286,17 @@ def run(
             for j, i in enumerate(sel):
                 name = images.names[i]
                 if config.output.save_images:
-                    jdata.save_png(image_path(workdir, name, "truth"), images.arrays[i])
-                    jdata.save_png(image_path(workdir, name, "measurement"), out["y"][j])
-                    jdata.save_png(image_path(workdir, name, "recon"), out["x_hat"][j])
+                    for kind, x in (
+                        ("truth", images.arrays[i]),
+                        ("measurement", out["y"][j]),
+                        ("recon", out["x_hat"][j]),
+                    ):
+                        jdata.save_png(image_path(workdir, name, kind, stems), x)
                 records.append(
                     {
                         "image": name,
+                        "output": stems[name],
+                        "image_sha256": digests[i],
                         "index": int(images.index[i]),
                         "seed": int(config.seed),
                         "metrics": {k: float(m[k][j]) for k in METRICS},
@@ -198,10 +313,11 @@ def run(
         bar.close()
     compile_s = runner.compile_seconds if runner else 0.0
     summary = summarize(exp, images, store, cfg, compile_s, time.perf_counter() - t_start)
-    summary["set_metrics"] = _set_metrics(config, workdir, exp, images, scorer, feats)
+    summary["set_metrics"] = _set_metrics(config, workdir, exp, images, scorer, feats, stems)
     write_summary(workdir, summary)
     if config.output.save_images and config.output.figure_images:
-        write_figure(workdir, [r["image"] for r in store.ordered()][: config.output.figure_images])
+        shown = store.ordered()[: config.output.figure_images]
+        write_figure(workdir, [r["image"] for r in shown], stems)
     return summary
 
 
@@ -210,7 +326,7 @@ def _inception_scorer(config):
     return InceptionScorer(directory) if directory else None
 
 
-def _set_metrics(config, workdir, exp, images, scorer, feats) -> dict:
+def _set_metrics(config, workdir, exp, images, scorer, feats, stems) -> dict:
     """FID / KID of the reconstructions vs the ground truth, or why they are missing."""
     if scorer is None:
         return {"fid": None, "kid": None, "missing": MISSING}
@@ -218,7 +334,7 @@ def _set_metrics(config, workdir, exp, images, scorer, feats) -> dict:
     names = list(images.names)
     todo = [n for n in names if n not in feats.rows]
     if todo:  # done before the weights were given: from the saved reconstructions
-        paths = [image_path(workdir, n, "recon") for n in todo]
+        paths = [image_path(workdir, n, "recon", stems) for n in todo]
         absent = [str(p) for p in paths if not p.exists()]
         if absent:
             raise FileNotFoundError(
@@ -255,6 +371,8 @@ def _running_means(store: ResultStore) -> dict:
 
 def summarize(exp, images, store, cfg, compile_seconds, wall_seconds) -> dict:
     recs = [r for r in store.ordered() if r["image"] in set(images.names)]
+    diverged = [r for r in recs if r.get("diverged_at", -1) >= 0]
+    healthy = [r for r in recs if r.get("diverged_at", -1) < 0]
     return {
         "method": exp.method.name,
         "method_kind": exp.method.kind,
@@ -267,8 +385,9 @@ def summarize(exp, images, store, cfg, compile_seconds, wall_seconds) -> dict:
         "data": cfg.get("data"),
         "num_images": len(recs),
         "skipped": images.skipped,
-        "diverged": [r["image"] for r in recs if r.get("diverged_at", -1) >= 0],
-        "metrics": {k: _stats([r["metrics"][k] for r in recs]) for k in METRICS},
+        "diverged": [r["image"] for r in diverged],
+        # headline means over the images that stayed finite; `diverged` names the others
+        "metrics": {k: _stats([r["metrics"][k] for r in healthy]) for k in METRICS},
         "seconds_per_image": _stats([r["seconds"] for r in recs]),
         "compile_seconds": compile_seconds,
         "wall_seconds": wall_seconds,
@@ -311,7 +430,10 @@ def write_summary(workdir, s: dict) -> None:
     if s["skipped"]:
         lines.append(f"- skipped (undecodable): {', '.join(sorted(s['skipped']))}")
     if s["diverged"]:
-        lines.append(f"- diverged (NaN/Inf, frozen at the last finite value): {s['diverged']}")
+        lines.append(
+            f"- diverged (NaN/Inf, frozen at the last finite value; not in the means above): "
+            f"{len(s['diverged'])} of {s['num_images']}: {s['diverged']}"
+        )
     lines += ["", "```json", json.dumps(s["config"], indent=2, sort_keys=True), "```", ""]
     jdata.atomic_write_text(workdir / SUMMARY_MD, "\n".join(lines))
 
@@ -331,11 +453,11 @@ def read_png(path) -> np.ndarray:
     return jdata.load_image(path)
 
 
-def write_figure(workdir, names: list[str]) -> None:
+def write_figure(workdir, names: list[str], stems: dict | None = None) -> None:
     """ground truth | measurement | reconstruction, one row per image, from the saved PNGs."""
     rows = []
     for name in names:
-        paths = [image_path(workdir, name, k) for k in ("truth", "measurement", "recon")]
+        paths = [image_path(workdir, name, k, stems) for k in ("truth", "measurement", "recon")]
         if all(p.exists() for p in paths):
             rows.append([read_png(p) for p in paths])
     if rows:

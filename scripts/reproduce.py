@@ -9,9 +9,15 @@ recon}.png,
 summary.json / summary.md (mean and std per metric, seconds per image, the full config),
 figure.png (ground truth | measurement | reconstruction). Restarting with the same workdir skips
 the finished images. See jaxdiff/runs.py.
+
+Exit status: 0 done; 2 a bad config or input (one line naming it; --debug for the traceback),
+nothing written; 3 done, but some images diverged (named on stdout, kept out of the means).
 """
 
 from __future__ import annotations
+
+import json
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -21,12 +27,16 @@ from ml_collections import config_flags
 def define_flags() -> None:
     """Defined only when run as a script, so that importing this module (the demo, the
     tests) never collides with another script's flags."""
-    global _CONFIG, _WORKDIR, _PROGRESS
+    global _CONFIG, _WORKDIR, _PROGRESS, _DEBUG
     _CONFIG = config_flags.DEFINE_config_file(
         "config", None, "method config and task preset, e.g. configs/dps.py:box", lock_config=True
     )
     _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (re-use it to resume)")
     _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
+    _DEBUG = flags.DEFINE_bool("debug", False, "show the traceback of an error")
+
+
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 
 def main(argv):
@@ -34,8 +44,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     from jaxdiff import runs
+    from jaxdiff.errors import JaxdiffError
 
-    summary = runs.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    try:
+        summary = runs.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    except (JaxdiffError, ValueError, KeyError, FileNotFoundError, json.JSONDecodeError) as e:
+        if _DEBUG.value:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"reproduce: error: {msg}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     m = summary["metrics"]
     sm = summary.get("set_metrics") or {}
     fid = sm.get("missing") or f"FID {sm.get('fid')}, KID {sm.get('kid')}"
@@ -44,6 +62,12 @@ def main(argv):
         f"PSNR {m['psnr']['mean']}, SSIM {m['ssim']['mean']}, LPIPS {m['lpips']['mean']}; "
         f"{fid}; results in {_WORKDIR.value}/summary.md"
     )
+    if summary["diverged"]:
+        print(
+            f"{len(summary['diverged'])} of {summary['num_images']} images diverged (NaN/Inf; "
+            f"frozen, excluded from the means above): {', '.join(summary['diverged'])}"
+        )
+        sys.exit(EXIT_DIVERGED)
 
 
 if __name__ == "__main__":
