@@ -21,7 +21,20 @@ import numpy as np
 from jaxdiff.errors import DivergenceError
 
 # Importing a method module registers it (each file declares its needs, hparams and cost).
-from jaxdiff.samplers import daps, ddim, ddnm, ddpm, ddrm, dps, pigdm, reddiff, score_ald, sdedit, tweedie  # noqa: F401
+from jaxdiff.samplers import (  # noqa: F401
+    daps,
+    ddim,
+    ddnm,
+    ddpm,
+    ddrm,
+    diffpir,
+    dps,
+    pigdm,
+    reddiff,
+    score_ald,
+    sdedit,
+    tweedie,
+)
 from jaxdiff.samplers.base import SAMPLERS, LoopOptions, SamplerSpec, register_sampler
 from jaxdiff.samplers.common import SampleResult
 from jaxdiff.samplers.dps import BATCH_AXIS
