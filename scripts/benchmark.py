@@ -1,14 +1,21 @@
-"""Time each sampler per image, compile separate, and write the figures as JSON.
+"""Time each sampler per network evaluation, compile separate, and write the figures as JSON.
 
-    python -m scripts.benchmark --arch=tiny,demo --samplers=ddpm,dps --batch=1,4 --steps=10 \
-        --dtype=float32,bfloat16 --out=bench.json
+    python -m scripts.benchmark --arch=ffhq256 --samplers=ddpm,dps --batch=1 --steps=3
 
 Architectures: `tiny` (the fixture-sized ADM, 1.4M parameters, 32x32), `demo` (the shipped demo
 prior), `ffhq256` / `imagenet256_uncond` (the full-size presets with random weights: timings need
-no checkpoint), or any converted checkpoint folder. Per (arch, sampler, batch, dtype) it records:
-compile seconds, seconds per image per step, images/s, peak device memory (where the backend
-reports it) and XLA's compiled-memory estimate, and the model FLOPs per image per step from XLA's
-cost analysis of one sampler step's network work (a forward; for DPS a forward plus its VJP).
+no checkpoint), or any converted checkpoint folder. Methods come from the sampler registry
+(`jaxdiff.samplers.SAMPLERS`, default: all), and so does each method's number of network
+evaluations per image (NFE), so the cost of a run reads NFE x seconds per NFE.
+
+Per (arch, batch, dtype) every method is compiled first, then the calls are interleaved
+(`--repeats` rounds of one call each) and the minimum is reported beside the median: on a shared
+machine the other jobs' load hits every method alike, and the minimum is the least disturbed. Per
+method: compile seconds, seconds per call / per image / per NFE, images/s, XLA's compiled temporary
+memory per image (for gradient methods also with `remat=True`), peak device memory where the
+backend reports it, and the model FLOPs per NFE from XLA's cost analysis (a forward; a forward plus
+its VJP for gradient methods). `ratios` in the JSON give each method's seconds per NFE over DDPM's
+from the same run (DPS / DDPM is the gradient's overhead; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import pathlib
 import platform
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +35,16 @@ from absl import app, flags
 from jaxdiff.diffusion import schedule_from_meta
 from jaxdiff.models import build_model, load_pretrained, model_fn, param_count
 from jaxdiff.operators import get_noise, get_operator
-from jaxdiff.samplers import batched, get_sampler
+from jaxdiff.samplers import SAMPLERS, batched, get_sampler
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("arch", ["tiny"], "tiny | demo | ffhq256 | imagenet256_uncond | a checkpoint dir")
-flags.DEFINE_list("samplers", ["ddpm", "tweedie", "sdedit", "score_ald", "dps"], "samplers to time")
+flags.DEFINE_list("samplers", None, "samplers to time (default: every registered one)")
 flags.DEFINE_list("batch", ["1", "4"], "batch sizes (images per call)")
 flags.DEFINE_list("dtype", ["float32"], "compute dtypes: float32, bfloat16")
 flags.DEFINE_integer("steps", 10, "respaced sampling steps per call")
-flags.DEFINE_integer("repeats", 3, "timed calls after the warm-up; the median is reported")
+flags.DEFINE_integer("repeats", 3, "interleaved timed rounds after the warm-up (min and median)")
+flags.DEFINE_bool("remat_memory", True, "also compile gradient methods with remat=True (memory)")
 flags.DEFINE_string("out", "benchmark.json", "where the JSON goes")
 
 # The fixture-sized ADM (tests/fixtures/adm_tiny.json kwargs): small enough for any CPU.
@@ -87,8 +96,8 @@ def load_arch(name: str):
 
 
 def task_for(size: int):
-    """A box-inpainting task at the model's size (a quarter-area hole): cheap, linear, official
-    noise. The operator's cost is negligible next to the UNet's at every size benchmarked."""
+    """A box-inpainting task at the model's size (a quarter-area hole): cheap, linear (with an SVD
+    form), official noise. The operator's cost is negligible next to the UNet's."""
     side = size // 2
     op = get_operator(
         "inpaint_box",
@@ -100,7 +109,7 @@ def task_for(size: int):
 
 
 def network_flops(model, params, size: int, with_grad: bool) -> float | None:
-    """XLA's FLOP count for one image's network work in one step (a forward, or forward + VJP)."""
+    """XLA's FLOP count for one image's network work in one NFE (a forward, or forward + VJP)."""
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     t = jnp.full((1,), 500, jnp.int32)
 
@@ -122,50 +131,119 @@ def peak_memory() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def bench_one(arch, config, diffusion, params, sampler: str, batch: int, dtype: str) -> dict:
+def temp_bytes(compiled) -> int | None:
+    return getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
+
+
+def nfe_of(name: str, num_steps: int, options: dict) -> int:
+    """Network evaluations per image, as the registry entry declares them."""
+    return SAMPLERS.get(name).num_evaluations(num_steps, options)
+
+
+def compile_method(arch, config, diffusion, params, name, batch, dtype, **options):
+    """(compiled, args, schedule) of one method's batched sample function."""
     size = int(config.get("image_size", config.get("sample_size")))
     compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     model = build_model(arch, config, dtype=compute)
     op, noise = task_for(size)
     schedule = schedule_from_meta(diffusion, respacing=str(FLAGS.steps))
-    make = get_sampler(sampler)
-    sample = make(model_fn(model), schedule, operator=op, noise=noise, image_shape=(size, size, 3))
-    run = jax.jit(batched(sample))
-
+    make = get_sampler(name)
+    sample = make(
+        model_fn(model), schedule, operator=op, noise=noise, image_shape=(size, size, 3), **options
+    )
     keys = jax.random.split(jax.random.PRNGKey(0), batch)
     x = jnp.zeros((batch, size, size, 3), jnp.float32)
     op_params = jax.vmap(op.sample)(keys)
     y = jax.vmap(op.apply)(op_params, x)
     args = (params, keys, y, op_params, {})
+    return jax.jit(batched(sample)).lower(*args).compile(), args, schedule, model
 
-    t0 = time.perf_counter()
-    compiled = run.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
+
+def bench_group(arch, config, diffusion, params, names, batch: int, dtype: str) -> list[dict]:
+    """Compile every method, then time them interleaved (see the module docstring)."""
+    size = int(config.get("image_size", config.get("sample_size")))
+    entries = []
+    for name in names:
+        r = {"arch": arch, "image_size": size, "sampler": name, "batch": batch, "dtype": dtype}
+        try:
+            t0 = time.perf_counter()
+            compiled, args, schedule, model = compile_method(
+                arch, config, diffusion, params, name, batch, dtype
+            )
+            r["compile_seconds"] = round(time.perf_counter() - t0, 3)
+            jax.block_until_ready(compiled(*args))  # warm-up
+        except Exception as err:  # noqa: BLE001 - one method's failure must not end the run
+            r["error"] = f"{type(err).__name__}: {err}"
+            traceback.print_exc()
+            entries.append((r, None, None))
+            continue
+        spec = SAMPLERS.get(name)
+        r["nfe"] = nfe_of(name, schedule.num_steps, {})
+        r["grad"] = bool(getattr(spec, "grad", False))
+        r["compiled_temp_bytes"] = temp_bytes(compiled)
+        r["compiled_temp_bytes_per_image"] = (r["compiled_temp_bytes"] or 0) // batch or None
+        if r["grad"] and FLAGS.remat_memory:
+            remat, *_ = compile_method(
+                arch, config, diffusion, params, name, batch, dtype, remat=True
+            )
+            r["compiled_temp_bytes_remat"] = temp_bytes(remat)
+            r["compiled_temp_bytes_per_image_remat"] = (temp_bytes(remat) or 0) // batch or None
+            del remat
+        r["network_flops_per_nfe"] = network_flops(model, params, size, with_grad=r["grad"])
+        entries.append((r, compiled, args))
+    times = {id(r): [] for r, c, _ in entries if c is not None}
     for _ in range(FLAGS.repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    call_s = float(np.median(times))
-    steps = 1 if sampler == "tweedie" else schedule.num_steps
-    mem = compiled.memory_analysis()
-    flops = network_flops(model, params, size, with_grad=sampler == "dps")
-    return {
-        "arch": arch,
-        "image_size": size,
-        "sampler": sampler,
-        "batch": batch,
-        "dtype": dtype,
-        "steps": steps,
-        "compile_seconds": round(compile_s, 3),
-        "seconds_per_call": call_s,
-        "seconds_per_image_per_step": call_s / (batch * steps),
-        "images_per_second": batch / call_s,
-        "peak_device_bytes": peak_memory(),
-        "compiled_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
-        "network_flops_per_image_per_step": flops,
-    }
+        for r, compiled, args in entries:
+            if compiled is None:
+                continue
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times[id(r)].append(time.perf_counter() - t0)
+    out = []
+    for r, compiled, _ in entries:
+        if compiled is not None:
+            ts = times[id(r)]
+            best, med = float(min(ts)), float(np.median(ts))
+            per_image = r["nfe"] * batch
+            r.update(
+                seconds_per_call=best,
+                seconds_per_call_median=med,
+                seconds_per_call_all=[round(t, 4) for t in ts],
+                seconds_per_nfe=best / per_image,
+                seconds_per_nfe_median=med / per_image,
+                images_per_second=batch / best,
+                peak_device_bytes=peak_memory(),
+            )
+            if r["network_flops_per_nfe"]:
+                r["achieved_flops_per_second"] = r["network_flops_per_nfe"] / r["seconds_per_nfe"]
+        out.append(r)
+    return out
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """Each method's seconds per NFE over DDPM's in the same (model, batch, dtype) group."""
+    rows = []
+    for base in results:
+        if base["sampler"] != "ddpm" or "seconds_per_nfe" not in base:
+            continue
+        for r in results:
+            same = all(r[k] == base[k] for k in ("model", "batch", "dtype"))
+            if not same or r is base or "seconds_per_nfe" not in r:
+                continue
+            rows.append(
+                {
+                    "model": r["model"],
+                    "batch": r["batch"],
+                    "dtype": r["dtype"],
+                    "sampler": r["sampler"],
+                    "seconds_per_nfe": r["seconds_per_nfe"],
+                    "ddpm_seconds_per_nfe": base["seconds_per_nfe"],
+                    "ratio_to_ddpm": r["seconds_per_nfe"] / base["seconds_per_nfe"],
+                    "ratio_to_ddpm_median": r["seconds_per_nfe_median"]
+                    / base["seconds_per_nfe_median"],
+                }
+            )
+    return rows
 
 
 def main(argv):
@@ -173,23 +251,36 @@ def main(argv):
     import flax
     import jaxlib
 
+    names = FLAGS.samplers or SAMPLERS.names()
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown:
+        raise KeyError(f"unknown sampler(s) {unknown}; known: {SAMPLERS.names()}")
     results = []
     for name in FLAGS.arch:
         arch, config, diffusion, params = load_arch(name)
         print(f"{name}: {arch}, {param_count(params):,} parameters", flush=True)
-        for sampler in FLAGS.samplers:
-            for dtype in FLAGS.dtype:
-                for batch in map(int, FLAGS.batch):
-                    r = bench_one(arch, config, diffusion, params, sampler, batch, dtype)
+        for dtype in FLAGS.dtype:
+            for batch in map(int, FLAGS.batch):
+                for r in bench_group(arch, config, diffusion, params, names, batch, dtype):
                     r["model"] = name
                     results.append(r)
+                    if "error" in r:
+                        print(f"  {r['sampler']:9s} b={batch:<3d} {dtype:8s} {r['error']}")
+                        continue
                     print(
-                        f"  {sampler:9s} b={batch:<3d} {dtype:8s}"
-                        f" compile {r['compile_seconds']:6.1f}s"
-                        f"  {r['seconds_per_image_per_step'] * 1e3:8.2f} ms/img/step"
+                        f"  {r['sampler']:9s} b={batch:<3d} {dtype:8s}"
+                        f" compile {r['compile_seconds']:6.1f}s  NFE {r['nfe']:4d}"
+                        f"  {r['seconds_per_nfe'] * 1e3:9.1f} ms/NFE/img"
+                        f" (median {r['seconds_per_nfe_median'] * 1e3:9.1f})"
                         f"  {r['images_per_second']:8.3f} img/s",
                         flush=True,
                     )
+    rows = ratios(results)
+    for row in rows:
+        print(
+            f"{row['model']} b={row['batch']} {row['dtype']}: {row['sampler']} / ddpm per NFE ="
+            f" {row['ratio_to_ddpm']:.2f} (min), {row['ratio_to_ddpm_median']:.2f} (median)"
+        )
     dev = jax.devices()[0]
     out = {
         "device": {"platform": dev.platform, "kind": dev.device_kind, "count": jax.device_count()},
@@ -200,7 +291,9 @@ def main(argv):
             "flax": flax.__version__,
         },
         "steps": FLAGS.steps,
+        "repeats": FLAGS.repeats,
         "results": results,
+        "ratios": rows,
     }
     path = pathlib.Path(FLAGS.out)
     path.parent.mkdir(parents=True, exist_ok=True)

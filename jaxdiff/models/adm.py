@@ -116,7 +116,7 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x, emb, deterministic=True):
         dt, pdt, out = self.dtype, self.param_dtype, self.out_channels
-        h = nn.silu(GroupNorm(dtype=dt, param_dtype=pdt, name="in_layers_0")(x))
+        h = GroupNorm(dtype=dt, param_dtype=pdt, name="in_layers_0")(x, silu=True)
         if self.up:
             h, x = upsample_nearest2x(h), upsample_nearest2x(x)
         elif self.down:
@@ -126,12 +126,11 @@ class ResBlock(nn.Module):
         e = dense(n_emb, "emb_layers_1", wide(dt), pdt)(nn.silu(emb))
         e = e.astype(dt)[:, None, None, :]
         norm = GroupNorm(dtype=dt, param_dtype=pdt, name="out_layers_0")
-        if self.use_scale_shift_norm:
-            scale, shift = jnp.split(e, 2, axis=-1)
-            h = norm(h) * (1 + scale) + shift
+        if self.use_scale_shift_norm:  # silu(norm(h) * (1 + scale) + shift), one fused op
+            h = norm(h, scale_shift=jnp.split(e, 2, axis=-1), silu=True)
         else:
-            h = norm(h + e)
-        h = nn.Dropout(self.dropout, deterministic=deterministic)(nn.silu(h))
+            h = norm(h + e, silu=True)
+        h = nn.Dropout(self.dropout, deterministic=deterministic)(h)
         h = conv3x3(out, "out_layers_3", dt, pdt, zero=True)(h)
         if x.shape[-1] != out:
             x = conv1x1(out, "skip_connection", dt, pdt)(x)
@@ -272,7 +271,7 @@ class ADMUNet(nn.Module):
                 idx += 1
 
         # The output head runs in float32 (or wider), as guided-diffusion's fp16 mode does.
-        h = nn.silu(GroupNorm(dtype=wdt, param_dtype=pdt, name="out_0")(h.astype(wdt)))
+        h = GroupNorm(dtype=wdt, param_dtype=pdt, name="out_0")(h.astype(wdt), silu=True)
         return conv3x3(cfg["out_channels"], "out_2", wdt, pdt, zero=True)(h)
 
 

@@ -14,12 +14,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.models.fused import (  # noqa: F401 - re-exported for the models
+    avg_pool2x,
+    group_norm,
+    jax_rsqrt,
+    upsample_nearest2x,
+    wide,
+)
+
 Dtype = Any
-
-
-def wide(dtype: Dtype) -> Dtype:
-    """float32 for bfloat16/float16/float32 compute, float64 for float64 compute."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def timestep_embedding(
@@ -72,6 +75,10 @@ class GroupNorm(nn.Module):
     Matches torch.nn.GroupNorm (biased variance, affine `scale`/`bias` per channel). Accepts any
     (B, ..., C) input, so attention blocks can normalise token sequences too. The output is cast
     to `dtype`, like guided-diffusion's GroupNorm32 casts back to the input type.
+
+    `__call__(x, scale_shift=None, silu=False)` also applies what every ResBlock does next,
+    `silu(GN(x) * (1 + scale) + shift)`, as one op with a hand-written VJP (`group_norm`): the
+    numbers are those of the separate ops, and the gradient keeps only x and the statistics.
     """
 
     num_groups: int = 32
@@ -80,7 +87,7 @@ class GroupNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, scale_shift=None, silu: bool = False) -> jnp.ndarray:
         c = x.shape[-1]
         if c % self.num_groups:
             raise ValueError(
@@ -88,18 +95,9 @@ class GroupNorm(nn.Module):
             )
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-        cdt = wide(self.dtype)
-        h = x.astype(cdt).reshape(x.shape[0], -1, self.num_groups, c // self.num_groups)
-        mean = jnp.mean(h, axis=(1, 3), keepdims=True)
-        var = jnp.mean(jnp.square(h - mean), axis=(1, 3), keepdims=True)
-        h = (h - mean) * jax_rsqrt(var + self.epsilon)
-        h = h.reshape(x.shape) * scale.astype(cdt) + bias.astype(cdt)
-        return h.astype(self.dtype)
-
-
-def jax_rsqrt(x):
-    # 1/sqrt rather than lax.rsqrt: torch divides by sqrt(var + eps); this keeps the rounding close.
-    return 1.0 / jnp.sqrt(x)
+        return group_norm(
+            x, scale, bias, scale_shift, self.num_groups, self.epsilon, self.dtype, silu=silu
+        )
 
 
 # PyTorch's default Conv/Linear weight init (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
@@ -145,20 +143,6 @@ def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, zero=False
     return nn.Dense(
         features, dtype=dtype, param_dtype=param_dtype, kernel_init=_init(zero), name=name
     )
-
-
-def upsample_nearest2x(x: jnp.ndarray) -> jnp.ndarray:
-    """F.interpolate(scale_factor=2, mode='nearest') on NHWC."""
-    b, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-    return x.reshape(b, 2 * h, 2 * w, c)
-
-
-def avg_pool2x(x: jnp.ndarray) -> jnp.ndarray:
-    """F.avg_pool2d(kernel_size=2, stride=2) on NHWC (odd sizes floor, like PyTorch)."""
-    b, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 def attention(

@@ -134,16 +134,15 @@ class ResnetBlock2D(nn.Module):
     def __call__(self, x, temb, deterministic=True):
         dt, pdt, out = self.dtype, self.param_dtype, self.out_channels
         gn = dict(num_groups=self.groups, epsilon=self.eps, dtype=dt, param_dtype=pdt)
-        h = conv3x3(out, "conv1", dt, pdt)(nn.silu(GroupNorm(**gn, name="norm1")(x)))
+        h = conv3x3(out, "conv1", dt, pdt)(GroupNorm(**gn, name="norm1")(x, silu=True))
         n_emb = 2 * out if self.time_scale_shift else out
         e = dense(n_emb, "time_emb_proj", wide(dt), pdt)(nn.silu(temb))
         e = e.astype(dt)[:, None, None, :]
-        if self.time_scale_shift:
-            scale, shift = jnp.split(e, 2, axis=-1)
-            h = GroupNorm(**gn, name="norm2")(h) * (1 + scale) + shift
+        if self.time_scale_shift:  # silu(norm(h) * (1 + scale) + shift), one fused op
+            h = GroupNorm(**gn, name="norm2")(h, scale_shift=jnp.split(e, 2, axis=-1), silu=True)
         else:
-            h = GroupNorm(**gn, name="norm2")(h + e)
-        h = nn.Dropout(self.dropout, deterministic=deterministic)(nn.silu(h))
+            h = GroupNorm(**gn, name="norm2")(h + e, silu=True)
+        h = nn.Dropout(self.dropout, deterministic=deterministic)(h)
         h = conv3x3(out, "conv2", dt, pdt)(h)
         if x.shape[-1] != out:
             x = conv1x1(out, "conv_shortcut", dt, pdt)(x)
@@ -347,8 +346,8 @@ class UNet2D(nn.Module):
 
         # Output head in float32 (or wider): cheap, and the sample is what the sampler consumes.
         groups, eps = cfg["norm_num_groups"], cfg["norm_eps"]
-        h = GroupNorm(groups, eps, wdt, pdt, name="conv_norm_out")(h.astype(wdt))
-        return conv3x3(cfg["out_channels"], "conv_out", wdt, pdt)(nn.silu(h))
+        h = GroupNorm(groups, eps, wdt, pdt, name="conv_norm_out")(h.astype(wdt), silu=True)
+        return conv3x3(cfg["out_channels"], "conv_out", wdt, pdt)(h)
 
 
 def build(model_config: dict, dtype: Dtype = jnp.float32) -> UNet2D:

@@ -1,0 +1,155 @@
+"""The hand-written VJPs of jaxdiff/models/fused.py against JAX's autodiff of the plain ops.
+
+Outputs must equal the plain ops' (same expressions) and every cotangent (x, GroupNorm's affine,
+the scale-shift) must match autodiff to float rounding; float64 is checked by finite differences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxdiff.models import build_model, fused
+
+
+@contextlib.contextmanager
+def plain_ops():
+    """Trace with XLA's own transposes (the reference)."""
+    old = fused.USE_CUSTOM_VJP
+    fused.USE_CUSTOM_VJP = False
+    try:
+        yield
+    finally:
+        fused.USE_CUSTOM_VJP = old
+
+
+def vjp_both(fn, *args):
+    """(out, cotangents) with the custom VJPs and with the plain ops, for a random cotangent."""
+    res = []
+    for ctx in (contextlib.nullcontext(), plain_ops()):
+        with ctx:
+            out, pull = jax.vjp(fn, *args)
+            g = jax.random.normal(jax.random.key(7), out.shape, out.dtype)
+            res.append((out, pull(g)))
+    return res
+
+
+def assert_tree_close(a, b, rtol, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 5), (1, 7, 5, 3)])
+def test_avg_pool_and_upsample_match_plain(shape):
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
+    (o1, g1), (o2, g2) = vjp_both(fused.avg_pool2x, x)
+    np.testing.assert_allclose(o1, o2, rtol=1e-6, atol=1e-7)
+    assert_tree_close(g1, g2, 0, 0)  # g / 4 spread over each window, zero on a dropped edge
+    (o1, g1), (o2, g2) = vjp_both(fused.upsample_nearest2x, x)
+    np.testing.assert_array_equal(o1, o2)
+    assert_tree_close(g1, g2, 1e-6, 1e-6)
+
+
+def test_avg_pool_sums_like_torch():
+    """((x00 + x01) + x10) + x11, then / 4 (PyTorch's avg_pool2d order), exactly."""
+    x = jax.random.normal(jax.random.key(1), (1, 4, 4, 2), jnp.float32)
+    a = np.asarray(x)
+    want = (((a[:, 0::2, 0::2] + a[:, 0::2, 1::2]) + a[:, 1::2, 0::2]) + a[:, 1::2, 1::2]) / 4
+    np.testing.assert_array_equal(fused.avg_pool2x(x), want.astype(np.float32))
+
+
+def _gn_args(dtype, mod: bool, key=0, shape=(2, 4, 3, 8)):
+    ks = jax.random.split(jax.random.key(key), 5)
+    x = 2 + 3 * jax.random.normal(ks[0], shape, dtype)
+    gamma = 1 + 0.1 * jax.random.normal(ks[1], shape[-1:], jnp.float32)
+    beta = 0.1 * jax.random.normal(ks[2], shape[-1:], jnp.float32)
+    ss = None
+    if mod:
+        scale = 0.2 * jax.random.normal(ks[3], (shape[0], 1, 1, shape[-1]), dtype)
+        shift = 0.2 * jax.random.normal(ks[4], (shape[0], 1, 1, shape[-1]), dtype)
+        ss = (scale, shift)
+    return x, gamma, beta, ss
+
+
+@pytest.mark.parametrize("mod", [False, True])
+@pytest.mark.parametrize("silu", [False, True])
+def test_group_norm_matches_autodiff_float32(mod, silu):
+    x, gamma, beta, ss = _gn_args(jnp.float32, mod)
+
+    def fn(x, gamma, beta, ss):
+        return fused.group_norm(x, gamma, beta, ss, num_groups=4, silu=silu)
+
+    (o1, g1), (o2, g2) = vjp_both(jax.jit(fn), x, gamma, beta, ss)
+    np.testing.assert_array_equal(o1, o2)
+    assert_tree_close(g1, g2, 2e-5, 2e-5)
+
+
+def test_group_norm_tokens_and_bfloat16():
+    """(B, T, C) token input (attention blocks); bf16 compute with float32 statistics."""
+    x, gamma, beta, _ = _gn_args(jnp.float32, False, shape=(2, 12, 8))
+    (o1, g1), (o2, g2) = vjp_both(lambda x: fused.group_norm(x, gamma, beta, num_groups=2), x)
+    np.testing.assert_array_equal(o1, o2)
+    assert_tree_close(g1, g2, 2e-5, 2e-5)
+    x, gamma, beta, ss = _gn_args(jnp.bfloat16, True)
+
+    def fn(x):
+        return fused.group_norm(x, gamma, beta, ss, 4, dtype=jnp.bfloat16, silu=True)
+
+    (o1, g1), (o2, g2) = vjp_both(fn, x)
+    assert o1.dtype == jnp.bfloat16 and g1[0].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(o1.astype(jnp.float32), o2.astype(jnp.float32))
+    # the custom VJP keeps the chain in float32; autodiff rounds each step to bf16
+    assert_tree_close(jax.tree.map(lambda a: a.astype(jnp.float32), g1),
+                      jax.tree.map(lambda a: a.astype(jnp.float32), g2), 0.05, 0.05)  # fmt: skip
+
+
+def test_group_norm_finite_differences_float64():
+    with jax.enable_x64(True):
+        x, gamma, beta, ss = _gn_args(jnp.float64, True, shape=(1, 3, 2, 4))
+        gamma, beta = gamma.astype(jnp.float64), beta.astype(jnp.float64)
+
+        def fn(x, gamma, beta, scale, shift):
+            return fused.group_norm(x, gamma, beta, (scale, shift), 2, dtype=jnp.float64, silu=True)
+
+        check_grads(fn, (x, gamma, beta, *ss), order=1, modes=("rev",), atol=1e-7, rtol=1e-7)
+
+
+# The fixture-sized ADM (resblock up/down, scale-shift, attention at two levels), at 16 px.
+ADM_TINY = {
+    "image_size": 16,
+    "in_channels": 3,
+    "model_channels": 32,
+    "out_channels": 6,
+    "num_res_blocks": 1,
+    "attention_resolutions": (2, 4),
+    "channel_mult": (1, 2, 2),
+    "num_head_channels": 16,
+    "use_scale_shift_norm": True,
+    "resblock_updown": True,
+}
+
+
+def test_adm_gradients_match_plain_ops():
+    """The whole tiny ADM (resblock up/down, scale-shift, attention): the output, its gradient
+    w.r.t. x (what DPS needs) and w.r.t. the parameters (training) with and without the VJPs."""
+    model = build_model("adm", ADM_TINY)
+    s = ADM_TINY["image_size"]
+    x = jax.random.normal(jax.random.key(3), (2, s, s, 3), jnp.float32)
+    t = jnp.array([10, 900], jnp.int32)
+    params = model.init(jax.random.key(4), x, t)["params"]
+    params = jax.tree.map(
+        lambda p: p + 0.05 * jax.random.normal(jax.random.key(5), p.shape), params
+    )
+
+    def fn(p, x):
+        return model.apply({"params": p}, x, t)
+
+    (o1, g1), (o2, g2) = vjp_both(jax.jit(fn), params, x)
+    np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-5)
+    assert_tree_close(g1[1], g2[1], 1e-4, 1e-4)
+    assert_tree_close(g1[0], g2[0], 1e-3, 1e-3)
