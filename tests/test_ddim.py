@@ -122,7 +122,10 @@ def test_eta0_is_deterministic_and_maps_x_T_to_the_prior():
     assert np.all(np.asarray(res.diverged_at) == -1)
 
 
-@pytest.mark.parametrize("respacing, grid", [("skip10", range(0, 1000, 100)), ("ddim7", None)])
+@pytest.mark.parametrize(
+    "respacing, grid",
+    [("skip10", range(0, 1000, 100)), pytest.param("ddim7", None, marks=pytest.mark.slow)],
+)
 def test_respacing_grids_are_the_model_calls(respacing, grid):
     """skipN = range(0, T, T // N) (the official DDIM/PiGDM codes); ddimN = the smallest stride
     giving exactly N steps. The model is called on that grid, descending, and the step from the
