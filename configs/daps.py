@@ -1,5 +1,5 @@
 """DAPS (Zhang et al., CVPR 2025) with the official FFHQ 256 pixel-space settings, one preset
-per task (docs/methods/daps.md).
+per task (docs/methods.md).
 
     python -m scripts.reproduce --config=configs/daps.py:box --workdir=runs/daps_box
 

@@ -2,7 +2,7 @@
 
     python -m scripts.reproduce --config=configs/ddnm.py:box --workdir=runs/ddnm_box
 
-Sampler (wyhuai/DDNM, docs/methods/ddnm.md): the SVD path (functions/svd_ddnm.py, not
+Sampler (wyhuai/DDNM, docs/methods.md): the SVD path (functions/svd_ddnm.py, not
 --simplified); configs/celeba_hq.yml time_travel T_sampling 100 with travel_length 1 and
 travel_repeat 1 (time travel off), i.e. skip = 1000 // 100 over range(0, 1000, 10); eta 0.85
 (main.py default and every README command). runners/diffusion.py runs DDNM when sigma_y == 0 and

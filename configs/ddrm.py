@@ -1,5 +1,5 @@
 """DDRM (Kawar, Elad, Ermon, Song, NeurIPS 2022) with the official code's settings, one preset per
-task whose operator has an SVD form (docs/methods/ddrm.md).
+task whose operator has an SVD form (docs/methods.md).
 
     python -m scripts.reproduce --config=configs/ddrm.py:sr4 --workdir=runs/ddrm_sr4
 
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
         )
     c.method = "ddrm"
     c.sampler.respacing = "skip20"  # --timesteps 20: seq = range(0, 1000, 1000 // 20)
-    c.sampler.options.official = False  # parity-only defects (docs/methods/ddrm.md)
+    c.sampler.options.official = False  # parity-only defects (docs/methods.md)
     c.sampler.hparams.eta = 0.85  # --eta 0.85 (etaA = etaC), paper Sec. 5
     c.sampler.hparams.eta_b = 1.0  # --etaB 1 (efficient_generalized_steps default etaB=1)
     return c

@@ -1,5 +1,5 @@
 """DiffPIR (Zhu et al., CVPRW 2023) with the official scripts' settings, one preset per task
-(docs/methods/diffpir.md).
+(docs/methods.md).
 
     python -m scripts.reproduce --config=configs/diffpir.py:gaussian_blur --workdir=runs/diffpir_gb
 

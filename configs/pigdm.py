@@ -1,5 +1,5 @@
 """PiGDM (Song, Vahdat, Mardani, Kautz, ICLR 2023) with the official code's settings, one preset
-per linear task (docs/methods/pigdm.md).
+per linear task (docs/methods.md).
 
     python -m scripts.reproduce --config=configs/pigdm.py:sr4 --workdir=runs/pigdm_sr4
 

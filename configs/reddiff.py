@@ -1,5 +1,5 @@
 """RED-diff (Mardani, Song, Kautz, Vahdat, ICLR 2024) with the official code's settings, one preset
-per task (docs/methods/reddiff.md).
+per task (docs/methods.md).
 
     python -m scripts.reproduce --config=configs/reddiff.py:sr4 --workdir=runs/reddiff_sr4
 

@@ -97,7 +97,7 @@ def gaussian_problem(op_name, sigma, seed=1, **cfg):
 def test_gaussian_prior_posterior_mean(op_name, cfg, sigma, tol):
     """A correlated 16-d Gaussian prior (exact eps), 100 steps, 1000 samples. DDRM is an
     approximate posterior sampler: the sample mean lies within `tol` posterior std of the exact
-    posterior mean on every pixel (standard error 0.03; measured: see docs/methods/ddrm.md),
+    posterior mean on every pixel (standard error 0.03; measured: see docs/methods.md),
     while the prior mean is more than 1 posterior std away somewhere."""
     sched, gp, op, p, y, pm, pc = gaussian_problem(op_name, sigma, **cfg)
     ps = np.sqrt(np.diag(pc))

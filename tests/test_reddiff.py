@@ -1,6 +1,6 @@
 """RED-diff: parity with the official code, Adam against torch's arithmetic, the closed-form fixed
 point on a Gaussian prior, batch-size invariance and the batch-coupled mean, one compile per
-sweep, and clear errors (docs/methods/reddiff.md)."""
+sweep, and clear errors (docs/methods.md)."""
 
 import jax
 import jax.numpy as jnp

@@ -236,3 +236,12 @@ def test_clip_gradient_is_inclusive_like_torch_clamp():
     x = jnp.array([-2.0, -1.0, 0.0, 1.0, 2.0])
     np.testing.assert_array_equal(clip_inclusive(x), [-1, -1, 0, 1, 1])
     np.testing.assert_array_equal(jax.grad(lambda v: clip_inclusive(v).sum())(x), [0, 1, 1, 1, 0])
+
+
+def test_docs_list_every_registered_sampler():
+    """docs/methods.md is where a method's update and sources are written down."""
+    import pathlib
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "methods.md").read_text()
+    missing = [n for n in SAMPLERS.names() if f"| `{n}` |" not in doc]
+    assert not missing, f"docs/methods.md has no row for {missing}"

@@ -1,6 +1,6 @@
 """DAPS noise levels: the EDM 'poly-rho' sigma grids and the VP-model-as-VE-denoiser coefficients.
 
-DAPS (Zhang et al., CVPR 2025; docs/methods/daps.md) runs its outer loop on an EDM/VE state
+DAPS (Zhang et al., CVPR 2025; docs/methods.md) runs its outer loop on an EDM/VE state
 x = x0 + sigma n (no sqrt(abar) scaling) and calls a DDPM eps-network through EDM's VPPrecond
 (DAPS repo model/precond.py). Numbers only: no model, no sampler.
 

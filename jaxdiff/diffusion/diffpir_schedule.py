@@ -11,7 +11,7 @@ float32 betas, walk a grid of noise levels `sigmas[i] = reduced[T-1-i]` with `se
     t_i = find_nearest(reduced, reduced[T-1-seq[i]]) = T-1-seq[i];  t_im1 = t_{i+1}
 
 Numbers only (numpy): the sampler (jaxdiff/samplers/diffpir.py) gathers `DiffPIRGrid.per_step`
-rows with a traced step index. docs/methods/diffpir.md has the whole method.
+rows with a traced step index. docs/methods.md has the whole method.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ y is the official flat (m,) vector; the protocol is that of `jaxdiff.operators.s
 
 Every basis is built from the arrays the fixtures store (torch's SVD signs, the arbitrary null
 space basis of SR, torch.sort's tie order of the deblurring permutation): they cannot be
-recomputed. The documented defects (see the fixture READMEs and docs/methods/ddrm.md):
+recomputed. The documented defects (see the fixture READMEs and docs/methods.md):
 
 - Deblurring: the 1-D matrix drops the kernel's last tap and pads with zeros
   (`official_blur_matrix`); 1-D singulars < 3e-2 are zeroed; the 2-D singulars are TILED

@@ -1,7 +1,7 @@
 """The Moore-Penrose pseudo-inverse A^+ y of a linear operator, for ONE measurement.
 
 PiGDM (Song et al., ICLR 2023) guides with A^+ (y - A x0_hat); DDNM-like projections need the
-same. Two ways, picked per operator (docs/methods/pigdm.md):
+same. Two ways, picked per operator (docs/methods.md):
 
 - "svd": the operator's SVD form (`op.svd.H_pinv`, jaxdiff/operators/svd.py), the closed form
   V diag(1/s) U^T with 1/0 -> 0 (inpainting, super-resolution, separable blur, colorization);

@@ -1,6 +1,6 @@
 """Data-proximal steps: argmin_x ||y - A x||^2 + rho ||x - z||^2 for one image (HWC).
 
-DiffPIR's data subproblem (Zhu et al. 2023, eq. 13; docs/methods/diffpir.md). Closed forms where
+DiffPIR's data subproblem (Zhu et al. 2023, eq. 13; docs/methods.md). Closed forms where
 the operator really has one, conjugate gradients otherwise:
 
 - masks (`inpaint*`) and the identity (`denoise`): A is diagonal, x = (m y + rho z) / (m^2 + rho)

@@ -1,4 +1,4 @@
-"""DAPS, decoupled annealing posterior sampling (Zhang et al., CVPR 2025; docs/methods/daps.md),
+"""DAPS, decoupled annealing posterior sampling (Zhang et al., CVPR 2025; docs/methods.md),
 as the official code (zhangbingliang2019/DAPS, sampler.py DAPS, cores/mcmc.py, cores/scheduler.py,
 model/precond.py) computes it, one image at a time.
 
@@ -99,7 +99,7 @@ def make_daps(
 ):
     """`sample(params, key, y, op_params, hparams={"lr", "tau", "lr_min_ratio"}, replay, valid)`.
 
-    Static options (official config names in docs/methods/daps.md): annealing_steps (default: the
+    Static options (official config names in docs/methods.md): annealing_steps (default: the
     schedule's respaced step count), sigma_max / sigma_min / rho (annealing grid), ode_steps /
     ode_sigma_min / ode_rho (the inner PF-ODE), mcmc_steps (Langevin steps per annealing step),
     vp_beta_min / vp_beta_d (VPPrecond's continuous VP-SDE, M = the model's training steps).

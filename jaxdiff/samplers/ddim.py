@@ -1,4 +1,4 @@
-"""DDIM, denoising diffusion implicit models (Song, Meng, Ermon, ICLR 2021; docs/methods/ddim.md):
+"""DDIM, denoising diffusion implicit models (Song, Meng, Ermon, ICLR 2021; docs/methods.md):
 
     x0_hat = x0(x_t, eps_theta(x_t))                     (optionally clipped to [-1, 1])
     x_next = sqrt(abar_next) x0_hat + c1 z + c2 eps_theta   (jaxdiff.diffusion.ddim_step)

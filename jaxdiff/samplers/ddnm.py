@@ -1,5 +1,5 @@
 """DDNM and DDNM+ (Wang et al., ICLR 2023, "Zero-Shot Image Restoration Using Denoising Diffusion
-Null-Space Model"; official code wyhuai/DDNM functions/svd_ddnm.py; docs/methods/ddnm.md).
+Null-Space Model"; official code wyhuai/DDNM functions/svd_ddnm.py; docs/methods.md).
 
 Both run the DDIM-like chain of the official code with the operator in SVD form A = U S V^T
 (`operator.svd`, jaxdiff/operators/svd.py). At respaced step k (abar = a_t, abar_prev = a_s):

@@ -1,5 +1,5 @@
 """DDRM: Denoising Diffusion Restoration Models (Kawar et al., NeurIPS 2022; official code
-bahjat-kawar/ddrm functions/denoising.py `efficient_generalized_steps`; docs/methods/ddrm.md).
+bahjat-kawar/ddrm functions/denoising.py `efficient_generalized_steps`; docs/methods.md).
 
 The chain runs in the spectral basis of the operator H = U diag(s) V^T (`operator.svd`,
 jaxdiff/operators/svd.py), in DDRM's variance-exploding units x_VE = x_t / sqrt(abar_t),

@@ -1,5 +1,5 @@
 """DiffPIR, diffusion plug-and-play image restoration (Zhu et al., CVPRW 2023; the official
-yuanzhi-zhu/DiffPIR main_ddpir_{deblur,sisr,inpainting}.py loop, docs/methods/diffpir.md).
+yuanzhi-zhu/DiffPIR main_ddpir_{deblur,sisr,inpainting}.py loop, docs/methods.md).
 
 On the scripts' own grid (jaxdiff/diffusion/diffpir_schedule.py: t_i, t_im1 from 'quad' or
 'uniform' noise levels; sqrt_ac, sqrt_1m from float32 betas), for every step but the last:

@@ -1,5 +1,5 @@
 """PiGDM, pseudoinverse-guided diffusion (Song, Vahdat, Mardani, Kautz, ICLR 2023; checked against
-NVlabs/RED-diff algos/pgdm.py; docs/methods/pigdm.md):
+NVlabs/RED-diff algos/pgdm.py; docs/methods.md):
 
     x0_hat = x0(x_t, eps_theta(x_t))                           (no clamp)
     mat    = R_t (y - A x0_hat),  R_t = (A^T A + lam_t I)^-1 A^T,  lam_t = sigma^2 / r_t^2

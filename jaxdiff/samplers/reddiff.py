@@ -1,6 +1,6 @@
 """RED-diff, variational posterior sampling (Mardani et al., ICLR 2024, "A Variational Perspective
 on Solving Inverse Problems with Diffusion Models"; NVlabs/RED-diff algos/reddiff.py, see
-docs/methods/reddiff.md):
+docs/methods.md):
 
     mu_0 = H_pinv(y)                                            (no draw)
     step t (noisiest first), draws n0, n:
