@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pathlib
 
 import pytest
 from absl import flags
@@ -15,8 +16,13 @@ from jaxdiff.baselines import BASELINES
 from jaxdiff.diffusion import schedule_from_meta
 from jaxdiff.experiment import scale_task
 from jaxdiff.operators import get_operator
+from jaxdiff.samplers import SAMPLERS
 
-METHODS = ("ddpm", "tweedie", "sdedit", "score_ald", "dps")
+CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
+# every registered sampler with a config file of its own (configs/ddnm.py also runs ddnm_plus)
+METHODS = tuple(m for m in SAMPLERS.names() if (CONFIGS / f"{m}.py").exists())
+NO_SVD = ("motion_blur", "phase_retrieval")  # operators with no SVD form
+NONLINEAR = ("phase_retrieval",)
 DIFFUSION_1000 = {
     "num_timesteps": 1000,
     "beta_schedule": "linear",
@@ -29,11 +35,25 @@ def _cfg(method, arg):
     return importlib.import_module(f"configs.{method}").get_config(arg)
 
 
+def test_every_registered_sampler_has_a_config():
+    reached = {_cfg(m, "box").method for m in METHODS} | set(METHODS)
+    assert set(SAMPLERS.names()) <= reached, set(SAMPLERS.names()) - reached
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))
 def test_every_method_task_preset_builds(method, task):
+    needs = SAMPLERS.get(method).needs
+    # exactly the tasks the method cannot take are refused, by name, at config time
+    refused = (task in NO_SVD and "svd" in needs) or (
+        task in NONLINEAR and ("linear" in needs or method in ("reddiff",))
+    )
+    if refused:
+        with pytest.raises(ValueError, match=task):
+            _cfg(method, task)
+        return
     c = _cfg(method, task)
-    assert c.method == method and c.task.name == task
+    assert c.method in (method, f"{method}_plus") and c.task.name == task
     assert c.task.noise == "gaussian" and c.task.sigma == 0.05
     assert c.model == "demo" and c.data == "demo"  # works out of the box
     assert tasks.get_task(task).operator == c.task.operator
