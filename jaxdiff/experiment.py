@@ -7,8 +7,9 @@ The driver (`scripts/reproduce.py`), the sweep and the demo all run the same per
     x_hat = method(params, k_method, y, op_params, hparams)
 
 vmapped over images (axis "batch") and, for a sweep, over hyperparameter values; hyperparameters
-are traced, so one compiled program serves every image and every value. A result depends on its
-seed and its image's index alone, never on the batch it ran in or the device count.
+are traced, so one compiled program serves every image and every value. A result's random
+draws depend on its seed and its image's index alone, never on the batch it ran in or the device
+count (values: bitwise at equal batch and devices, to float32 rounding otherwise).
 
 Methods: a sampler name (jaxdiff.samplers), a baseline name (jaxdiff.baselines), or
 "measurement": the measurement itself on the image grid, no reconstruction (the floor every method

@@ -5,7 +5,8 @@ only: the image axis is split over a 1-D device mesh (Mesh + NamedSharding), par
 hyperparameters are replicated, and XLA partitions the one compiled program. A batch that does
 not divide the device count is padded (copies of the last image, marked `valid=False` so the
 batch-coupled DPS norm ignores them) and the padding is dropped from the results. Because each
-image depends only on its own key, results do not depend on the device count.
+image's draws depend only on its own key, results do not depend on the device count beyond
+float32 rounding (XLA's summation order follows the per-device batch shape).
 
 Several hosts: call `initialize_distributed()` first (opt-in; it wraps
 `jax.distributed.initialize`), then give each process its own slice of the batch: inputs are
