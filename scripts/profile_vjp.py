@@ -30,6 +30,8 @@ flags.DEFINE_string("arch", "ffhq256", "a preset of convert_weights.presets (ran
 flags.DEFINE_integer("size", 256, "image size (any multiple of the network's total downsampling)")
 flags.DEFINE_bool("plain", False, "XLA's own transposes (fused.USE_CUSTOM_VJP = False)")
 flags.DEFINE_integer("top", 30, "rows to print")
+flags.DEFINE_string("sampler", "", "profile this sampler's compiled step loop instead (e.g. dps)")
+flags.DEFINE_integer("steps", 2, "respaced steps of --sampler")
 
 
 def hlo_index(text: str) -> dict:
@@ -45,7 +47,7 @@ def hlo_index(text: str) -> dict:
 
 def classify(thunk: str, op_name: str) -> tuple[str, str, str]:
     """(phase, op kind, module) of one thunk."""
-    phase = "bwd" if "transpose(" in op_name else "fwd"
+    phase = "bwd" if "transpose(" in op_name else ("fwd" if "ADMUNet" in op_name else "other")
     parts = [p for p in op_name.split("/") if p]
     last = parts[-1] if parts else "?"
     mods = [p for p in parts[1:-1] if not p.startswith(("jit(", "jvp(", "transpose("))]
@@ -72,15 +74,40 @@ def main(argv):
         out, pull = jax.vjp(lambda x: model.apply({"params": p}, x, t), x)
         return pull(out)[0]
 
-    compiled = jax.jit(vjp).lower(params, x).compile()
+    args = (params, x)
+    if FLAGS.sampler:
+        from jaxdiff.diffusion import schedule_from_meta
+        from jaxdiff.operators import get_noise, get_operator
+        from jaxdiff.samplers import batched, get_sampler
+
+        op = get_operator(  # scripts/benchmark.py's task: a quarter-area box hole
+            "inpaint_box", image_shape=(s, s, 3), mask_len_range=(s // 2, s // 2 + 1),
+            margin=(s // 16, s // 16),
+        )  # fmt: skip
+        noise = get_noise("gaussian", sigma=0.05)
+        diffusion = {"num_timesteps": 1000, "beta_schedule": "linear"}
+        schedule = schedule_from_meta(
+            {**diffusion, "variance_type": "learned_range", "schedule_dtype": "float64"},
+            respacing=str(FLAGS.steps),
+        )
+        sample = get_sampler(FLAGS.sampler)(
+            lambda p, x, t: model.apply({"params": p}, x, t), schedule, operator=op,
+            noise=noise, image_shape=(s, s, 3),
+        )  # fmt: skip
+        keys = jax.random.split(jax.random.key(0), 1)
+        op_params = jax.vmap(op.sample)(keys)
+        args = (params, keys, jax.vmap(op.apply)(op_params, x), op_params, {})
+        compiled = jax.jit(batched(sample)).lower(*args).compile()
+    else:
+        compiled = jax.jit(vjp).lower(*args).compile()
     index = hlo_index(compiled.as_text())
-    jax.block_until_ready(compiled(params, x))
+    jax.block_until_ready(compiled(*args))
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(params, x))
+    jax.block_until_ready(compiled(*args))
     print(f"one call: {time.perf_counter() - t0:.2f} s (unprofiled)")
     with tempfile.TemporaryDirectory() as d:
         jax.profiler.start_trace(d, create_perfetto_trace=True)
-        jax.block_until_ready(compiled(params, x))
+        jax.block_until_ready(compiled(*args))
         jax.profiler.stop_trace()
         (path,) = glob.glob(f"{d}/plugins/profile/*/perfetto_trace.json.gz")
         events = json.load(gzip.open(path))

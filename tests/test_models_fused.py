@@ -153,3 +153,33 @@ def test_adm_gradients_match_plain_ops():
     np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-5)
     assert_tree_close(g1[1], g2[1], 1e-4, 1e-4)
     assert_tree_close(g1[0], g2[0], 1e-3, 1e-3)
+
+
+@pytest.mark.parametrize("k,pad", [(3, 1), (1, 0)])
+def test_conv_vjp_matches_plain(k, pad):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4), jnp.float32)
+    w = jax.random.normal(jax.random.key(1), (k, k, 4, 3), jnp.float32)
+    padding = ((pad, pad), (pad, pad))
+    (o1, g1), (o2, g2) = vjp_both(lambda x, w: fused.conv2d(x, w, (1, 1), padding), x, w)
+    np.testing.assert_array_equal(o1, o2)
+    assert_tree_close(g1, g2, 1e-5, 1e-5)
+
+
+def test_scanned_conv_gradient_uses_standard_kernel_layout():
+    """The regression behind docs/performance.md: in a scan, XLA's own transpose is a convolution
+    with the kernel's I/O swapped (dim_labels ..._01oi), which XLA:CPU runs on its slow loop
+    emitter; with the custom VJP every convolution has the HWIO (01io) kernel layout."""
+    x = jnp.zeros((1, 8, 8, 4), jnp.float32)
+    w = jnp.zeros((3, 3, 4, 4), jnp.float32)
+
+    def run(x, w):
+        def body(c, _):
+            y, pull = jax.vjp(lambda c: jnp.tanh(fused.conv2d(c, w, (1, 1), ((1, 1), (1, 1)))), c)
+            return c - pull(y)[0], None
+
+        return jax.lax.scan(body, x, None, length=2)[0]
+
+    text = jax.jit(run).lower(x, w).compile().as_text()
+    labels = [line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines()
+              if " convolution(" in line]  # fmt: skip
+    assert len(labels) == 2 and all(lab == "b01f_01io->b01f" for lab in labels), labels

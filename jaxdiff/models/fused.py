@@ -7,6 +7,12 @@ docs/performance.md has the profile behind each one. In short, for the gradient 
   which XLA:CPU runs far slower than the forward; here it is four contiguous slices added.
 - `avg_pool2x`: the forward's `mean` is the same strided reduce; here it is slices added in
   PyTorch's order ((x00 + x01) + x10) + x11 then / 4, and its VJP is a broadcast.
+- `Conv` (stride 1): inside a `lax.scan` (every sampler's loop) XLA:CPU lowers the transpose of a
+  convolution as `convolution(g, reverse(W))` with the kernel's I/O dimensions swapped
+  (`dim_labels=b01f_01oi`), which YNNPACK does not take, so it runs XLA's naive loop emitter, 4-6x
+  slower than the forward. Here the input gradient is a forward convolution of g with the kernel
+  flipped and transposed explicitly (behind an optimization barrier, so XLA cannot fold the
+  transpose back into the dimension numbers): the standard HWIO layout YNNPACK runs.
 - `group_norm`: GroupNorm with the scale-shift and SiLU that follow it in every ResBlock. Autodiff
   keeps x - mean, the normalised x, the pre-SiLU value and its sigmoid as full-size residuals (four
   activation-sized writes in the forward, four reads in the backward); this VJP keeps x and the
@@ -22,8 +28,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
@@ -39,6 +47,67 @@ def wide(dtype: Dtype) -> Dtype:
 def jax_rsqrt(x):
     # 1/sqrt rather than lax.rsqrt: torch divides by sqrt(var + eps); this keeps the rounding close.
     return 1.0 / jnp.sqrt(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# convolution (NHWC, HWIO)
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_plain(x, w, strides, padding):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_same(x, w, padding):
+    return _conv_plain(x, w, (1, 1), padding)
+
+
+def _conv_same_fwd(x, w, padding):
+    return _conv_plain(x, w, (1, 1), padding), (x, w)
+
+
+def _conv_same_bwd(padding, res, g):
+    x, w = res
+    kh, kw = w.shape[:2]
+    flipped = lax.optimization_barrier(jnp.flip(w, (0, 1)).swapaxes(2, 3))
+    pads = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
+            (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))  # fmt: skip
+    dx = _conv_plain(g, flipped, (1, 1), pads)
+    dw = jax.vjp(lambda w: _conv_plain(x, w, (1, 1), padding), w)[1](g)[0]
+    return dx, dw
+
+
+_conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+def conv2d(x, w, strides=(1, 1), padding=((0, 0), (0, 0))):
+    """lax.conv_general_dilated on NHWC/HWIO; stride 1 with the explicit-kernel VJP."""
+    strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
+    if USE_CUSTOM_VJP and strides == (1, 1):
+        return _conv_same(x, w, padding)
+    return _conv_plain(x, w, strides, padding)
+
+
+class Conv(nn.Module):
+    """flax.linen.Conv's parameters ("kernel" HWIO, "bias") and numbers, through `conv2d`."""
+
+    features: int
+    kernel_size: tuple
+    strides: tuple = (1, 1)
+    padding: tuple = ((0, 0), (0, 0))
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        return conv2d(x, kernel, self.strides, self.padding) + bias
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.models.fused import (  # noqa: F401 - re-exported for the models
+    Conv,
     avg_pool2x,
     group_norm,
     jax_rsqrt,
@@ -112,9 +113,9 @@ def _init(zero: bool):
 
 def conv3x3(
     features: int, name: str, dtype: Dtype, param_dtype: Dtype, stride: int = 1, zero=False
-) -> nn.Conv:
+) -> Conv:
     """3x3 conv with PyTorch's padding=1 on every side (Flax 'SAME' pads (0, 1) at stride 2)."""
-    return nn.Conv(
+    return Conv(
         features,
         (3, 3),
         strides=(stride, stride),
@@ -126,11 +127,11 @@ def conv3x3(
     )
 
 
-def conv1x1(features: int, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Conv:
-    return nn.Conv(
+def conv1x1(features: int, name: str, dtype: Dtype, param_dtype: Dtype) -> Conv:
+    return Conv(
         features,
         (1, 1),
-        padding="VALID",
+        padding=((0, 0), (0, 0)),
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=TORCH_INIT,
