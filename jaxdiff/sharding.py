@@ -19,9 +19,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxdiff.samplers import batched
+from jaxdiff.samplers import BATCH_AXIS, batched
 
-AXIS = "batch"
+AXIS = BATCH_AXIS  # the mesh axis is the images' vmap axis
 
 
 def initialize_distributed(**kwargs) -> None:

@@ -36,8 +36,7 @@ from jaxdiff.samplers import (  # noqa: F401
     tweedie,
 )
 from jaxdiff.samplers.base import SAMPLERS, LoopOptions, SamplerSpec, register_sampler
-from jaxdiff.samplers.common import SampleResult
-from jaxdiff.samplers.dps import BATCH_AXIS
+from jaxdiff.samplers.common import BATCH_AXIS, SampleResult
 
 
 def get_sampler(name: str) -> SamplerSpec:

@@ -14,6 +14,23 @@ import jax.numpy as jnp
 
 from jaxdiff.diffusion import gaussian
 
+BATCH_AXIS = "batch"
+"""The one name of the image axis: `batched`'s vmap, the batch-coupled reductions below and the
+device mesh of jaxdiff.sharding."""
+
+
+def batch_sum(v, valid, where: str, flag: str):
+    """Sum of `v` over the images of a `batched(...)` call (padding, valid=False, excluded):
+    the whole-batch reductions some official codes couple their images with (DPS's norm,
+    RED-diff's loss mean), reproduced behind each method's flag for exact parity."""
+    try:
+        return jax.lax.psum(jnp.where(valid, v, jnp.zeros_like(v)), BATCH_AXIS)
+    except NameError as err:
+        raise ValueError(
+            f"{where}: {flag}=True needs the sampler wrapped in "
+            f"jaxdiff.samplers.batched(...) (it sums over the {BATCH_AXIS!r} vmap axis)"
+        ) from err
+
 
 class SampleResult(NamedTuple):
     """What a sample function returns, for one image (leading axes added by `batched`).

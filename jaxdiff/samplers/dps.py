@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.samplers import common
 from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import (
     ancestral,
@@ -30,8 +31,6 @@ from jaxdiff.samplers.common import (
     resolve_hparams,
     resolve_image_shape,
 )
-
-BATCH_AXIS = "batch"
 
 
 @register_sampler("dps", needs=("operator", "measurement"), hparams={"scale": 1.0}, grad=True)
@@ -68,15 +67,7 @@ def make_dps(
     steps = np.arange(schedule.num_steps)[::-1]
 
     def batch_sum(v, valid):
-        if not batch_coupled_norm:
-            return v
-        try:
-            return jax.lax.psum(jnp.where(valid, v, jnp.zeros_like(v)), BATCH_AXIS)
-        except NameError as err:
-            raise ValueError(
-                "dps: batch_coupled_norm=True needs the sampler wrapped in "
-                "jaxdiff.samplers.batched(...) (it sums over the 'batch' vmap axis)"
-            ) from err
+        return common.batch_sum(v, valid, "dps", "batch_coupled_norm") if batch_coupled_norm else v
 
     def sample(params, key, y, op_params=None, hparams=None, replay=None, valid=True):
         h = resolve_hparams(defaults, hparams, "dps")

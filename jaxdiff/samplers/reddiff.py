@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdiff.samplers import common
 from jaxdiff.samplers.base import chain, register_sampler
 from jaxdiff.samplers.common import (
     as_forward,
@@ -33,7 +34,6 @@ from jaxdiff.samplers.common import (
     resolve_hparams,
     resolve_image_shape,
 )
-from jaxdiff.samplers.dps import BATCH_AXIS
 
 ADAM_BETAS = (
     0.9,
@@ -146,15 +146,7 @@ def make_reddiff(
     steps = np.arange(schedule.num_steps)[::-1]
 
     def batch_sum(v, valid):
-        if not batch_coupled:
-            return v
-        try:
-            return jax.lax.psum(jnp.where(valid, v, jnp.zeros_like(v)), BATCH_AXIS)
-        except NameError as err:
-            raise ValueError(
-                "reddiff: batch_coupled=True needs the sampler wrapped in "
-                "jaxdiff.samplers.batched(...) (it averages over the 'batch' vmap axis)"
-            ) from err
+        return common.batch_sum(v, valid, "reddiff", "batch_coupled") if batch_coupled else v
 
     def model_eps(params, x_t, k):
         # the network's eps channels; learned-variance channels are unused (the code's [:, :3])
