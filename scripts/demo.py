@@ -71,6 +71,9 @@ def run_config(demo, method: str, task: str):
                 c.sampler.hparams[name] = float(per_task[task])
                 if name in bounds:  # a static scan bound that must cover the traced value
                     c.sampler.options[bounds[name]] = float(per_task[task])
+        for name, per_task in demo.get("options", {}).get(method, {}).items():
+            if task in per_task:
+                c.sampler.options[name] = per_task[task]
     return c
 
 
@@ -158,13 +161,28 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     loaded = (model_dir, *load_pretrained(model_dir))
     if demo.ddpm_samples:
         ddpm_samples(demo, loaded, workdir / "ddpm_samples.png", int(demo.ddpm_samples))
-    images = None
-    for method, task in plan(demo):
+    pairs = plan(demo)
+    first = build(run_config(demo, *pairs[0]), loaded=loaded)
+    images = load_images(demo.data, first.image_size, demo.num_images, first.meta)
+
+    def one(pair):
+        method, task = pair
         cfg = run_config(demo, method, task)
         exp = build(cfg, loaded=loaded)
-        if images is None:
-            images = load_images(cfg.data, exp.image_size, cfg.num_images, exp.meta)
         runs.run(cfg, workdir / f"{method}_{task}", exp=exp, images=images, progress=progress)
+
+    # Runs are independent (own workdir, own keys): `workers` threads overlap one run's XLA
+    # compilation (single-threaded, most of a 32 px run's time) with another's.
+    workers = max(1, int(demo.get("workers", 1)))
+    if workers == 1:
+        for pair in pairs:
+            one(pair)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(one, pairs):
+                pass
     written = make_table([workdir], out=workdir)
     return {
         "table": written,

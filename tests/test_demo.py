@@ -28,14 +28,14 @@ def tiny_demo(model, **over):
 
 
 def test_demo_is_deterministic(tmp_path, tiny_model):  # noqa: F811
-    c = tiny_demo(tiny_model)
+    c = tiny_demo(tiny_model, methods="sdedit,ddrm", method_respacing={"ddrm": "skip5"})
     a = run_demo(c, tmp_path / "a", progress=False)
     b = run_demo(c, tmp_path / "b", progress=False)
     md = a["table"]["md"].read_text()
     assert md == b["table"]["md"].read_text()  # the same command twice: the same table
-    for m in ("sdedit", "telea", "measurement"):
+    for m in ("sdedit", "ddrm", "telea", "measurement"):
         assert f"| {m} |" in md
-    for run in ("sdedit_box", "telea_box", "measurement_box"):
+    for run in ("sdedit_box", "ddrm_box", "telea_box", "measurement_box"):
         ra = (tmp_path / "a" / run / "results.jsonl").read_text()
         rb = (tmp_path / "b" / run / "results.jsonl").read_text()
         strip = lambda s: [line.split('"seconds"')[0] for line in s.splitlines()]  # noqa: E731
@@ -51,7 +51,7 @@ def test_demo_run_configs_carry_the_demo_settings():
     c = demo_config.get_config()
     for method, task in plan(c):
         rc = run_config(c, method, task)
-        assert rc.method == method and rc.task.name == task
+        assert rc.method in (method, f"{method}_plus") and rc.task.name == task
         assert rc.model == "demo" and rc.data == "demo"
         if method in SAMPLERS:
             want = c.method_respacing.get(method, c.task_respacing.get(task, c.respacing))
@@ -64,6 +64,9 @@ def test_demo_run_configs_carry_the_demo_settings():
     )
     sd = run_config(c, "sdedit", "random")  # t0's declared bound max_t0 follows it
     assert sd.sampler.hparams.t0 == sd.sampler.options.max_t0 == c.hparams.sdedit.t0.random
+    assert run_config(c, "reddiff", "gaussian_blur").sampler.options.init == "adjoint"
+    assert run_config(c, "reddiff", "box").sampler.options.init == "pinv"  # the config's own
+    assert run_config(c, "ddrm", "box").sampler.respacing == c.method_respacing.ddrm
     # every method the demo runs is a registered sampler or a baseline
     from configs.baselines import APPLIES
 
