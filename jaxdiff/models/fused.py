@@ -19,7 +19,7 @@ docs/performance.md has the profile behind each one. In short, for the gradient 
   per-group statistics and recomputes the rest in one pass.
 
 The forward values are computed by the same expressions as the plain ops (`group_norm_reference`
-and the autodiff versions below), so outputs do not change; gradients agree to float rounding
+and the autodiff versions below), so outputs and gradients agree to float rounding
 (tests/test_models_fused.py). `USE_CUSTOM_VJP = False` restores XLA's own transposes (A/B timing).
 """
 
