@@ -78,18 +78,20 @@ def run_config(demo, method: str, task: str):
 
 
 def plan(demo) -> list[tuple[str, str]]:
-    """(method, task) pairs: each diffusion method on every task, each baseline where it applies."""
+    """(method, task) pairs: each diffusion method on every task (or on demo.method_tasks'
+    subset), each baseline where it applies; the diffusion runs first (the long ones)."""
     from configs.baselines import APPLIES
 
-    pairs = []
+    pairs, baselines = [], []
+    only = demo.get("method_tasks", {})
     for task in _split(demo.tasks):
-        pairs += [(m, task) for m in _split(demo.methods)]
+        pairs += [(m, task) for m in _split(demo.methods) if task in _split(only.get(m, task))]
         for b in _split(demo.baselines):
             if b not in APPLIES:
                 raise KeyError(f"demo.baselines: unknown baseline {b!r}; known: {list(APPLIES)}")
             if task in APPLIES[b]:
-                pairs.append((b, task))
-    return pairs
+                baselines.append((b, task))
+    return pairs + baselines
 
 
 def ddpm_samples(demo, loaded, path, n: int) -> None:
