@@ -26,6 +26,7 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.60",
         "scikit-image>=0.21",
+        "scipy>=1.10",  # FID's matrix square root (scipy.linalg.sqrtm, as pytorch-fid)
         "opencv-python-headless>=4.8",
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
