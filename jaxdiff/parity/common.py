@@ -59,3 +59,14 @@ def sidecar(npz_path: str | pathlib.Path, name: str | None = None) -> dict:
 def nchw_to_nhwc(a: np.ndarray) -> np.ndarray:
     """Torch fixtures store images NCHW (possibly with a leading step axis); jaxdiff is NHWC."""
     return np.moveaxis(np.asarray(a), -3, -1)
+
+
+def model_anchor(npz_path: str | pathlib.Path, name: str) -> pathlib.Path:
+    """The path `load_model` should look beside for the fixture's model `name` (NAME.pt or a
+    diffusers folder NAME/): the fixture itself, or its parent folder's copy (the shared layout
+    keeps fixtures/<method>/*.npz with fixtures/adm_tiny.pt one level up)."""
+    npz_path = pathlib.Path(npz_path)
+    for folder in (npz_path.parent, npz_path.parent.parent):
+        if (folder / f"{name}.pt").is_file() or (folder / name / "config.json").is_file():
+            return folder / npz_path.name
+    return npz_path

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
+from jaxdiff.parity.common import compare, model_anchor, nchw_to_nhwc, report, sidecar
 from jaxdiff.parity.ddpm import load_model, run_dtype
 from jaxdiff.parity.dps import build_operator
 
@@ -69,7 +69,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         op, arrays = build_operator({"operator": op_cfg}, npz, shape)
         name = re.match(r"\s*([\w.-]+?)(\.pt)?\b", cfg.get("model", ""))
         fn, params, meta = load_model(
-            _model_anchor(npz_path, name and name.group(1)),
+            model_anchor(npz_path, name.group(1)) if name else npz_path,
             model_dir,
             name and name.group(1),
             jdtype,
@@ -153,16 +153,6 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     if f64:
         extra["reference_f64_replay_max_abs_diff_x_t_per_step"] = f64["max_abs_diff_x_t_per_step"]
     return report(npz_path, "daps", arrays, **extra)
-
-
-def _model_anchor(npz_path: pathlib.Path, name: str | None) -> pathlib.Path:
-    """Where the model is looked for: beside the fixture, else in its parent folder (the shared
-    layout: fixtures/daps/daps_*.npz with fixtures/adm_tiny.pt)."""
-    here = npz_path.parent
-    if name and not (here / f"{name}.pt").is_file() and not (here / name).is_dir():
-        if (here.parent / f"{name}.pt").is_file() or (here.parent / name).is_dir():
-            return here.parent / npz_path.name
-    return npz_path
 
 
 def _rel(got, want, rtol: float) -> dict:

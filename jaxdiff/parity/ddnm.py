@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxdiff.diffusion import make_schedule
 from jaxdiff.operators import official_svd as off
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
+from jaxdiff.parity.common import compare, model_anchor, nchw_to_nhwc, report, sidecar
 from jaxdiff.parity.ddpm import load_model, run_dtype
 from jaxdiff.samplers import batched, get_sampler
 from jaxdiff.samplers.ddnm import ddnm_plus_coefficients
@@ -74,13 +74,6 @@ def build_svd(task: dict, npz, shape):
     raise ValueError(f"ddnm fixture: unknown deg {deg!r}")
 
 
-def _model_fixture(npz_path: pathlib.Path) -> pathlib.Path:
-    """adm_tiny lies beside the fixture or one folder up (../shared/fixtures/ddnm/ -> ../)."""
-    if (npz_path.parent / "adm_tiny.pt").is_file():
-        return npz_path
-    return npz_path.parent.parent / npz_path.name
-
-
 def _flat(a):
     """(..., H, W, C) images -> (..., C*H*W) channel-major, the official vectors."""
     a = np.moveaxis(np.asarray(a), -1, -3)
@@ -119,7 +112,8 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         arrays.update(checks)
         arrays.update(_probe_checks(svd, op_params, npz, shape, jdtype))
         op = off.OfficialOperator(svd, op_params)
-        fn, params, _ = load_model(_model_fixture(npz_path), model_dir, "adm_tiny", jdtype)
+        anchor = model_anchor(npz_path, "adm_tiny")
+        fn, params, _ = load_model(anchor, model_dir, "adm_tiny", jdtype)
         options = {"official": True, "lambda_singulars": lam_s} if plus else {}
         hp = {"eta": eta, **({"sigma": sigma_y} if plus else {})}
         sample = get_sampler("ddnm_plus" if plus else "ddnm")(

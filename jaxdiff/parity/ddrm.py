@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxdiff.diffusion.schedule import Schedule
 from jaxdiff.operators import official_svd as off
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
+from jaxdiff.parity.common import compare, model_anchor, nchw_to_nhwc, report, sidecar
 from jaxdiff.parity.ddpm import load_model, run_dtype
 from jaxdiff.samplers import batched, get_sampler
 from jaxdiff.samplers.ddrm import initial_state
@@ -67,19 +67,6 @@ def build_svd(deg: str, npz, shape):
     raise ValueError(f"ddrm fixture: unknown deg {deg!r}")
 
 
-def _model_fixture(npz_path: pathlib.Path) -> pathlib.Path:
-    """adm_tiny lies beside the fixture or one folder up (../shared/fixtures/ddrm/ -> ../)."""
-    if (npz_path.parent / "adm_tiny.pt").is_file():
-        return npz_path
-    return npz_path.parent.parent / npz_path.name
-
-
-def _flat(a):
-    """(..., H, W, C) images -> (..., C*H*W) channel-major, the official vectors."""
-    a = np.moveaxis(np.asarray(a), -1, -3)
-    return a.reshape(*a.shape[:-3], -1)
-
-
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     npz_path = pathlib.Path(npz_path)
     npz = dict(np.load(npz_path))
@@ -110,7 +97,8 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         arrays.update(checks)
         arrays["singulars"] = compare(svd.singulars(op_params), npz["singulars"], atol=0.0)
         op = off.OfficialOperator(svd, op_params)
-        fn, params, _ = load_model(_model_fixture(npz_path), model_dir, "adm_tiny", jdtype)
+        anchor = model_anchor(npz_path, "adm_tiny")
+        fn, params, _ = load_model(anchor, model_dir, "adm_tiny", jdtype)
         sample = get_sampler("ddrm")(
             fn, sched, operator=op, image_shape=shape, dtype=jdtype, keep_trajectory=True,
             official=True, eta=eta, eta_b=eta_b, sigma=sigma_0,

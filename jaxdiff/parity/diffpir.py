@@ -31,7 +31,7 @@ import numpy as np
 from jaxdiff.diffusion import make_schedule, respace
 from jaxdiff.operators import get_operator
 from jaxdiff.operators.proximal import CircularBlur, data_prox, p2o
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
+from jaxdiff.parity.common import compare, model_anchor, nchw_to_nhwc, report, sidecar
 from jaxdiff.parity.ddpm import ATOL_F64, _convert_beside, load_model, run_dtype
 from jaxdiff.samplers import batched, get_sampler
 from jaxdiff.samplers.common import predict_x0
@@ -47,9 +47,10 @@ RTOL_RHO = 1e-6
 def _find_model(npz_path: pathlib.Path, model_dir, name: str):
     if model_dir is not None:
         return model_dir
-    for folder in (npz_path.parent, npz_path.parent.parent):
-        if (folder / f"{name}.pt").is_file() or (folder / name / "config.json").is_file():
-            return _convert_beside(folder / npz_path.name, name)
+    anchor = model_anchor(npz_path, name)
+    folder = anchor.parent
+    if (folder / f"{name}.pt").is_file() or (folder / name / "config.json").is_file():
+        return _convert_beside(anchor, name)
     raise FileNotFoundError(f"{npz_path}: {name}.pt not found beside it or one folder up")
 
 

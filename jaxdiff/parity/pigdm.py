@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxdiff.diffusion import ddim_coefficients, make_schedule
 from jaxdiff.operators import official_svd as osvd
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
+from jaxdiff.parity.common import compare, model_anchor, nchw_to_nhwc, report, sidecar
 from jaxdiff.parity.ddpm import load_model, run_dtype
 from jaxdiff.samplers import batched, get_sampler
 
@@ -105,14 +105,6 @@ def build_operator(deg: str, npz: dict, shape):
     raise ValueError(f"pigdm replay: degradation {deg!r} has no official operator here")
 
 
-def _model_path(npz_path: pathlib.Path, name: str) -> pathlib.Path:
-    """load_model looks beside the path it is given; the fixtures keep adm_tiny one level up."""
-    for folder in (npz_path.parent, npz_path.parent.parent):
-        if (folder / f"{name}.pt").is_file():
-            return folder / npz_path.name
-    return npz_path
-
-
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     npz_path = pathlib.Path(npz_path)
     npz = dict(np.load(npz_path))
@@ -168,7 +160,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
 
         name = re.match(r"\s*([\w.-]+?)(\.pt)?\b", cfg.get("model", {}).get("file", "adm_tiny"))
         name = name.group(1) if name else "adm_tiny"
-        fn, params, _ = load_model(_model_path(npz_path, name), model_dir, name, jdtype)
+        fn, params, _ = load_model(model_anchor(npz_path, name), model_dir, name, jdtype)
         sample = get_sampler("pigdm")(
             fn,
             sched,

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion import make_schedule
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
+from jaxdiff.parity.common import compare, model_anchor, nchw_to_nhwc, report, sidecar
 from jaxdiff.parity.ddpm import load_model, run_dtype
 from jaxdiff.samplers import batched, get_sampler
 from jaxdiff.samplers.reddiff import ADAM_BETAS, ADAM_EPS, adam, adam_moments
@@ -135,14 +135,6 @@ def _rel(got, want, rtol: float, atol: float = 0.0) -> dict:
     return {"pass": ok, "max_rel_err": float(rel.max()), "rtol": rtol, "atol": atol}
 
 
-def _find_model_fixture(npz_path: pathlib.Path, name: str) -> pathlib.Path:
-    """load_model looks beside the path it is given; the fixtures keep adm_tiny one level up."""
-    for folder in (npz_path.parent, npz_path.parent.parent):
-        if (folder / f"{name}.pt").is_file() or (folder / name / "config.json").is_file():
-            return folder / npz_path.name
-    return npz_path
-
-
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     npz_path = pathlib.Path(npz_path)
     npz = dict(np.load(npz_path))
@@ -179,7 +171,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
             )
         name = re.match(r"\s*([\w.-]+?)(\.pt)?\b", cfg.get("model", {}).get("file", "adm_tiny"))
         name = name.group(1) if name else "adm_tiny"
-        where = npz_path if model_dir else _find_model_fixture(npz_path, name)
+        where = npz_path if model_dir else model_anchor(npz_path, name)
         fn, params, _ = load_model(where, model_dir, name, jdtype)
         sample = get_sampler("reddiff")(
             fn,
