@@ -35,15 +35,24 @@ def to_uint8(x) -> np.ndarray:
     return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
-    """Centre square crop (top = (H - s)//2, left = (W - s)//2) then bicubic resize to `size`."""
+def resize_short_side(img: Image.Image, short_side: int) -> Image.Image:
+    """Anti-aliased (Lanczos) resize so the shorter side is `short_side`."""
     w, h = img.size
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    img = img.crop((left, top, left + s, top + s))
-    if s != size:
-        img = img.resize((size, size), Image.BICUBIC)
-    return img
+    s = short_side / min(w, h)
+    size = (max(short_side, round(w * s)), max(short_side, round(h * s)))
+    return img if size == (w, h) else img.resize(size, Image.Resampling.LANCZOS)
+
+
+def center_crop_resize(img: Image.Image, size: int, scale: float = 1.0) -> Image.Image:
+    """The one crop pipeline of folder images and demo photos: resize so the short side is
+    `size * scale` (anti-aliased), then take the central `size` x `size` square
+    (top = (H - size) // 2, left = (W - size) // 2). `scale=1` is the whole central square."""
+    if scale < 1:
+        raise ValueError(f"center_crop_resize: scale must be >= 1, got {scale}")
+    img = resize_short_side(img, round(size * scale))
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
 
 
 def to_rgb8(img: Image.Image, path) -> Image.Image:
@@ -103,26 +112,6 @@ def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_folder(
-    folder: str | os.PathLike, size: int, limit: int | None = None
-) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """All decodable images of `folder` -> (names, (N, size, size, 3) array, {name: error}).
-
-    A file that cannot be decoded is reported in the error dict and skipped; the rest load.
-    """
-    names, images, errors = [], [], {}
-    for path in list_images(folder):
-        if limit is not None and len(names) >= limit:
-            break
-        try:
-            images.append(load_image(path, size))
-            names.append(path.name)
-        except ImageReadError as e:
-            errors[path.name] = str(e)
-    arr = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
-    return names, arr, errors
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -29,9 +29,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxdiff import data as jdata
 from jaxdiff.diffusion import schedule_from_meta
 from jaxdiff.operators import get_noise, get_operator
 from jaxdiff.samplers import SAMPLERS, get_sampler
@@ -50,7 +48,7 @@ _LENGTHS = {
 }
 
 
-# --- model, data, task ---------------------------------------------------------------------------
+# --- model, task ---------------------------------------------------------------------------
 def resolve_model_dir(model: str) -> pathlib.Path:
     path = DEMO_PRIOR if model in ("", "demo") else pathlib.Path(model).expanduser()
     if not (path / "jaxdiff.json").is_file():
@@ -71,75 +69,6 @@ def model_image_size(meta: dict) -> int:
     if size is None:
         raise ValueError("model meta has no model_config.image_size / sample_size")
     return int(size)
-
-
-@dataclasses.dataclass
-class Images:
-    """The evaluation images: `index[i]` is the image's position in the sorted folder listing
-    (undecodable files included, so a corrupt file never shifts another image's key)."""
-
-    names: list[str]
-    index: list[int]
-    arrays: np.ndarray  # (N, S, S, 3) float32 in [-1, 1]
-    skipped: dict[str, str]
-
-
-# The demo prior's held-out photos (configs/train_demo.py HELD_OUT), when its meta does not say.
-DEMO_HELD_OUT = ("astronaut", "chelsea", "coffee")
-
-
-def demo_photo_names(meta: dict | None = None) -> tuple[str, ...]:
-    """The photos the model never saw: meta["source"]["held_out_photos"] (scripts/train.py)."""
-    names = ((meta or {}).get("source") or {}).get("held_out_photos")
-    return tuple(names) if names else DEMO_HELD_OUT
-
-
-def load_images(
-    source: str, size: int, limit: int = 0, meta: dict | None = None, image_list: str = ""
-) -> Images:
-    """Images from a folder (PNG/JPEG, centre-cropped and resized to `size`) or "demo" (the
-    model's held-out photos from jaxdiff.photos, whole-photo centre crops).
-
-    `image_list` names a list of configs/image_lists.py (e.g. "ffhq_dps_1k"): exactly those
-    files, matched by stem, in the list's order; a missing one is an error naming it.
-    An undecodable file is named in a warning and skipped; the run goes on without it.
-    """
-    if source in ("", "demo"):
-        from jaxdiff import photos
-
-        names = list(demo_photo_names(meta))
-        if limit:
-            names = names[:limit]
-        arrays = [photos.center_crop(n, size) for n in names]
-        return Images(names, list(range(len(names))), np.stack(arrays).astype(np.float32), {})
-    names, index, arrays, skipped = [], [], [], {}
-    listing = list(enumerate(jdata.list_images(source)))
-    if image_list:
-        from configs.image_lists import get_list
-
-        by_stem = {p.stem: (i, p) for i, p in listing}
-        wanted = [pathlib.Path(n).stem for n in get_list(image_list)]
-        absent = [n for n in wanted if n not in by_stem]
-        if absent:
-            raise FileNotFoundError(
-                f"{source}: image list {image_list!r} names {len(absent)} file(s) not in the "
-                f"folder, e.g. {absent[:3]}"
-            )
-        listing = [by_stem[n] for n in wanted]
-    for i, path in listing:
-        if limit and len(names) >= limit:
-            break
-        try:
-            arrays.append(jdata.load_image(path, size))
-        except jdata.ImageReadError as e:
-            log.warning("skipping %s: %s", path, e)
-            skipped[path.name] = str(e)
-            continue
-        names.append(path.name)
-        index.append(i)
-    if not names:
-        raise ValueError(f"no decodable images in {source} (skipped: {sorted(skipped)})")
-    return Images(names, index, np.stack(arrays), skipped)
 
 
 def _odd(v: float) -> int:

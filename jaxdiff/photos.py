@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxdiff.data import center_crop_resize, resize_short_side, to_uint8, to_unit
 from jaxdiff.registry import Registry
 
 PHOTOS: Registry[Callable[[], np.ndarray]] = Registry("photo")
@@ -67,26 +68,18 @@ def load_photo(name: str) -> np.ndarray:
     return u8.astype(np.float32) / 127.5 - 1.0
 
 
-def _resize(img: np.ndarray, short_side: int) -> np.ndarray:
-    """Anti-aliased (Lanczos) resize so the shorter side is ``short_side``."""
-    h, w = img.shape[:2]
-    s = short_side / min(h, w)
-    size = (max(short_side, round(w * s)), max(short_side, round(h * s)))
-    u8 = np.clip(np.round((img + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    out = Image.fromarray(u8).resize(size, Image.Resampling.LANCZOS)
-    return np.asarray(out).astype(np.float32) / 127.5 - 1.0
-
-
 def center_crop(name: str, resolution: int, scale: float = 1.0) -> np.ndarray:
-    """The central square of a photo at ``resolution``: the photo's short side is resized to
-    ``resolution * scale`` first, so ``scale=1`` is the whole photo's central square (the view the
-    prior saw at its coarsest training scale). (R, R, 3) float32 in [-1, 1]."""
+    """The central square of a photo at ``resolution`` (jaxdiff.data.center_crop_resize, as a
+    folder image): the photo's short side is resized to ``resolution * scale`` first, so
+    ``scale=1`` is the whole photo's central square (the view the prior saw at its coarsest
+    training scale). (R, R, 3) float32 in [-1, 1]."""
     if scale < 1:
         raise ValueError(f"center_crop({name!r}): scale must be >= 1, got {scale}")
-    img = _resize(load_photo(name), round(resolution * scale))
-    h, w = img.shape[:2]
-    y, x = (h - resolution) // 2, (w - resolution) // 2
-    return img[y : y + resolution, x : x + resolution]
+    return to_unit(np.asarray(center_crop_resize(_pil(name), resolution, scale)))
+
+
+def _pil(name: str) -> Image.Image:
+    return Image.fromarray(to_uint8(load_photo(name)))
 
 
 def training_names(held_out: Sequence[str]) -> tuple[str, ...]:
@@ -138,9 +131,9 @@ def make_crops(names: Sequence[str], resolution: int, scales: Sequence[float]) -
         raise ValueError(f"make_crops: scales must be >= 1 (a crop fits the photo), got {scales}")
     levels, sources = [], []
     for name in names:
-        img = load_photo(name)
+        img = _pil(name)
         for s in scales:
-            levels.append(_resize(img, round(resolution * s)))
+            levels.append(to_unit(np.asarray(resize_short_side(img, round(resolution * s)))))
             sources.append(name)
     hmax = max(x.shape[0] for x in levels)
     wmax = max(x.shape[1] for x in levels)

@@ -17,11 +17,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdiff.experiment import NOISE_SIGMA, Experiment
-from jaxdiff.metrics import lpips, lpips_params, psnr, ssim
 from jaxdiff.sharding import AXIS, batch_mesh
 
-METRICS = ("psnr", "ssim", "lpips")
-LOWER_IS_BETTER = {"psnr": False, "ssim": False, "lpips": True}
 FUN_NAME = "reconstruct_batch"  # the compiled program's name (counted by the sweep test)
 # Compiled programs of this process, by what they compute (Experiment.program_key: everything
 # but the data, seed and traced hyperparameter values) and the batch shapes: a rerun or another
@@ -156,51 +153,10 @@ class BatchRunner:
         return {"y": ys, "x_hat": np.stack(x_hat), "diverged": np.full(ys.shape[0], -1, np.int32)}
 
 
-@functools.partial(jax.jit, static_argnames=("net", "mode", "with_lpips"))
-def _metrics(x_hat, x, lp_params, net, mode, with_lpips):
-    if mode == "minmax":  # the DPS repo's clear_color: per-image min-max to the full range
-
-        def norm(a):
-            lo = jnp.min(a, axis=(1, 2, 3), keepdims=True)
-            hi = jnp.max(a, axis=(1, 2, 3), keepdims=True)
-            return (a - lo) / jnp.maximum(hi - lo, 1e-12) * 2 - 1
-
-        x_hat, x = norm(x_hat), norm(x)
-    else:
-        x_hat = jnp.clip(x_hat, -1.0, 1.0)
-    out = {"psnr": psnr(x_hat, x), "ssim": ssim(x_hat, x)}
-    if with_lpips:
-        out["lpips"] = lpips(x_hat, x, net, params=lp_params)
-    else:
-        out["lpips"] = jnp.full(x.shape[:1], jnp.nan)
-    return out
-
-
-def compute_metrics(x_hat, x, net: str = "vgg", mode: str = "clip") -> dict[str, np.ndarray]:
-    """PSNR, SSIM (scikit-image conventions on [0, 1]) and LPIPS per image; NaN LPIPS for
-    images under 32 px (too small for the backbone)."""
-    if mode not in ("clip", "minmax"):
-        raise ValueError(f"metrics.range must be 'clip' or 'minmax', got {mode!r}")
-    x_hat = np.asarray(x_hat, np.float32)
-    x = np.asarray(x, np.float32)
-    n = x.shape[0]
-    pad = (1 << max(n - 1, 0).bit_length()) - n  # powers of two: few shapes, few compiles
-    if pad:
-        x_hat = np.concatenate([x_hat, np.repeat(x_hat[-1:], pad, 0)])
-        x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
-    with_lpips = min(x.shape[1:3]) >= 32
-    params = lpips_params(net) if with_lpips else None
-    out = _metrics(x_hat, x, params, net, mode, with_lpips)
-    return {k: np.asarray(v, np.float64)[:n] for k, v in out.items()}
-
-
 __all__ = [
     "FUN_NAME",
-    "LOWER_IS_BETTER",
-    "METRICS",
     "NOISE_SIGMA",
     "BatchRunner",
-    "compute_metrics",
     "image_keys",
     "round_batch",
 ]

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import pathlib
 import time
@@ -27,7 +26,8 @@ import numpy as np
 
 from jaxdiff import data as jdata
 from jaxdiff.errors import ConfigError, RunLockedError
-from jaxdiff.experiment import Experiment, Images, build, load_images
+from jaxdiff.experiment import Experiment, build
+from jaxdiff.images import Images, load_images
 from jaxdiff.metrics.distribution import (
     MISSING,
     FeatureStore,
@@ -36,7 +36,8 @@ from jaxdiff.metrics.distribution import (
     set_metrics,
 )
 from jaxdiff.metrics.lpips import VARIANTS, variant_name
-from jaxdiff.runner import METRICS, BatchRunner, compute_metrics, image_keys, round_batch
+from jaxdiff.metrics.per_image import METRICS, compute_metrics, stats
+from jaxdiff.runner import BatchRunner, image_keys, round_batch
 
 log = logging.getLogger("jaxdiff.runs")
 
@@ -226,13 +227,6 @@ class WorkdirLock:
         os.close(self.fd)
 
 
-def _stats(values) -> dict:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    if v.size == 0:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
-
-
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -365,7 +359,7 @@ def _metric_args(config) -> dict:
 def _running_means(store: ResultStore) -> dict:
     recs = store.records.values()
     return {
-        k: f"{_stats([r['metrics'][k] for r in recs])['mean'] or float('nan'):.3f}" for k in METRICS
+        k: f"{stats([r['metrics'][k] for r in recs])['mean'] or float('nan'):.3f}" for k in METRICS
     }
 
 
@@ -387,8 +381,8 @@ def summarize(exp, images, store, cfg, compile_seconds, wall_seconds) -> dict:
         "skipped": images.skipped,
         "diverged": [r["image"] for r in diverged],
         # headline means over the images that stayed finite; `diverged` names the others
-        "metrics": {k: _stats([r["metrics"][k] for r in healthy]) for k in METRICS},
-        "seconds_per_image": _stats([r["seconds"] for r in recs]),
+        "metrics": {k: stats([r["metrics"][k] for r in healthy]) for k in METRICS},
+        "seconds_per_image": stats([r["seconds"] for r in recs]),
         "compile_seconds": compile_seconds,
         "wall_seconds": wall_seconds,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",

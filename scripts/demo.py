@@ -152,7 +152,8 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     """Every run of the demo, then the table; returns {"table": paths, "claims": check_claims(),
     "seconds": wall}."""
     from jaxdiff import runs
-    from jaxdiff.experiment import build, load_images, resolve_model_dir
+    from jaxdiff.experiment import build, resolve_model_dir
+    from jaxdiff.images import load_images
     from jaxdiff.models import load_pretrained
     from scripts.table import make_table
 

@@ -31,15 +31,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxdiff import data as jdata
-from jaxdiff.experiment import build, load_images
-from jaxdiff.runner import (
-    LOWER_IS_BETTER,
-    METRICS,
-    BatchRunner,
-    compute_metrics,
-    image_keys,
-    round_batch,
-)
+from jaxdiff.experiment import build
+from jaxdiff.images import load_images
+from jaxdiff.metrics.per_image import LOWER_IS_BETTER, METRICS, compute_metrics
+from jaxdiff.runner import BatchRunner, image_keys, round_batch
 from jaxdiff.runs import config_dict
 
 

@@ -6,6 +6,7 @@ from PIL import Image
 
 from jaxdiff import data
 from jaxdiff.data import ImageReadError, load_image
+from jaxdiff.images import load_images
 
 
 def test_load_image_matches_dps_transform(fixtures_dir):
@@ -35,10 +36,10 @@ def test_corrupt_file_is_named_and_skipped(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "c.jpg")
     with pytest.raises(data.ImageReadError, match="b.png"):
         data.load_image(tmp_path / "b.png")
-    names, images, errors = data.load_folder(tmp_path, size=8)
-    assert names == ["a.png", "c.jpg"]
-    assert images.shape == (2, 8, 8, 3)
-    assert list(errors) == ["b.png"] and "b.png" in errors["b.png"]
+    imgs = load_images(str(tmp_path), 8)
+    assert imgs.names == ["a.png", "c.jpg"] and imgs.index == [0, 2]
+    assert imgs.arrays.shape == (2, 8, 8, 3)
+    assert list(imgs.skipped) == ["b.png"] and "b.png" in imgs.skipped["b.png"]
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

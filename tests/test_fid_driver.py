@@ -76,7 +76,7 @@ def test_paper_command_fid_equals_a_direct_call(tmp_path, inception_dir, method)
     assert f"| FID ↓ | {sm['fid']:.3f} |" in (tmp_path / "dps" / "summary.md").read_text()
 
     # every other run of the table (same data, list, size, weights) reuses the reference
-    from jaxdiff.experiment import load_images
+    from jaxdiff.images import load_images
 
     images = load_images("demo", 32, 2)
     _, path, cached = reference_features(scorer, "demo", images, 32, tmp_path / "ref")
@@ -100,11 +100,11 @@ def test_wrong_or_missing_inception_weights_are_named(tmp_path):
 
 
 def test_named_image_list(tmp_path):
-    from jaxdiff.experiment import load_images
+    from jaxdiff.images import load_images
 
     for i in (2, 0, 1, 7):  # 00000.png ... and a file not in the list
         jdata.save_png(tmp_path / f"{i:05d}.png", np.zeros((8, 8, 3)))
-    from configs import image_lists
+    from jaxdiff import images as image_lists
 
     image_lists.IMAGE_LISTS["_t"] = ("00001.png", "00000.png", "00002.jpg")
     try:

@@ -259,7 +259,8 @@ def test_measurement_is_the_noise_models_sample(tiny_model, image_dir):
     """The pipeline's traced-sigma Gaussian noise draws exactly what get_noise's sample does."""
     import jax
 
-    from jaxdiff.experiment import build, load_images
+    from jaxdiff.experiment import build
+from jaxdiff.images import load_images
     from jaxdiff.operators import get_noise
 
     exp = build(config("measurement", "random", tiny_model, image_dir))
