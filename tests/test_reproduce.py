@@ -260,7 +260,7 @@ def test_measurement_is_the_noise_models_sample(tiny_model, image_dir):
     import jax
 
     from jaxdiff.experiment import build
-from jaxdiff.images import load_images
+    from jaxdiff.images import load_images
     from jaxdiff.operators import get_noise
 
     exp = build(config("measurement", "random", tiny_model, image_dir))
