@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
+from absl import app, flags
 
 
 def run(main, argv=None) -> None:
@@ -27,4 +27,57 @@ def resolve_config_argv(argv: list[str]) -> list[str]:
     return argv
 
 
-__all__ = ["resolve_config_argv", "run"]
+# --- several processes ---------------------------------------------------------------------------
+def define_distributed_flags() -> None:
+    """--distributed / --coordinator / --num_processes / --process_id, for the commands that run
+    images on several processes (reproduce, sweep)."""
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "run as one of several processes: jax.distributed.initialize() with the cluster "
+        "auto-detected (Cloud TPU, SLURM, Open MPI)",
+    )
+    flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (implies --distributed)")
+    flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
+    flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)")
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize from the flags of define_distributed_flags (no-op without)."""
+    f = flags.FLAGS
+    if not (f.distributed or f.coordinator):
+        return
+    from jaxdiff.sharding import initialize_distributed as init
+
+    kwargs = {}
+    if f.coordinator:
+        if f.num_processes is None or f.process_id is None:
+            raise app.UsageError("--coordinator needs --num_processes and --process_id")
+        kwargs = {
+            "coordinator_address": f.coordinator,
+            "num_processes": f.num_processes,
+            "process_id": f.process_id,
+        }
+    init(**kwargs)
+
+
+def is_lead() -> bool:
+    """The process that prints and writes the shared files (the only one, without several)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def no_positional_args(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+
+
+__all__ = [
+    "define_distributed_flags",
+    "initialize_distributed",
+    "is_lead",
+    "no_positional_args",
+    "resolve_config_argv",
+    "run",
+]
