@@ -1,4 +1,4 @@
-"""scripts.table: run folders -> one methods x tasks table (MD, CSV, PNG) and per-task grids."""
+"""jaxdiff.report: run folders -> one methods x tasks table (MD, CSV, PNG) and per-task grids."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from jaxdiff import data as jdata
-from jaxdiff.runs import SUMMARY_JSON, image_path
-from scripts import table
+from jaxdiff import report
+from jaxdiff.workdir import SUMMARY_JSON, image_path
 
 
 def _fake_run(root, method, task, psnr, ssim, lpips, images=("a.png", "b.png"), folder=None):
@@ -41,7 +41,7 @@ def test_table_layout_values_and_files(tmp_path):
     _fake_run(root, "dps", "box", 22.471, 0.8733, 0.168)
     _fake_run(root, "dps", "sr4", 25.67, 0.852, 0.214)
     _fake_run(root, "bicubic", "sr4", 24.0, 0.8, 0.3, images=("a.png",))
-    written = table.make_table([root])  # a folder of run folders
+    written = report.make_table([root])  # a folder of run folders
     assert written["md"] == root / "table.md"
     md = written["md"].read_text()
     lines = md.splitlines()
@@ -59,13 +59,13 @@ def test_table_layout_values_and_files(tmp_path):
     for key in ("png", "grid_box", "grid_sr4"):
         assert jdata.load_image(written[key]).shape[-1] == 3
     # a rerun gives the same table.md byte for byte (no timings or paths in it)
-    assert table.make_table([root])["md"].read_text() == md
+    assert report.make_table([root])["md"].read_text() == md
 
 
 def test_explicit_run_folders_out_and_duplicates(tmp_path):
     a = _fake_run(tmp_path, "dps", "box", 20.0, 0.7, 0.2, folder="dps_scale05")
     b = _fake_run(tmp_path, "dps", "box", 21.0, 0.75, 0.19, folder="dps_scale1")
-    written = table.make_table([a, b], out=tmp_path / "t")
+    written = report.make_table([a, b], out=tmp_path / "t")
     md = written["md"].read_text()
     assert "| dps (dps_scale05) | 20.00 / 0.700 / 0.200 |" in md
     assert "| dps (dps_scale1) | 21.00 / 0.750 / 0.190 |" in md
@@ -74,10 +74,10 @@ def test_explicit_run_folders_out_and_duplicates(tmp_path):
 def test_grid_uses_images_common_to_all_runs(tmp_path):
     _fake_run(tmp_path, "dps", "box", 20.0, 0.7, 0.2, images=("a.png", "b.png", "c.png"))
     _fake_run(tmp_path, "telea", "box", 18.0, 0.6, 0.3, images=("b.png", "c.png"))
-    t = table.collect(table.find_runs([tmp_path]))
-    assert table.plot_grid(t, "box", tmp_path / "g.png", max_images=4)
+    t = report.collect(report.find_runs([tmp_path]))
+    assert report.plot_grid(t, "box", tmp_path / "g.png", max_images=4)
     one_row = jdata.load_image(tmp_path / "g.png")
-    assert table.plot_grid(t, "box", tmp_path / "g1.png", max_images=1)
+    assert report.plot_grid(t, "box", tmp_path / "g1.png", max_images=1)
     assert jdata.load_image(tmp_path / "g1.png").shape[0] < one_row.shape[0]
 
 
@@ -86,9 +86,9 @@ def test_missing_metrics_and_bad_paths(tmp_path):
     s = json.loads((run / SUMMARY_JSON).read_text())
     s["metrics"]["lpips"] = {"mean": None, "std": None, "n": 0}  # e.g. images under 32 px
     jdata.atomic_write_json(run / SUMMARY_JSON, s)
-    assert "| dps | 20.00 / 0.700 / n/a |" in table.make_table([run])["md"].read_text()
+    assert "| dps | 20.00 / 0.700 / n/a |" in report.make_table([run])["md"].read_text()
     with pytest.raises(FileNotFoundError, match="not a run folder"):
-        table.find_runs([tmp_path / "nope"])
+        report.find_runs([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no run folders"):
-        table.find_runs([tmp_path / "empty"])
+        report.find_runs([tmp_path / "empty"])
