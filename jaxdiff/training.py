@@ -1,6 +1,7 @@
 """Training a denoiser: the epsilon-prediction loss (plus the variational bound for a learned
-variance), the train state with an EMA of the weights, one jit-able step, and orbax checkpoints
-that resume bit-for-bit.
+variance), the train state with an EMA of the weights, one jit-able step, orbax checkpoints
+that resume bit-for-bit, and the loop that trains the demo prior from its config
+(configs/train_demo.py; scripts/train.py, export in jaxdiff/demo_prior.py).
 
 Everything random is derived from ``(key, step)`` with ``fold_in``, so a run killed at any
 checkpoint and restarted replays exactly the batches, timesteps and noise it would have drawn.
@@ -9,6 +10,7 @@ checkpoint and restarted replays exactly the batches, timesteps and noise it wou
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 
+from jaxdiff import photos
 from jaxdiff.diffusion import gaussian, losses
 from jaxdiff.diffusion.schedule import Schedule, schedule_from_meta
+from jaxdiff.models import build_model, param_count
 
 Params = Any
 
@@ -202,3 +207,111 @@ def write_loss_curve(history: dict, png_path, json_path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
+
+
+# ---- the demo prior's training loop -------------------------------------------------------
+
+
+class Run:
+    """Everything a config determines: data, model, optimizer, jitted step and eval."""
+
+    def __init__(self, config, model=None):
+        """``model`` overrides the config's architecture (tests use a tiny stand-in)."""
+        self.config = config
+        d = config.data
+        names = tuple(d.train_photos) or None  # () = every photo that is not held out
+        self.crops = photos.training_crops(d.held_out, d.resolution, d.scales, names)
+        self.make_batch = jax.jit(self.crops.make_batch_fn(d.batch_size))
+        if model is None:
+            model = build_model(config.model.arch, config.model.config.to_dict())
+        self.model = model
+        self.optimizer = make_optimizer(
+            config.optim.lr,
+            config.optim.warmup_steps,
+            config.train.num_steps,
+            weight_decay=config.optim.weight_decay,
+            clip_norm=config.optim.clip_norm,
+            b1=config.optim.b1,
+            b2=config.optim.b2,
+            end_lr_factor=config.optim.end_lr_factor,
+        )
+        loss_fn = make_loss_fn(self.model, config.diffusion.to_dict())
+        self.train_step = jax.jit(
+            make_train_step(loss_fn, self.optimizer, config.ema_decay), donate_argnums=0
+        )
+        self.eval_loss = jax.jit(make_eval_fn(loss_fn))
+        key = jax.random.key(config.seed)
+        self.init_key, self.data_key, self.noise_key, eval_key = jax.random.split(key, 4)
+        # Fixed held-out crops, timesteps and noise: the curve compares like with like.
+        held = photos.make_crops(d.held_out, d.resolution, d.scales)
+        k_crop, self.eval_noise_key = jax.random.split(eval_key)
+        self.eval_x = held.make_batch_fn(config.train.eval_batch)(k_crop, 0)
+
+    def init_state(self) -> TrainState:
+        r = self.config.data.resolution
+        x = jnp.zeros((1, r, r, 3), jnp.float32)
+        return init_state(self.model, self.optimizer, self.init_key, x)
+
+    def step(self, state, step: int):
+        x0 = self.make_batch(self.data_key, step)
+        return self.train_step(state, x0, jax.random.fold_in(self.noise_key, step))
+
+
+def empty_history(config) -> dict:
+    learned = config.diffusion.variance_type in ("learned_range", "learned")
+    loss = "eps MSE + vb (hybrid loss)" if learned else "eps MSE"
+    return {"step": [], "loss": [], "eval_step": [], "eval_loss": [], "wall_s": 0.0,
+            "title": f"demo prior ({config.preset}): {loss}"}  # fmt: skip
+
+
+def train(config, workdir, max_minutes: float | None = None, log=logging.info, model=None):
+    """Train to ``config.train.num_steps`` (resuming from the newest checkpoint in ``workdir``);
+    returns ``(run, state, history)``."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = Run(config, model)
+    tc = config.train
+    mngr = checkpoint_manager(workdir, tc.max_to_keep)
+    state = run.init_state()
+    restored = restore_checkpoint(mngr, state)
+    if restored is None:
+        history = empty_history(config)
+        log(f"fresh start: {param_count(state.params):,} parameters")
+    else:
+        state, history = restored
+        log(f"resumed from {mngr.directory} at step {int(state.step)}")
+    start, t0, wall0 = int(state.step), time.time(), history["wall_s"]
+    losses = []
+
+    def checkpoint(plot: bool):
+        history["wall_s"] = wall0 + time.time() - t0
+        save_checkpoint(mngr, state, history)
+        if plot:  # matplotlib is slow; the curve changes little between evaluations
+            write_loss_curve(history, workdir / "loss.png", workdir / "loss.json")
+
+    for step in range(start, tc.num_steps):
+        state, metrics = run.step(state, step)
+        losses.append(metrics["loss"])
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.num_steps:
+            loss = float(jnp.mean(jnp.stack(losses)))
+            losses = []
+            history["step"].append(done)
+            history["loss"].append(loss)
+            rate = (done - start) / (time.time() - t0)
+            log(f"step {done}: loss {loss:.4f} grad_norm {float(metrics['grad_norm']):.3f} "
+                f"({rate:.2f} steps/s)")  # fmt: skip
+        if done % tc.eval_every == 0 or done == tc.num_steps:
+            ev = float(run.eval_loss(state.ema_params, run.eval_x, run.eval_noise_key))
+            history["eval_step"].append(done)
+            history["eval_loss"].append(ev)
+            log(f"step {done}: held-out loss (EMA weights) {ev:.4f}")
+        out_of_time = max_minutes is not None and time.time() - t0 > 60 * max_minutes
+        last = done == tc.num_steps or out_of_time
+        if done % tc.ckpt_every == 0 or last:
+            checkpoint(plot=last or done % tc.eval_every == 0)
+        if out_of_time:
+            log(f"stopping at step {done}: past --max_minutes={max_minutes}")
+            break
+    mngr.close()
+    return run, state, history

@@ -124,10 +124,11 @@ def test_fixed_variance_loss_rejects_a_model_with_variance_channels():
 
 @pytest.mark.slow  # ~35 s: compiles a tiny ADM train step and sampler
 def test_learn_sigma_option_trains_exports_and_samples_with_the_learned_variance(tmp_path):
+    from jaxdiff.demo_prior import export
     from jaxdiff.diffusion.schedule import schedule_from_meta
     from jaxdiff.models import load_pretrained, model_fn
     from jaxdiff.samplers import batched, get_sampler
-    from scripts.train import export, train
+    from jaxdiff.training import train
 
     config = train_demo.get_config("tiny,learn_sigma")
     config.train.num_steps = 3

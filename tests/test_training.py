@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import train_demo
-from jaxdiff import photos, training
+from jaxdiff import images, photos, training
 from jaxdiff.diffusion import gaussian
 from jaxdiff.diffusion.schedule import schedule_from_meta
 
@@ -67,7 +67,7 @@ def test_optimizer_rejects_a_warmup_longer_than_training():
 
 @pytest.mark.slow  # ~50 s: two training runs; resume is also exercised by the driver's kill test
 def test_kill_and_restart_resumes_at_the_saved_step_with_identical_state(tmp_path):
-    from scripts.train import train
+    from jaxdiff.training import train
 
     config = train_demo.get_config("tiny")
     _, full, history = train(config, tmp_path / "a", model=TinyEps(), log=lambda m: None)
@@ -92,7 +92,7 @@ def test_shipped_prior_is_trained():
     model, params, meta = load_pretrained(PRIOR)
     assert meta["architecture"] == "adm" and meta["diffusion"]["variance_type"] == "fixed_small"
     held = meta["source"]["held_out_photos"]
-    assert held == list(train_demo.HELD_OUT)
+    assert held == list(images.DEMO_HELD_OUT)
     assert not set(held) & set(meta["source"]["training_photos"])
     size = meta["model_config"]["image_size"]
     x0 = jnp.stack([jnp.asarray(photos.center_crop(n, size, 1.5)) for n in held])
