@@ -1,8 +1,6 @@
 """``python -m convert_weights SRC --out DIR [--preset NAME | --config FILE.json] [--force]``."""
 
-import sys
-
-from convert_weights.cli import main
+from convert_weights.cli import console
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -30,7 +30,7 @@ flags.DEFINE_list("samplers", ["ddpm", "dps"], "samplers to compare")
 
 def main(argv):
     del argv
-    from convert_weights.presets import PRESETS
+    from jaxdiff.convert.presets import PRESETS
 
     s = FLAGS.size
     model = build_model("adm", dict(PRESETS["ffhq256"]))

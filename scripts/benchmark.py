@@ -80,7 +80,7 @@ def load_arch(name: str):
         if name == "tiny":
             config = dict(TINY)
         else:
-            from convert_weights.presets import PRESETS
+            from jaxdiff.convert.presets import PRESETS
 
             config = dict(PRESETS[name])
         model = build_model("adm", config)

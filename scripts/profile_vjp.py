@@ -26,7 +26,7 @@ from absl import app, flags
 from jaxdiff.models import build_model, fused
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("arch", "ffhq256", "a preset of convert_weights.presets (random weights)")
+flags.DEFINE_string("arch", "ffhq256", "a preset of jaxdiff.convert.presets (random weights)")
 flags.DEFINE_integer("size", 256, "image size (any multiple of the network's total downsampling)")
 flags.DEFINE_bool("plain", False, "XLA's own transposes (fused.USE_CUSTOM_VJP = False)")
 flags.DEFINE_integer("top", 30, "rows to print")
@@ -61,7 +61,7 @@ def classify(thunk: str, op_name: str) -> tuple[str, str, str]:
 
 def main(argv):
     del argv
-    from convert_weights.presets import PRESETS
+    from jaxdiff.convert.presets import PRESETS
 
     fused.USE_CUSTOM_VJP = not FLAGS.plain
     model = build_model("adm", dict(PRESETS[FLAGS.arch]))

@@ -14,6 +14,7 @@ import pytest
 
 from convert_weights import cli
 from jaxdiff.checkpoint import load_checkpoint
+from jaxdiff.convert import core
 from tests.test_torch_pickle import Call, tensor, write_zip
 
 DIFFUSERS_FILES = {
@@ -58,7 +59,7 @@ def test_diffusers_folder(fixtures_dir, tmp_path, capsys, folder):
     }
     for k, v in fixture["kwargs"].items():
         assert meta["model_config"][k] == v, k
-    assert meta["converter_version"] == cli.CONVERTER_VERSION
+    assert meta["converter_version"] == core.CONVERTER_VERSION
     assert all(leaf.dtype == np.float32 for _, leaf in _leaves(params))
 
 
@@ -88,7 +89,7 @@ def test_diffusers_pipeline_layout_reads_scheduler(fixtures_dir, tmp_path, capsy
     assert meta["source"]["scheduler_config"] == "../scheduler/scheduler_config.json"
     sched = {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 500}
     (pipe / "unet" / "scheduler_config.json").write_text(json.dumps(sched))  # beside wins
-    diffusion, path = cli.diffusers_diffusion(pipe / "unet")
+    diffusion, path = core.diffusers_diffusion(pipe / "unet")
     assert path == str(pipe / "unet" / "scheduler_config.json")
     assert diffusion["beta_schedule"] == "cosine" and "beta_start" not in diffusion
     assert diffusion["num_timesteps"] == 500 and diffusion["variance_type"] == "fixed_small"
@@ -108,7 +109,7 @@ def test_adm_with_config(fixtures_dir, tmp_path, capsys, name, fmt, variance):
     assert meta["num_parameters"] == fixture["num_parameters"]
     assert meta["source"] == {"file": f"{name}.pt", "sha256": fixture["sha256"], "format": fmt}
     assert fixture["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
-    assert meta["diffusion"] == {**cli.ADM_DIFFUSION, "variance_type": variance}
+    assert meta["diffusion"] == {**core.ADM_DIFFUSION, "variance_type": variance}
     for k in ("model_channels", "out_channels", "num_res_blocks", "num_heads", "resblock_updown"):
         assert meta["model_config"][k] == fixture["kwargs"][k], k
     assert list(meta["model_config"]["channel_mult"]) == fixture["kwargs"]["channel_mult"]
@@ -139,11 +140,11 @@ def test_adm_config_forms_agree(fixtures_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("preset", ["ffhq256", "imagenet256_uncond"])
 def test_preset_inferred_from_shapes(preset):
-    from convert_weights import adm, presets
+    from jaxdiff.convert import adm, presets
 
     shapes = adm.expected_torch_shapes(presets.PRESETS[preset])
     sd = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}  # no memory
-    model_config, flags = cli.adm_model_config(sd, None, None)
+    model_config, flags = core.adm_model_config(sd, None, None)
     assert model_config == presets.PRESETS[preset] and flags == {}
     n = sum(int(np.prod(s)) for s in shapes.values())
     assert n == {"ffhq256": 93_563_910, "imagenet256_uncond": 552_814_086}[preset]
@@ -153,13 +154,13 @@ def test_adm_diffusion_flags():
     from jaxdiff.diffusion import schedule_from_meta
 
     cfg = {"in_channels": 3, "out_channels": 3}
-    d = cli.adm_diffusion(cfg, {})
+    d = core.adm_diffusion(cfg, {})
     assert d["variance_type"] == "fixed_large" and (d["beta_start"], d["beta_end"]) == (1e-4, 0.02)
-    assert cli.adm_diffusion({**cfg, "out_channels": 6}, {})["variance_type"] == "learned_range"
-    d = cli.adm_diffusion(cfg, {"diffusion_steps": 4000, "sigma_small": True})
+    assert core.adm_diffusion({**cfg, "out_channels": 6}, {})["variance_type"] == "learned_range"
+    d = core.adm_diffusion(cfg, {"diffusion_steps": 4000, "sigma_small": True})
     assert d["variance_type"] == "fixed_small" and d["num_timesteps"] == 4000
     assert np.isclose(d["beta_start"], 2.5e-5) and np.isclose(d["beta_end"], 0.005)
-    cos = cli.adm_diffusion(cfg, {"noise_schedule": "cosine"})
+    cos = core.adm_diffusion(cfg, {"noise_schedule": "cosine"})
     assert cos["beta_schedule"] == "cosine" and "beta_start" not in cos
     for diffusion in (d, cos):  # the samplers' schedule builder takes what we write
         schedule_from_meta(diffusion)
@@ -184,7 +185,7 @@ def test_adm_model_output_after_conversion(fixtures_dir, tmp_path):
 def test_preset_sized_checkpoint_end_to_end(tmp_path, capsys):
     """A file shaped like DPS's ffhq_10m.pt (374 MB of zeros): preset found from the shapes,
     progress lines shown, every parameter stored."""
-    from convert_weights import adm, presets
+    from jaxdiff.convert import adm, presets
 
     shapes = adm.expected_torch_shapes(presets.PRESETS["ffhq256"])
     sd = {k: tensor(str(i), np.zeros(s, np.float32)) for i, (k, s) in enumerate(shapes.items())}

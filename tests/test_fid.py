@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert_weights import fid_inception
-from convert_weights.cli import convert, main
+from convert_weights.cli import main
+from jaxdiff.convert import fid_inception
+from jaxdiff.convert.core import convert
 from jaxdiff.errors import KeyMismatchError, NotFIDInceptionError
 from jaxdiff.metrics import fid as F
 from jaxdiff.metrics import inception as inc

@@ -22,7 +22,7 @@ from tests.test_fid import random_state_dict, write_pth
 
 @pytest.fixture(scope="module")
 def inception_dir(tmp_path_factory):
-    from convert_weights.cli import convert
+    from jaxdiff.convert.core import convert
 
     d = tmp_path_factory.mktemp("inception")
     sd = random_state_dict(seed=3, num_batches_tracked=False)  # accepted with or without them

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert_weights import adm as adm_keys
-from convert_weights.torch_pickle import load_state_dict
+from jaxdiff.convert import adm as adm_keys
+from jaxdiff.convert.torch_pickle import load_state_dict
 from jaxdiff.errors import CheckpointError, KeyMismatchError
 from jaxdiff.models import abstract_params, build_model, param_count
 from jaxdiff.models.adm import AttentionBlock

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from convert_weights import keymap
-from convert_weights import unet2d as unet2d_keys
-from convert_weights.torch_pickle import load_state_dict
+from jaxdiff.convert import keymap
+from jaxdiff.convert import unet2d as unet2d_keys
+from jaxdiff.convert.torch_pickle import load_state_dict
 from jaxdiff.errors import KeyMismatchError
 from jaxdiff.models import abstract_params, build_model, param_count
 from jaxdiff.models.unet2d import Attention

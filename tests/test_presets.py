@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from convert_weights import adm as adm_keys
-from convert_weights import presets
+from jaxdiff.convert import adm as adm_keys
+from jaxdiff.convert import presets
 from jaxdiff.models import abstract_params, param_count
 from jaxdiff.models.adm import _heads, normalize_config
 from tests.conftest import FIXTURES
@@ -177,7 +177,7 @@ EXTRA_KEYS = ("num_heads", "num_head_channels", "num_heads_upsample", "use_new_a
 
 @pytest.mark.parametrize("name", ["adm_tiny", "adm_tiny_legacy"])
 def test_infer_needs_the_invisible_attention_flags(name):
-    from convert_weights.torch_pickle import load_state_dict
+    from jaxdiff.convert.torch_pickle import load_state_dict
 
     kwargs = json.loads((FIXTURES / f"{name}.json").read_text())["kwargs"]
     sd = load_state_dict(FIXTURES / f"{name}.pt", progress=False)

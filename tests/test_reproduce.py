@@ -31,7 +31,7 @@ STEPS = "30"  # enough work per image that the kill lands half-way
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """adm_tiny.pt converted with the project's converter (random weights, learned sigma)."""
-    from convert_weights.cli import convert
+    from jaxdiff.convert.core import convert
 
     out = tmp_path_factory.mktemp("model") / "adm_tiny"
     convert(FIXTURES / "adm_tiny.pt", out, config=FIXTURES / "adm_tiny.json", progress=False)

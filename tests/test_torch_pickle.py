@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from convert_weights import torch_pickle as tp
+from jaxdiff.convert import torch_pickle as tp
 from jaxdiff.errors import CheckpointError, UnsafePickleError
 
 # -- a minimal torch.save emulator (writes the two on-disk layouts without torch) ----------------

@@ -1,7 +1,7 @@
 """guided-diffusion's `UNetModel` (ADM) in Flax linen, NHWC.
 
 Module names mirror the PyTorch state-dict keys with "." written "_" (`input_blocks_9_1` is
-`input_blocks.9.1`), so the key map in `convert_weights/adm.py` is a rename plus layout transposes.
+`input_blocks.9.1`), so the key map in `jaxdiff/convert/adm.py` is a rename plus layout transposes.
 Compute runs in `dtype`; like guided-diffusion's fp16 mode, the time-embedding MLPs, GroupNorm
 statistics, attention softmax and the output head stay in float32 (or wider).
 """

@@ -2,7 +2,7 @@
 
 `model_config` is the diffusers `config.json` (missing fields take diffusers' defaults). Module
 names mirror the state-dict keys with "." written "_" (`down_blocks_1/attentions_0/to_out_0`), so
-`convert_weights/unet2d.py` is a rename plus layout transposes. Supported blocks: DownBlock2D,
+`jaxdiff/convert/unet2d.py` is a rename plus layout transposes. Supported blocks: DownBlock2D,
 AttnDownBlock2D, UpBlock2D, AttnUpBlock2D, UNetMidBlock2D; anything else raises naming the field.
 """
 

@@ -78,7 +78,7 @@ def _convert_beside(npz_path: pathlib.Path, name: str | None) -> str:
         )
     key = (str(src), str(config))
     if key not in _CONVERTED:
-        from convert_weights.cli import convert
+        from jaxdiff.convert.core import convert
 
         out = pathlib.Path(tempfile.mkdtemp(prefix="jaxdiff-parity-")) / name
         convert(src, out, config=config, progress=False)

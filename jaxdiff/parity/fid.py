@@ -36,7 +36,7 @@ def _params(npz_path: pathlib.Path, model_dir):
     pth = npz_path.with_name(WEIGHTS)
     if not pth.is_file():
         raise FileNotFoundError(f"{npz_path}: pass --model DIR (no {WEIGHTS} beside the fixture)")
-    from convert_weights import fid_inception, torch_pickle
+    from jaxdiff.convert import fid_inception, torch_pickle
 
     sd = torch_pickle.load_state_dict(pth, progress=False)
     return fid_inception.state_dict_to_params(sd, str(pth))

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from convert_weights import keymap
+from jaxdiff.convert import keymap
 
 KEEP = ("linear_1", "linear_2")  # time_embedding.linear_1 is one torch name
 OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}

@@ -236,7 +236,7 @@ def _shapes(state_dict) -> dict[str, tuple[int, ...]]:
 
 
 def _expected(model_config: dict) -> dict[str, tuple[int, ...]]:
-    from convert_weights.adm import expected_torch_shapes
+    from jaxdiff.convert.adm import expected_torch_shapes
 
     return expected_torch_shapes(model_config)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convert_weights import keymap
+from jaxdiff.convert import keymap
 
 CONV1D = ("qkv", "proj_out")  # AttentionBlock's 1x1 Conv1d layers, Dense in Flax
 
