@@ -14,7 +14,7 @@ The model is read through EDM's VPPrecond (beta_min 0.1, beta_d 19.9): the linea
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 # mcmc_sampler_config.lr of configs/task/<file>.yaml, group "pixel" (all: num_steps 100, tau 0.01,
 # lr_min_ratio 0.01, mc_algo langevin, prior_solver gaussian).
@@ -33,7 +33,8 @@ LRS = {
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     if c.task.name not in LRS:
         raise ValueError(f"daps: no preset for task {c.task.name!r}; known: {', '.join(LRS)}")
     c.method = "daps"

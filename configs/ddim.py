@@ -8,11 +8,12 @@ eta = 0 (the deterministic sampler of the paper's Table 1 columns), no clamp of 
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     c.method = "ddim"
     c.sampler.respacing = "skip50"  # range(0, 1000, 20): the official uniform skip, 50 steps
     c.sampler.options.clip_denoised = False  # generalized_steps does not clamp x0_t

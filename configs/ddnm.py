@@ -11,13 +11,13 @@ DDNM+ otherwise: the task presets carry measurement noise (sigma 0.05 on [-1, 1]
 sigma_y to the same [-1, 1] units). `sampler.options.official=True` reproduces the official noise
 step (V^T skipped for SR / deblurring / colorization, wyhuai/DDNM issue #12); the default is the
 correct form. Tasks whose operator has no SVD (motion_blur) or is nonlinear (phase_retrieval) are
-refused here. The operators are the shared task presets (configs/tasks.py), not DDNM's own
+refused here. The operators are the shared task presets (jaxdiff/tasks.py), not DDNM's own
 degradations (4x4 average pooling, a 5-tap Gaussian with std 10).
 """
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 ETA = 0.85  # main.py --eta default; every README / Table command uses 0.85 for the SVD path
 RESPACING = "skip100"  # celeba_hq.yml time_travel.T_sampling: 100 -> range(0, 1000, 10)
@@ -28,7 +28,8 @@ NO_SVD = {
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     if c.task.name in NO_SVD:
         raise ValueError(
             f"configs/ddnm.py: task {c.task.name!r} is not supported: {NO_SVD[c.task.name]}"

@@ -6,11 +6,12 @@ guided-diffusion's image_sample.py defaults (all 1000 steps, clip_denoised True)
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     c.method = "ddpm"
     c.sampler.respacing = "1000"
     c.sampler.options.clip_denoised = True

@@ -16,13 +16,14 @@ phase retrieval (nonlinear) raise a clear error.
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 SVD_TASKS = ("box", "random", "gaussian_blur", "sr4", "sr2", "denoise", "colorize")
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     if c.task.name not in SVD_TASKS:
         raise ValueError(
             f"ddrm: task {c.task.name!r} has no operator in SVD form (DDRM works in the "

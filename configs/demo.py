@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxdiff import config_lib
+
 TASKS = "box,random,gaussian_blur,sr2"
 METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps"
-# Classical baselines: each runs on the tasks it applies to (configs/baselines.py APPLIES).
+# Classical baselines: each runs on the tasks it applies to (jaxdiff.baselines.APPLIES).
 BASELINES = "measurement,telea,wiener,bicubic,tv_least_squares"
 
 # Box inpainting generates a quarter of the image from the prior alone, and DPS needs the longer
@@ -103,7 +105,7 @@ METHOD_RESPACING = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
+    config_lib.parse_arg(arg, __file__)  # no options: anything given is an error
     c = ml_collections.ConfigDict()
     c.model = "demo"
     c.data = "demo"

@@ -22,7 +22,7 @@ raises a clear error.
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 # task -> (iter_num, lambda_, zeta, init)
 SETTINGS = {
@@ -45,7 +45,8 @@ SETTINGS = {
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     if c.task.name not in SETTINGS:
         raise ValueError(
             f"diffpir: task {c.task.name!r} is not supported (its data step needs a linear "

@@ -10,7 +10,7 @@ whole-batch norm is `sampler.options.batch_coupled_norm=True`; identical at batc
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 # conditioning.params.scale of the official task configs. The paper's zeta' = 1.0
 # (App. D.1) corresponds to code scale 2.0 (docs/methods.md); the configs are what ran.
@@ -28,7 +28,8 @@ SCALES = {
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     c.method = "dps"
     c.sampler.respacing = "1000"
     c.sampler.options.clip_denoised = True

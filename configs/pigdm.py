@@ -19,7 +19,7 @@ Phase retrieval is nonlinear: PiGDM's pseudo-inverse guidance needs a linear A (
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 LINEAR_TASKS = (
     "box",
@@ -34,7 +34,8 @@ LINEAR_TASKS = (
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     if c.task.name not in LINEAR_TASKS:
         raise ValueError(
             f"pigdm: task {c.task.name!r} has a nonlinear operator; PiGDM's pseudo-inverse "

@@ -22,7 +22,7 @@ linear operator (the sampler takes init=<function> for a nonlinear one).
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 RESPACING = "skip1000"  # sample_batch.sh num_steps=1000 (start_step 1000, end_step 0)
 # task -> (lr, grad_term_weight, sigma_x0), with the sample_test.sh line each comes from
@@ -39,7 +39,8 @@ SETTINGS = {
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     if c.task.name not in SETTINGS:
         raise ValueError(
             f"configs/reddiff.py: task {c.task.name!r} is not supported: RED-diff starts at "

@@ -12,13 +12,14 @@ beta_t factor and with sigma = 0.05 its weight reaches 1/sigma^2 = 400, which di
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 WEIGHT = 1.0  # the Langevin-consistent step itself (beta_step); see configs/demo.py for tuning
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     c.method = "score_ald"
     c.sampler.respacing = "1000"
     c.sampler.options.gamma = "ve"

@@ -10,13 +10,14 @@ inpainting the masked variant keeps the measured pixels (use_mask).
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 T0 = 0.4  # SDEdit --t 400 of 1000 (main.py default)
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     c.method = "sdedit"
     c.sampler.respacing = "1000"
     c.sampler.options.clip_denoised = False

@@ -17,9 +17,8 @@ t=800), and its samples drifted to saturated flat colours. At 64 channels a grou
 
 import ml_collections
 
-# Held out for evaluation and for the demo's inverse problems; never in a training batch
-# (jaxdiff.photos.training_names excludes them by construction).
-HELD_OUT = ("astronaut", "chelsea", "coffee")
+from jaxdiff import config_lib, images
+
 # The photographs of scenes among the rest; hubble_deep_field (stars on black) and retina (an
 # orange disc on black) are left out: their black backgrounds dominated the v0 prior's crops.
 TRAIN_PHOTOS = (
@@ -66,16 +65,12 @@ def adm_config(resolution: int, channels: int, channel_mult, num_res_blocks: int
     }
 
 
-OPTIONS = ("learn_sigma",)
-
-
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    preset, *options = [p.strip() for p in arg.split(",")]
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"configs/train_demo.py: unknown option(s) {unknown}; known: {OPTIONS}")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = config_lib.parse_arg(
+        arg, __file__, preset=config_lib.Choice("demo", ("demo", "tiny")), learn_sigma=False
+    )
     c = ml_collections.ConfigDict()
-    c.preset = arg
+    c.preset = arg or "demo"  # as given, for the exported prior's meta
     c.seed = 0
     c.diffusion = dict(DIFFUSION)
     c.data = ml_collections.ConfigDict(
@@ -84,7 +79,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
             # Short side of each photo resized to resolution * scale before cropping: 1 = whole
             # photo (the demo's view), 4 = a quarter of its short side.
             "scales": (1.0, 1.5, 2.0, 3.0, 4.0),
-            "held_out": HELD_OUT,
+            # held out for evaluation and the demo's inverse problems; never in a training batch
+            # (jaxdiff.photos.training_names excludes them by construction)
+            "held_out": images.DEMO_HELD_OUT,
             "train_photos": TRAIN_PHOTOS,  # () = every bundled photo that is not held out
             "batch_size": 16,
         }
@@ -115,9 +112,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
             "max_to_keep": 2,
         }
     )
-    if preset == "demo":
-        pass
-    elif preset == "tiny":
+    if a.preset == "tiny":
         c.data.resolution = 8
         c.data.scales = (1.0, 2.0)
         c.data.train_photos = ("rocket", "immunohistochemistry")  # quick to load
@@ -130,9 +125,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.train.eval_every = 3
         c.train.eval_batch = 4
         c.train.ckpt_every = 2
-    else:
-        raise ValueError(f"configs/train_demo.py: unknown preset {preset!r}; known: demo, tiny")
-    if "learn_sigma" in options:
+    if a.learn_sigma:
         c.diffusion.variance_type = "learned_range"
         c.model.config.out_channels = 6  # eps, then the variance interpolation v
     return c

@@ -7,11 +7,12 @@ linear 1000-step schedule). For masks and blurs this is a heuristic, not a publi
 
 from __future__ import annotations
 
-from configs import default
+from jaxdiff import config_lib
 
 
 def get_config(arg: str | None = None):
-    c = default.get_config(arg)
+    a = config_lib.parse_arg(arg, __file__, task=config_lib.task_choice())
+    c = config_lib.base_config(a.task)
     c.method = "tweedie"
     c.sampler.respacing = ""  # one network call; the schedule only supplies alpha-bar
     c.sampler.options.clip_denoised = False  # the posterior mean, unclipped (sampler default)

@@ -1,26 +1,48 @@
-"""Configs: every method x task preset builds, overrides apply, the paper preset is the paper's."""
+"""Configs: every method x task preset builds, overrides apply, the paper preset is the paper's,
+the get_config argument parser (jaxdiff.config_lib.parse_arg)."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import inspect
-import pathlib
 
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import baselines as baseline_configs
-from configs import demo, tasks
-from jaxdiff.baselines import BASELINES
+from jaxdiff import config_lib, tasks
+from jaxdiff.baselines import APPLIES, BASELINES
 from jaxdiff.diffusion import schedule_from_meta
 from jaxdiff.experiment import scale_task
 from jaxdiff.operators import get_operator
 from jaxdiff.samplers import SAMPLERS
 
-CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
+
+def _load(name):
+    """configs/NAME.py loaded by path, as config_flags loads it (no `configs` package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_config", config_lib.config_path(name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+baseline_configs = _load("baselines")
+demo = _load("demo")
 # every registered sampler with a config file of its own (configs/ddnm.py also runs ddnm_plus)
-METHODS = tuple(m for m in SAMPLERS.names() if (CONFIGS / f"{m}.py").exists())
+METHODS = tuple(m for m in SAMPLERS.names() if m in config_lib.config_names())
+# Each task preset's operator (jaxdiff.operators), written out here: the DPS configs' tasks
+# and the project's own (sr2, denoise, colorize).
+OPERATOR = {
+    "box": "inpaint_box",
+    "random": "inpaint_random",
+    "gaussian_blur": "gaussian_blur",
+    "motion_blur": "motion_blur",
+    "sr4": "super_resolution",
+    "sr2": "super_resolution",
+    "denoise": "denoise",
+    "colorize": "colorize",
+    "phase_retrieval": "phase_retrieval",
+}
 NO_SVD = ("motion_blur", "phase_retrieval")  # operators with no SVD form
 NONLINEAR = ("phase_retrieval",)
 DIFFUSION_1000 = {
@@ -32,7 +54,7 @@ DIFFUSION_1000 = {
 
 
 def _cfg(method, arg):
-    return importlib.import_module(f"configs.{method}").get_config(arg)
+    return _load(method).get_config(arg)
 
 
 def test_every_registered_sampler_has_a_config():
@@ -56,15 +78,31 @@ def test_every_method_task_preset_builds(method, task):
     assert c.method in (method, f"{method}_plus") and c.task.name == task
     assert c.task.noise == "gaussian" and c.task.sigma == 0.05
     assert c.model == "demo" and c.data == "demo"  # works out of the box
-    assert tasks.get_task(task).operator == c.task.operator
+    assert c.task.operator == OPERATOR[task]
 
 
-@pytest.mark.parametrize(
-    "name,task", [(b, t) for b, ts in baseline_configs.APPLIES.items() for t in ts]
-)
+def test_task_presets_are_the_listed_ones():
+    assert set(tasks.TASKS) == set(OPERATOR)
+    assert set(tasks.PAPER_TASKS) == {"sr4", "box", "random", "gaussian_blur", "motion_blur"}
+
+
+@pytest.mark.parametrize("name,task", [(b, t) for b, ts in APPLIES.items() for t in ts])
 def test_every_baseline_task_preset_builds(name, task):
     c = baseline_configs.get_config(f"{name},{task}")
     assert c.method == name and c.task.name == task
+
+
+def test_baselines_apply_where_their_operators_are():
+    """APPLIES follows the operators each baseline declares; spot checks written out here."""
+    assert set(APPLIES) == set(BASELINES.names()) | {"measurement"}
+    assert set(APPLIES["measurement"]) == set(OPERATOR)
+    assert APPLIES["telea"] == APPLIES["navier_stokes"] == ("box", "random")
+    assert APPLIES["wiener"] == ("gaussian_blur", "motion_blur")
+    assert APPLIES["bicubic"] == ("sr4", "sr2")
+    assert "colorize" in APPLIES["adjoint"] and "colorize" not in APPLIES["zero_fill"]
+    assert not any("phase_retrieval" in APPLIES[b] for b in BASELINES.names())  # nonlinear
+    for task, name in baseline_configs.DEFAULT.items():  # each task's default applies to it
+        assert task in APPLIES[name], (task, name)
 
 
 def test_baseline_default_per_task_and_errors():
@@ -74,7 +112,7 @@ def test_baseline_default_per_task_and_errors():
     lam = inspect.signature(BASELINES.get("tv_least_squares")).parameters["lam"].default
     assert dict(baseline_configs.get_config("tv_least_squares,box").baseline)["lam"] == lam
     assert "noise_sigma" not in baseline_configs.get_config("wiener,gaussian_blur").baseline
-    with pytest.raises(KeyError, match="unknown baseline 'nope'"):
+    with pytest.raises(ValueError, match="configs/baselines.py: 'nope'.*baseline: one of"):
         baseline_configs.get_config("nope,box")
     with pytest.raises(KeyError, match="unknown task"):
         tasks.get_task("deblur")
@@ -170,7 +208,7 @@ def test_scaled_tasks_build_operators_at_32px(task):
 
 
 def test_demo_config_covers_every_method_on_its_tasks():
-    from scripts.demo import plan
+    from jaxdiff.demo import plan
 
     c = demo.get_config()
     pairs = plan(c)
@@ -188,3 +226,52 @@ def test_demo_config_covers_every_method_on_its_tasks():
     assert ("telea", "box") in pairs and ("telea", "sr2") not in pairs
     assert ("wiener", "gaussian_blur") in pairs and ("bicubic", "sr2") in pairs
     assert int(c.respacing) <= 100  # the demo's short schedule
+
+
+def test_parse_arg_positional_keyword_and_boolean():
+    spec = {"preset": config_lib.Choice("demo", ("demo", "tiny")), "steps": 10, "lr": 0.1}
+    spec["learn_sigma"] = False
+    a = config_lib.parse_arg(None, "x.py", **spec)
+    assert (a.preset, a.steps, a.lr, a.learn_sigma) == ("demo", 10, 0.1, False)
+    a = config_lib.parse_arg("tiny,5,learn_sigma", "x.py", **spec)
+    assert (a.preset, a.steps, a.lr, a.learn_sigma) == ("tiny", 5, 0.1, True)
+    a = config_lib.parse_arg("lr=0.5, learn_sigma=false, preset=tiny", "x.py", **spec)
+    assert (a.preset, a.steps, a.lr, a.learn_sigma) == ("tiny", 10, 0.5, False)
+    assert isinstance(a.lr, float) and isinstance(config_lib.parse_arg("3", "x.py", n=1).n, int)
+
+
+@pytest.mark.parametrize(
+    "arg,match",
+    [
+        ("speed=3", "configs/x.py: unknown key 'speed'.*known: preset, steps"),
+        ("steps=many", "configs/x.py: steps='many' is not a int"),
+        ("huge", "configs/x.py: .huge.*preset: one of demo, tiny; steps: int"),
+        ("demo,1,2", "configs/x.py: too many values"),
+        ("steps=1,steps=2", "configs/x.py: steps given twice"),
+    ],
+)
+def test_parse_arg_errors_name_the_file_and_key(arg, match):
+    spec = {"preset": config_lib.Choice("demo", ("demo", "tiny")), "steps": 10}
+    with pytest.raises(ValueError, match=match):
+        config_lib.parse_arg(arg, "/somewhere/x.py", **spec)
+
+
+def test_every_documented_config_spelling():
+    """The spellings of the README, docs and tests, through config_flags as the scripts parse."""
+    assert _parse(["prog", "--config=configs/dps.py:box"]).task.name == "box"
+    assert _parse(["prog", "--config=configs/dps.py:task=sr4"]).task.name == "sr4"
+    assert _parse(["prog", "--config=configs/dps.py"]).task.name == "box"
+    c = _parse(["prog", "--config=configs/baselines.py:telea,box"])
+    assert (c.method, c.task.name) == ("telea", "box")
+    c = _parse(["prog", "--config=configs/baselines.py:baseline=wiener,task=motion_blur"])
+    assert (c.method, c.task.name) == ("wiener", "motion_blur")
+    assert _parse(["prog", "--config=configs/baselines.py:box"]).method == "telea"
+    c = _parse(["prog", "--config=configs/train_demo.py:demo,learn_sigma"])
+    assert (c.diffusion["variance_type"], c.model.config.out_channels) == ("learned_range", 6)
+    c = _parse(["prog", "--config=configs/train_demo.py:tiny"])
+    assert c.preset == "tiny" and c.data.resolution == 8
+    assert c.data.held_out == ("astronaut", "chelsea", "coffee")  # the demo prior's (README)
+    with pytest.raises(flags.IllegalFlagValueError, match="configs/dps.py: 'deblur'"):
+        _parse(["prog", "--config=configs/dps.py:deblur"])
+    with pytest.raises(flags.IllegalFlagValueError, match="configs/demo.py: too many values"):
+        _parse(["prog", "--config=configs/demo.py:fast"])
