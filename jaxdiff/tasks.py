@@ -1,4 +1,5 @@
-"""Task presets shared by every method config: the forward operator, its settings and the noise.
+"""The task presets every method config (configs/*.py) runs on: the forward operator, its
+settings and the noise.
 
 Every number is the official DPS setting at 256x256 (DPS configs/*.yaml and paper Sec. 4):
 lengths are given at `reference_size` = 256 and scaled by the driver when the model's image size
@@ -43,8 +44,8 @@ def box():
 
 def random():
     # DPS configs/inpainting_config.yaml: mask_type random, mask_prob_range (0.3, 0.7): one
-    # fraction per image, shared across RGB (DPS util/img_utils.py mask_generator). (The paper's text says 92%; the
-    # official config draws 30-70%, which is what this preset follows.)
+    # fraction per image, shared across RGB (DPS util/img_utils.py mask_generator). (The paper's
+    # text says 92%; the official config draws 30-70%, which is what this preset follows.)
     return _task(
         "random",
         "inpaint_random",

@@ -17,26 +17,21 @@ Each takes ONE measurement y (the operator's output shape) and returns one image
 
 from __future__ import annotations
 
-from jaxdiff.baselines.deconvolution import tv_least_squares, tv_objective, wiener
-from jaxdiff.baselines.inpainting import navier_stokes, telea
-from jaxdiff.baselines.least_squares import adjoint, bicubic, least_squares, zero_fill
-from jaxdiff.registry import Registry
+from jaxdiff import tasks
+from jaxdiff.baselines import inpainting, least_squares  # noqa: F401 (their registrations)
+from jaxdiff.baselines.common import BASELINES, HOST_SIDE, OPERATORS
+from jaxdiff.baselines.deconvolution import tv_objective
 
-BASELINES: Registry = Registry("baseline")
-for _fn in (
-    zero_fill,
-    adjoint,
-    least_squares,
-    tv_least_squares,
-    bicubic,
-    wiener,
-    telea,
-    navier_stokes,
-):
-    BASELINES.register(_fn.__name__)(_fn)
-
-# Host-side (numpy / OpenCV) baselines: loop over a batch instead of jax.vmap / jax.jit.
-HOST_SIDE = frozenset({"telea", "navier_stokes"})
+# Which baselines apply to which task presets (jaxdiff.tasks), from the operators each declares
+# at its definition; "measurement" (the measurement itself, jaxdiff.experiment) is every task's
+# floor. The tables leave the other cells empty, like the paper's.
+APPLIES: dict[str, tuple[str, ...]] = {
+    "measurement": tuple(tasks.TASKS),
+    **{
+        name: tuple(t for t in tasks.TASKS if tasks.get_task(t).operator in OPERATORS[name])
+        for name in BASELINES.names()
+    },
+}
 
 
 def get_baseline(name: str):
@@ -44,4 +39,4 @@ def get_baseline(name: str):
     return BASELINES.get(name)
 
 
-__all__ = ["BASELINES", "HOST_SIDE", "get_baseline", "tv_objective"]
+__all__ = ["APPLIES", "BASELINES", "HOST_SIDE", "get_baseline", "tv_objective"]

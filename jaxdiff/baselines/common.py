@@ -1,8 +1,36 @@
-"""Checks shared by the classical baselines: every one takes (y, operator, op_params, **cfg)."""
+"""The baselines' registry and the checks they share: every one takes (y, operator, op_params,
+**cfg)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import jax.numpy as jnp
+
+from jaxdiff.registry import Registry
+
+BASELINES: Registry = Registry("baseline")
+# What each baseline declares at its definition (register_baseline): the jaxdiff.operators it
+# works on, and whether it runs host-side (numpy / OpenCV: loop over a batch, no jit or vmap).
+OPERATORS: dict[str, frozenset[str]] = {}
+HOST_SIDE: set[str] = set()
+
+INPAINTING = ("inpaint_box", "inpaint_random", "inpaint")
+BLUR = ("gaussian_blur", "motion_blur", "blur")
+SUPER_RESOLUTION = ("super_resolution",)
+
+
+def register_baseline(*, operators: Iterable[str], host_side: bool = False) -> Callable:
+    """Register a baseline under its function's name with the operators it applies to."""
+
+    def add(fn):
+        BASELINES.register(fn.__name__)(fn)
+        OPERATORS[fn.__name__] = frozenset(operators)
+        if host_side:
+            HOST_SIDE.add(fn.__name__)
+        return fn
+
+    return add
 
 
 def check_measurement(name: str, y, operator):

@@ -12,7 +12,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdiff.baselines.common import check_measurement, finish, require_linear, require_param
+from jaxdiff.baselines.common import (
+    BLUR,
+    INPAINTING,
+    SUPER_RESOLUTION,
+    check_measurement,
+    finish,
+    register_baseline,
+    require_linear,
+    require_param,
+)
 
 _BOUNDARIES = ("reflect", "periodic")
 
@@ -38,6 +47,7 @@ def _kernel_spectrum(kernel, shape):
     return jnp.fft.fft2(padded)
 
 
+@register_baseline(operators=BLUR)  # op_params['kernel']
 def wiener(
     y,
     operator,
@@ -90,6 +100,8 @@ def tv_objective(x, y, operator, op_params, *, lam: float = 0.005, eps: float = 
     return 0.5 * jnp.sum(r * r) + lam * total_variation(x, eps)
 
 
+# linear operators with an image-shaped problem; colorization's TV solve is left out
+@register_baseline(operators=INPAINTING + BLUR + SUPER_RESOLUTION + ("denoise",))
 def tv_least_squares(
     y,
     operator,

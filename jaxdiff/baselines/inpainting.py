@@ -15,7 +15,7 @@ import cv2
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.baselines.common import check_measurement, require_param
+from jaxdiff.baselines.common import INPAINTING, check_measurement, register_baseline, require_param
 from jaxdiff.data import to_uint8, to_unit
 
 _FLAGS = {"telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS}
@@ -46,11 +46,13 @@ def _cv2_inpaint(name: str, y, operator, op_params, radius: float):
     return jnp.asarray(out, jnp.float32)
 
 
+@register_baseline(operators=INPAINTING, host_side=True)
 def telea(y, operator, op_params, *, radius: float = 3.0):
     """Telea (2004) fast-marching inpainting, `cv2.inpaint(..., INPAINT_TELEA)`. Host-side."""
     return _cv2_inpaint("telea", y, operator, op_params, radius)
 
 
+@register_baseline(operators=INPAINTING, host_side=True)
 def navier_stokes(y, operator, op_params, *, radius: float = 3.0):
     """Bertalmio et al. (2001) Navier-Stokes inpainting, cv2.inpaint(..., INPAINT_NS). Host-side."""
     return _cv2_inpaint("navier_stokes", y, operator, op_params, radius)

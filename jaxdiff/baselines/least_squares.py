@@ -10,9 +10,19 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.baselines.common import check_measurement, finish, require_linear
+from jaxdiff.baselines.common import (
+    BLUR,
+    INPAINTING,
+    SUPER_RESOLUTION,
+    check_measurement,
+    finish,
+    register_baseline,
+    require_linear,
+)
 
 
+# every linear operator (phase retrieval is not)
+@register_baseline(operators=INPAINTING + BLUR + SUPER_RESOLUTION + ("denoise", "colorize"))
 def adjoint(y, operator, op_params, *, clip: bool = True):
     """A^T y with the operator's exact adjoint: the sanity floor for every linear task."""
     require_linear("adjoint", operator)
@@ -20,6 +30,8 @@ def adjoint(y, operator, op_params, *, clip: bool = True):
     return finish(operator.adjoint(op_params, y), clip)
 
 
+# an operator whose measurement is an image (colorization's grey and phase retrieval's are not)
+@register_baseline(operators=INPAINTING + BLUR + SUPER_RESOLUTION + ("denoise",))
 def zero_fill(y, operator, op_params, *, clip: bool = True):
     """The measurement as an image: holes at 0 for inpainting, y itself for same-shape operators
     (blur, denoise), nearest-neighbour upsampling for super-resolution."""
@@ -40,6 +52,7 @@ def zero_fill(y, operator, op_params, *, clip: bool = True):
     return finish(x, clip)
 
 
+@register_baseline(operators=SUPER_RESOLUTION)
 def bicubic(y, operator, op_params, *, clip: bool = True):
     """Bicubic upsampling of a super-resolution measurement (Keys a = -0.5, jax.image 'cubic').
 
@@ -56,6 +69,8 @@ def bicubic(y, operator, op_params, *, clip: bool = True):
     return finish(jax.image.resize(y, (H, W, C), method="cubic", antialias=False), clip)
 
 
+# linear operators but denoising (A = I: the solve is y itself)
+@register_baseline(operators=INPAINTING + BLUR + SUPER_RESOLUTION + ("colorize",))
 def least_squares(
     y,
     operator,
