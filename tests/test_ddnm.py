@@ -187,7 +187,7 @@ def test_config_presets():
     """configs/ddnm.py: the official settings on every task whose operator has an SVD; motion
     blur and phase retrieval are refused by name."""
     from configs import ddnm as cfg
-    from configs import tasks
+    from jaxdiff import tasks
     from jaxdiff.experiment import scale_task
 
     for name in sorted(tasks.TASKS):

@@ -231,7 +231,7 @@ def test_bad_inputs_are_clear_errors():
 
 def test_config_presets():
     from configs import diffpir as cfg
-    from configs import tasks
+    from jaxdiff import tasks
 
     for task in sorted(tasks.TASKS):
         if task == "phase_retrieval":

@@ -192,7 +192,7 @@ def test_configs():
     is refused. configs/ddim.py: 50 uniform-skip steps, eta 0."""
     from configs import ddim as ddim_config
     from configs import pigdm as pigdm_config
-    from configs import tasks
+    from jaxdiff import tasks
 
     for task in sorted(tasks.TASKS):
         if task == "phase_retrieval":

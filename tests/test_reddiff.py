@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import reddiff as reddiff_config
-from configs import tasks
+from jaxdiff import tasks
 from jaxdiff.diffusion.schedule import Schedule
 from jaxdiff.experiment import scale_task
 from jaxdiff.operators import get_operator
