@@ -1,6 +1,19 @@
-"""jaxdiff: diffusion priors for imaging inverse problems in JAX/Flax."""
+"""jaxdiff: diffusion priors for imaging inverse problems in JAX/Flax.
+
+The checkout's configs/ and scripts/ install as jaxdiff.configs and jaxdiff.scripts (nothing
+named `configs` or `scripts` lands at the top of site-packages); `python -m scripts.X` and
+`--config=configs/X.py` keep working from a checkout, and the commands below from anywhere.
+"""
 
 from setuptools import find_packages, setup
+
+# The commands: each module's console() (jaxdiff/cli.py), parity's main() returns the exit status.
+SCRIPTS = ("reproduce", "sweep", "table", "demo", "train", "benchmark")
+CONSOLE_SCRIPTS = [
+    "jaxdiff-convert = convert_weights.cli:console",
+    "jaxdiff-parity = jaxdiff.parity.__main__:main",
+    *(f"jaxdiff-{name} = jaxdiff.scripts.{name}:console" for name in SCRIPTS),
+]
 
 setup(
     name="jaxdiff",
@@ -9,9 +22,15 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["jaxdiff*", "convert_weights*", "configs*", "scripts*"]),
+    packages=[
+        *find_packages(include=["jaxdiff", "jaxdiff.*", "convert_weights", "convert_weights.*"]),
+        "jaxdiff.configs",
+        "jaxdiff.scripts",
+    ],
+    package_dir={"jaxdiff.configs": "configs", "jaxdiff.scripts": "scripts"},
     package_data={"jaxdiff": ["assets/**/*", "assets/*"]},
     include_package_data=True,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.8",

@@ -11,20 +11,55 @@ Each script (scripts/*.py, convert_weights) defines its absl flags at module lev
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
+
+from jaxdiff import config_lib
 
 
 def run(main, argv=None) -> None:
     """absl's app.run(main), with `--config=` values resolved (see resolve_config_argv)."""
     argv = list(sys.argv if argv is None else argv)
-    app.run(main, argv=resolve_config_argv(argv))
+    try:
+        argv = resolve_config_argv(argv)
+    except ValueError as e:  # before absl parses anything: say it as a usage error would
+        sys.exit(f"{os.path.basename(argv[0])}: {e}")
+    app.run(main, argv=argv)
 
 
 def resolve_config_argv(argv: list[str]) -> list[str]:
-    """`--config=PATH[:ARG]` as given (filled in by jaxdiff.config_lib where packaged)."""
-    return argv
+    """`--config=PATH[:ARG]` (or `--config PATH[:ARG]`) with a PATH that is no file here taken as
+    a config file's name (`dps.py`, `dps`, `configs/dps.py`: jaxdiff.config_lib.config_path), so
+    the installed commands run from any folder; a PATH that exists is left as it is. An unknown
+    name is a ValueError listing the known configs."""
+    out, i = list(argv[:1]), 1
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":  # absl: the rest is positional
+            out += argv[i:]
+            break
+        flag, eq, value = a.partition("=")
+        if flag in ("--config", "-config") and eq:
+            out.append(f"{flag}={_config_value(value)}")
+        elif a in ("--config", "-config") and i + 1 < len(argv):
+            out += [a, _config_value(argv[i + 1])]
+            i += 1
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+def _config_value(value: str) -> str:
+    path, colon, arg = value.partition(":")
+    if not path or os.path.exists(path):
+        return value
+    try:
+        return f"{config_lib.config_path(path)}{colon}{arg}"
+    except ValueError as e:
+        raise ValueError(f"--config={value}: no file {path!r} in {os.getcwd()}, and {e}") from None
 
 
 # --- several processes ---------------------------------------------------------------------------
