@@ -271,7 +271,7 @@ class Experiment:
 
 
 def build(config, *, loaded=None) -> Experiment:
-    """Everything a run needs, from a config (see configs/default.py).
+    """Everything a run needs, from a config (see jaxdiff.config_lib.base_config).
 
     `loaded=(model_dir, model, params, meta)` reuses an already loaded model (the demo)."""
     if loaded is None:
