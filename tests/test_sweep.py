@@ -1,4 +1,4 @@
-"""scripts.sweep: every value in one compiled call; per-value results equal separate runs."""
+"""jaxdiff.sweep: every value in one compiled call; per-value results equal separate runs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 
 from jaxdiff import data as jdata
 from jaxdiff.runner import FUN_NAME
-from jaxdiff.runs import image_path, run
-from scripts.sweep import parse_sweep, run_sweep
+from jaxdiff.runs import run
+from jaxdiff.sweep import parse_sweep, run_sweep
+from jaxdiff.workdir import image_path
 from tests.test_reproduce import config, image_dir, records, tiny_model  # noqa: F401 (fixtures)
 
 
