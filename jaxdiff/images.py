@@ -49,6 +49,13 @@ class Images:
     arrays: np.ndarray
     skipped: dict[str, str]
 
+    def take(self, rows) -> Images:
+        """The images at `rows` (e.g. a process's share); `skipped` is kept whole."""
+        rows = list(rows)
+        names = [self.names[i] for i in rows]
+        index = [self.index[i] for i in rows]
+        return Images(names, index, self.arrays[rows], dict(self.skipped) if rows else {})
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry:

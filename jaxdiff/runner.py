@@ -1,30 +1,20 @@
-"""Compiled, sharded batches of the experiment pipeline, and the metrics on them.
-
-`BatchRunner(exp, batch_size)` compiles the vmapped pipeline once (the batch is always padded to
-`batch_size`, a multiple of the device count, so every call reuses the one program) and shards
-the image axis over every device. `sweep=True` adds a leading axis of hyperparameter values to
-the same program: every value over every image in one call.
+"""The experiment's pipeline as a batch program: per-image keys, the global batch size, and
+`BatchRunner`, which vmaps `Experiment.pipeline` over images (and, with `sweep=True`, over
+hyperparameter values: every value over every image in one call) and runs it through the one
+batching path, jaxdiff.sharding.ShardedBatch (padding to `batch_size`, a multiple of the device
+count, so every call reuses one compiled program; images split over every device of every process).
 """
 
 from __future__ import annotations
 
-import functools
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdiff.experiment import NOISE_SIGMA, Experiment
-from jaxdiff.sharding import AXIS, batch_mesh
+from jaxdiff.sharding import AXIS, ShardedBatch
 
 FUN_NAME = "reconstruct_batch"  # the compiled program's name (counted by the sweep test)
-# Compiled programs of this process, by what they compute (Experiment.program_key: everything
-# but the data, seed and traced hyperparameter values) and the batch shapes: a rerun or another
-# value of a traced hyperparameter (the demo run twice, a sweep checked against single runs)
-# reuses the program instead of compiling it again.
-_PROGRAMS: dict = {}
 
 
 def image_keys(seed: int, indices) -> np.ndarray:
@@ -42,23 +32,18 @@ def round_batch(batch_size: int, n_images: int) -> int:
 
 
 class BatchRunner:
-    """`runner(keys, x, hparams=None) -> {"y", "x_hat", "diverged"}` (numpy, real images only).
+    """`runner(keys, x, hparams=None) -> {"y", "x_hat", "diverged"}` (numpy, this process's
+    images only) through the one batching path (jaxdiff.sharding.ShardedBatch).
 
-    keys (n, 2), x (n, S, S, 3) with n <= batch_size; hparams overrides the experiment's defaults
-    (scalars; with `sweep=True` 1-D arrays of equal length V, and outputs gain a leading V axis).
+    keys (n, 2), x (n, S, S, 3): this process's images, n <= batch_size / process_count; hparams
+    overrides the experiment's defaults (scalars; with `sweep=True` 1-D arrays of equal length V,
+    and outputs gain a leading V axis).
     """
 
     def __init__(self, exp: Experiment, batch_size: int, *, sweep: bool = False):
         self.exp = exp
         self.batch_size = int(batch_size)
-        if self.batch_size % jax.device_count():
-            raise ValueError(
-                f"batch_size {batch_size} is not a multiple of the device count "
-                f"{jax.device_count()}"
-            )
         self.sweep = sweep
-        self.compile_seconds = 0.0
-        self._compiled = None
         self._host_method = None
         one = exp.pipeline()
         if exp.method.jittable:
@@ -74,13 +59,19 @@ class BatchRunner:
         if sweep:
             inner = jax.vmap(inner, in_axes=(None, None, None, 0, None))
 
-        def reconstruct_batch(params, keys, x, hparams, valid):
-            return inner(params, keys, x, hparams, valid)
+        def reconstruct_batch(same, per_image, valid):
+            return inner(same["params"], per_image["keys"], per_image["x"], same["h"], valid)
 
-        self._fn = jax.jit(reconstruct_batch)
-        mesh = batch_mesh()
-        self._batch_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
-        self._replicated = NamedSharding(mesh, PartitionSpec())
+        # shared by every BatchRunner of an equal Experiment.program_key (the config without the
+        # data, seed and traced values): a rerun or another hyperparameter value compiles nothing
+        key = (exp.program_key(), sweep, exp.method.jittable)
+        self._batch = ShardedBatch(
+            reconstruct_batch, batch_size=self.batch_size, out_axis=int(sweep), cache_key=key
+        )
+
+    @property
+    def compile_seconds(self) -> float:
+        return self._batch.compile_seconds
 
     def hparams(self, overrides=None) -> dict:
         h = dict(self.exp.default_hparams())
@@ -104,53 +95,25 @@ class BatchRunner:
             h = {k: np.float32(v) for k, v in h.items()}
         return h
 
-    def _place(self, keys, x):
-        n = keys.shape[0]
-        if n > self.batch_size:
-            raise ValueError(f"{n} images for a batch of {self.batch_size}")
-        pad = self.batch_size - n
-        valid = np.arange(self.batch_size) < n
-        if pad:  # padding repeats the last image; `valid` keeps it out of batch-coupled norms
-            keys = np.concatenate([keys, np.repeat(keys[-1:], pad, 0)])
-            x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
-        put = functools.partial(jax.device_put, device=self._batch_sharding)
-        return put(keys), put(np.asarray(x, np.float32)), put(valid), n
-
     def __call__(self, keys, x, hparams=None) -> dict:
-        keys, x, valid, n = self._place(np.asarray(keys), np.asarray(x))
-        h = jax.device_put(self.hparams(hparams), self._replicated)
-        params = self.exp.params
-        if self._compiled is None:
-            shapes = tuple(sorted((k, np.shape(v)) for k, v in h.items()))
-            key = (self.exp.program_key(), self.batch_size, self.sweep, shapes, jax.device_count())
-            self._compiled = _PROGRAMS.get(key)
-            if self._compiled is None:
-                t0 = time.perf_counter()
-                self._compiled = self._fn.lower(params, keys, x, h, valid).compile()
-                self.compile_seconds = time.perf_counter() - t0
-                _PROGRAMS[key] = self._compiled
-        out = self._compiled(params, keys, x, h, valid)
+        keys, x = np.asarray(keys), np.asarray(x, np.float32)
+        n = keys.shape[0]
+        same = {"params": self.exp.params, "h": self.hparams(hparams)}
+        out = jax.tree.map(np.asarray, jax.device_get(self._batch(same, {"keys": keys, "x": x})))
         if self._host_method is not None:
-            out = self._run_host(out, h, n)
-        out = jax.device_get(out)
-        cut = (slice(None), slice(0, n)) if self.sweep else (slice(0, n),)
-        return {k: np.asarray(v)[cut] for k, v in out.items() if k != "op_params"}
+            out = self._run_host(out, same["h"], n)
+        return {k: v for k, v in out.items() if k != "op_params"}
 
     def _run_host(self, out, h, n):
-        """Eager, image by image (and value by value): OpenCV cannot be traced."""
+        """Eager, image by image: OpenCV cannot be traced."""
         if self.sweep:
             raise ValueError(f"{self._host_method.name} runs on the host: it cannot be swept")
-        ys = np.asarray(jax.device_get(out["y"]))
-        op_params = jax.device_get(out["op_params"])
         x_hat = []
-        for i in range(self.batch_size):
-            if i >= n:
-                x_hat.append(x_hat[-1])
-                continue
-            op_i = jax.tree.map(lambda a, i=i: a[i], op_params)
-            x_i, _ = self._host_method.fn(None, None, ys[i], op_i, h, True)
+        for i in range(n):
+            op_i = jax.tree.map(lambda a, i=i: a[i], out["op_params"])
+            x_i, _ = self._host_method.fn(None, None, out["y"][i], op_i, h, True)
             x_hat.append(np.asarray(x_i, np.float32))
-        return {"y": ys, "x_hat": np.stack(x_hat), "diverged": np.full(ys.shape[0], -1, np.int32)}
+        return {"y": out["y"], "x_hat": np.stack(x_hat), "diverged": np.full(n, -1, np.int32)}
 
 
 __all__ = [

@@ -1,32 +1,47 @@
-"""Batches (and hyperparameter sweeps) across devices with `jax.sharding`.
+"""The one batching path: pad, mark `valid`, place on the device mesh, run, unpad.
 
-The samplers are per-image functions vmapped over a "batch" axis, so sharding is data placement
-only: the image axis is split over a 1-D device mesh (Mesh + NamedSharding), parameters and
-hyperparameters are replicated, and XLA partitions the one compiled program. A batch that does
-not divide the device count is padded (copies of the last image, marked `valid=False` so the
-batch-coupled DPS norm ignores them) and the padding is dropped from the results. Because each
-image's draws depend only on its own key, results do not depend on the device count beyond
-float32 rounding (XLA's summation order follows the per-device batch shape).
+Every batch of images (the driver's, the sweep's, the demo's, `ShardedSampler`'s) goes through
+`ShardedBatch`, in the manner of big_vision's `pad_shard_unpad`: the per-image inputs of THIS
+process are padded to a fixed size (copies of the last image, marked `valid=False` so the
+batch-coupled reductions of jaxdiff.samplers.common leave them out), laid out as one global
+array whose leading axis is split over a 1-D mesh of every device of every process (axis
+"batch", the images' vmap axis), run as one compiled program, and the padding is cut from this
+process's rows of the result. Parameters and hyperparameters are replicated.
 
-Several hosts: call `initialize_distributed()` first (opt-in; it wraps
-`jax.distributed.initialize`), then give each process its own slice of the batch: inputs are
-assembled with `jax.make_array_from_process_local_data` and results gathered to every process.
+Because each image's draws depend only on its own key, results do not depend on the batch, the
+device count or the process count beyond float32 rounding (XLA's summation order follows the
+per-device batch shape; equal per-device shapes give equal bits).
+
+Several processes (hosts, or local CPU processes in the tests): call `initialize_distributed()`
+before any JAX work; each process then passes its own images (`process_share` picks them) and
+gets its own images' results back. Every process must make the same sequence of calls.
 """
 
 from __future__ import annotations
 
+import json
+import time
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiff.samplers import BATCH_AXIS, batched
 
 AXIS = BATCH_AXIS  # the mesh axis is the images' vmap axis
 
+# Compiled programs of this process by (caller's key, input shapes): a rerun, or another value
+# of a traced hyperparameter (the demo run twice, a sweep checked against single runs), reuses
+# the program instead of compiling it again.
+_PROGRAMS: dict = {}
+
 
 def initialize_distributed(**kwargs) -> None:
-    """Opt-in multi-host setup: `jax.distributed.initialize(**kwargs)` (coordinator_address,
-    num_processes, process_id, ... or auto-detection on TPU/SLURM). Call before any JAX work."""
+    """`jax.distributed.initialize(**kwargs)` (coordinator_address, num_processes, process_id, or
+    auto-detection on TPU pods / SLURM / Open MPI), with CPU collectives (gloo) so that local CPU
+    processes can run one program together. Call before any other JAX work."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
 
 
@@ -38,8 +53,16 @@ def batch_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
-def pad_batch(tree, multiple: int):
-    """Pad every leaf's leading axis to a multiple of `multiple` with copies of the last entry.
+def process_share(n: int, index: int | None = None, count: int | None = None) -> range:
+    """The items [start, stop) of `n` that process `index` of `count` handles: contiguous, sizes
+    differing by at most one."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    return range(n * index // count, n * (index + 1) // count)
+
+
+def pad_batch(tree, size: int):
+    """Pad every leaf's leading axis to `size` with copies of the last entry.
 
     Returns (padded tree, original size). All leaves must share the leading size.
     """
@@ -48,24 +71,107 @@ def pad_batch(tree, multiple: int):
     if len(sizes) != 1:
         raise ValueError(f"pad_batch: leading sizes differ across inputs: {sorted(sizes)}")
     (n,) = sizes
-    if n == 0:
-        raise ValueError("pad_batch: empty batch")
-    pad = -n % multiple
+    if n > size:
+        raise ValueError(f"pad_batch: {n} entries for a batch of {size}")
 
     def one(x):
-        if pad == 0:
+        if n == size:
             return x
-        x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        tail = jax.numpy.repeat(x[-1:], pad, axis=0)
-        return jax.numpy.concatenate([x, tail], axis=0)
+        xp = jax.numpy if isinstance(x, jax.Array) else np  # typed PRNG keys stay jax arrays
+        x = x if isinstance(x, jax.Array) else np.asarray(x)
+        if n == 0:  # a process with no images left this step: its rows are all padding
+            return xp.zeros((size, *x.shape[1:]), x.dtype)
+        return xp.concatenate([x, xp.repeat(x[-1:], size - n, axis=0)])
 
     return jax.tree.map(one, tree), n
 
 
-def _place(tree, sharding):
+def allgather_json(obj) -> list:
+    """`obj` (JSON-able) of every process, in process order; a barrier. One process: [obj]."""
     if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+        return [obj]
+    blob = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([blob.size], np.int64)).reshape(-1)
+    buf = np.zeros(max(int(sizes.max()), 1), np.uint8)
+    buf[: blob.size] = blob
+    rows = multihost_utils.process_allgather(buf)
+    return [json.loads(bytes(rows[i, : sizes[i]])) for i in range(len(sizes))]
+
+
+class ShardedBatch:
+    """`fn(replicated, split, valid) -> outputs`, a function of a whole batch (already vmapped),
+    compiled once per input shapes and run with `split`'s leading axis over the mesh.
+
+        run = ShardedBatch(fn, batch_size=8)
+        out = run(replicated, split)   # this process's rows of every output, padding cut
+
+    batch_size: the global batch (a multiple of the device count); each process pads its rows to
+    batch_size / process_count, so every call runs the one compiled program. None: pad to a
+    multiple of this process's device count instead (shapes then follow the input).
+    out_axis: where the outputs carry the batch axis (1 for a sweep's (values, images, ...)).
+    cache_key: a hashable that names what `fn` computes; calls of ShardedBatch objects with
+    equal keys and shapes share one compiled program (None: no sharing).
+    """
+
+    def __init__(self, fn, *, batch_size=None, mesh=None, out_axis=0, cache_key=None):
+        self.mesh = batch_mesh() if mesh is None else mesh
+        n_dev = self.num_devices
+        if batch_size is not None and (batch_size <= 0 or batch_size % n_dev):
+            raise ValueError(
+                f"batch_size {batch_size} is not a positive multiple of the device count {n_dev}"
+            )
+        self.batch_size = batch_size
+        self.out_axis = out_axis
+        self.cache_key = cache_key
+        self.compile_seconds = 0.0
+        spec = PartitionSpec(*([None] * out_axis), AXIS)
+        self._split = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        self._same = NamedSharding(self.mesh, PartitionSpec())
+        self._out_spec = spec
+        self._fn = jax.jit(fn, out_shardings=NamedSharding(self.mesh, spec))
+        self._compiled: dict = {}
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.mesh.devices.size)
+
+    def local_size(self, n: int) -> int:
+        """The padded number of rows this process passes for `n` of its own."""
+        if self.batch_size is not None:
+            return self.batch_size // jax.process_count()
+        local = max(1, self.num_devices // jax.process_count())
+        return -(-n // local) * local
+
+    def __call__(self, replicated, split):
+        n = {np.shape(x)[0] for x in jax.tree.leaves(split) if x is not None}
+        split, n = pad_batch(split, self.local_size(max(n, default=0)))
+        valid = np.arange(self.local_size(n)) < n
+        args = (self._place(replicated, self._same), *self._place((split, valid), self._split))
+        out = self._program(args)(*args)
+        if jax.process_count() > 1:
+            out = multihost_utils.global_array_to_host_local_array(out, self.mesh, self._out_spec)
+        return jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, n, axis=self.out_axis), out)
+
+    def _place(self, tree, sharding):
+        if jax.process_count() == 1:
+            return jax.device_put(tree, sharding)
+        if sharding is self._same:  # every process holds the whole value
+            return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+
+    def _program(self, args):
+        shapes = tuple((str(a.dtype), a.shape) for a in jax.tree.leaves(args))
+        key = (self.cache_key, shapes, self.out_axis, self.num_devices, jax.process_count())
+        if key not in self._compiled:
+            program = _PROGRAMS.get(key) if self.cache_key is not None else None
+            if program is None:
+                t0 = time.perf_counter()
+                program = self._fn.lower(*args).compile()
+                self.compile_seconds += time.perf_counter() - t0
+                if self.cache_key is not None:
+                    _PROGRAMS[key] = program
+            self._compiled[key] = program
+        return self._compiled[key]
 
 
 class ShardedSampler:
@@ -91,52 +197,50 @@ class ShardedSampler:
     ):
         if shard not in ("batch", "sweep") or (shard == "sweep" and not sweep):
             raise ValueError(f"shard must be 'batch' (or 'sweep' with sweep=True), got {shard!r}")
-        self.mesh = batch_mesh() if mesh is None else mesh
-        self.sweep, self.shard, self.shared_op_params = sweep, shard, shared_op_params
-        self.fn = jax.jit(batched(sample, sweep=sweep, shared_op_params=shared_op_params))
+        self.shard, self.shared_op_params = shard, shared_op_params
+        run = batched(sample, sweep=sweep, shared_op_params=shared_op_params)
+
+        def by_image(same, per_image, valid):
+            op = same["op_params"] if shared_op_params else per_image["op_params"]
+            keys, y, replay = per_image["keys"], per_image["y"], per_image["replay"]
+            return run(same["params"], keys, y, op, same["hparams"], replay, valid)
+
+        def by_value(same, hparams, valid):
+            del valid  # padding of the values: their results are cut
+            p = same["per_image"]
+            op = same["op_params"] if shared_op_params else p["op_params"]
+            return run(same["params"], p["keys"], p["y"], op, hparams, p["replay"])
+
+        fn, out_axis = (by_image, 1 if sweep else 0) if shard == "batch" else (by_value, 0)
+        self._batch = ShardedBatch(fn, mesh=mesh, out_axis=out_axis)
+
+    @property
+    def mesh(self) -> Mesh:
+        return self._batch.mesh
 
     @property
     def num_devices(self) -> int:
-        return int(self.mesh.devices.size)
+        return self._batch.num_devices
 
     def __call__(self, params, keys, y=None, op_params=None, hparams=None, replay=None):
-        d = self.num_devices
-        split = NamedSharding(self.mesh, PartitionSpec(AXIS))
-        same = NamedSharding(self.mesh, PartitionSpec())
         hparams = dict(hparams or {})
-        per_image = {"keys": keys, "y": y, "replay": replay}
-        if not self.shared_op_params:
-            per_image["op_params"] = op_params
-        if self.shard == "batch":
-            per_image, n = pad_batch(per_image, d)
-            valid = np.arange(jax.tree.leaves(per_image["keys"])[0].shape[0]) < n
-            per_image = _place({**per_image, "valid": valid}, split)
-            hparams = _place(hparams, same)
-        else:
-            hparams, n = pad_batch(hparams, d)
-            hparams = _place(hparams, split)
-            valid = np.ones(np.shape(keys)[0], bool)
-            per_image = _place({**per_image, "valid": valid}, same)
+        per_image = {"keys": keys, "y": y, "replay": replay, "op_params": op_params}
+        same = {"params": params, "hparams": hparams}
         if self.shared_op_params:
-            op_in = _place(op_params, same)
-        else:
-            op_in = per_image["op_params"]
-        params = _place(params, same)
-        out = self.fn(
-            params,
-            per_image["keys"],
-            per_image["y"],
-            op_in,
-            hparams,
-            per_image["replay"],
-            per_image["valid"],
-        )
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            out = multihost_utils.process_allgather(out, tiled=True)
-        cut_axis = 1 if (self.sweep and self.shard == "batch") else 0
-        return jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, n, axis=cut_axis), out)
+            same["op_params"] = per_image.pop("op_params")
+        if self.shard == "batch":
+            return self._batch(same, per_image)
+        same.pop("hparams")
+        return self._batch({**same, "per_image": per_image}, hparams)
 
 
-__all__ = ["AXIS", "ShardedSampler", "batch_mesh", "initialize_distributed", "pad_batch"]
+__all__ = [
+    "AXIS",
+    "ShardedBatch",
+    "ShardedSampler",
+    "allgather_json",
+    "batch_mesh",
+    "initialize_distributed",
+    "pad_batch",
+    "process_share",
+]

@@ -5,10 +5,14 @@
         [--config.sampler.respacing=100] [--config.sampler.hparams.scale=1.0]
 
 Writes into --workdir: results.jsonl (one line per image), images/NAME_{truth,measurement,
-recon}.png,
-summary.json / summary.md (mean and std per metric, seconds per image, the full config),
-figure.png (ground truth | measurement | reconstruction). Restarting with the same workdir skips
-the finished images. See jaxdiff/runs.py.
+recon}.png, summary.json / summary.md (mean and std per metric, seconds per image, the full
+config), figure.png (ground truth | measurement | reconstruction). Restarting with the same
+workdir skips the finished images. See jaxdiff/runs.py.
+
+Several processes (GPU hosts, a TPU pod slice, local CPU processes): start the same command in
+every process with --distributed (auto-detected on Cloud TPU, SLURM and Open MPI) or with
+--coordinator=HOST:PORT --num_processes=N --process_id=I; each process runs its share of the
+images on its devices and the first writes the results.
 
 Exit status: 0 done; 2 a bad config or input (one line naming it; --debug for the traceback),
 nothing written; 3 done, but some images diverged (named on stdout, kept out of the means).
@@ -19,30 +23,28 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxdiff import cli
 
-def define_flags() -> None:
-    """Defined only when run as a script, so that importing this module (the demo, the
-    tests) never collides with another script's flags."""
-    global _CONFIG, _WORKDIR, _PROGRESS, _DEBUG
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", None, "method config and task preset, e.g. configs/dps.py:box", lock_config=True
-    )
-    _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (re-use it to resume)")
-    _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
-    _DEBUG = flags.DEFINE_bool("debug", False, "show the traceback of an error")
-
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "method config and task preset, e.g. configs/dps.py:box", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (re-use it to resume)")
+_PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
+_DEBUG = flags.DEFINE_bool("debug", False, "show the traceback of an error")
+cli.define_distributed_flags()
+flags.mark_flags_as_required(["config", "workdir"])
 
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_positional_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
+    cli.initialize_distributed()
     from jaxdiff import runs
     from jaxdiff.errors import JaxdiffError
 
@@ -54,6 +56,8 @@ def main(argv):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"reproduce: error: {msg}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    if not cli.is_lead():
+        return
     m = summary["metrics"]
     sm = summary.get("set_metrics") or {}
     fid = sm.get("missing") or f"FID {sm.get('fid')}, KID {sm.get('kid')}"
@@ -70,7 +74,9 @@ def main(argv):
         sys.exit(EXIT_DIVERGED)
 
 
+def console() -> None:
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    define_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    console()

@@ -8,7 +8,7 @@ import pytest
 
 from jaxdiff.diffusion import make_schedule
 from jaxdiff.samplers import get_sampler
-from jaxdiff.sharding import ShardedSampler, batch_mesh, pad_batch
+from jaxdiff.sharding import ShardedBatch, ShardedSampler, batch_mesh, pad_batch, process_share
 from tests.gaussian_prior import GaussianPrior
 
 SHAPE = (4, 4, 1)
@@ -57,9 +57,21 @@ def test_sweep_sharded_over_values_or_images():
 
 
 def test_pad_batch_and_bad_settings():
-    tree, n = pad_batch({"a": np.arange(5), "b": np.ones((5, 2))}, 4)
+    tree, n = pad_batch({"a": np.arange(5), "b": np.ones((5, 2))}, 8)
     assert n == 5 and tree["a"].shape == (8,) and list(tree["a"][5:]) == [4, 4, 4]
     with pytest.raises(ValueError, match="leading sizes differ"):
-        pad_batch({"a": np.arange(5), "b": np.ones(3)}, 4)
+        pad_batch({"a": np.arange(5), "b": np.ones(3)}, 8)
+    with pytest.raises(ValueError, match="5 entries for a batch of 4"):
+        pad_batch({"a": np.arange(5)}, 4)
+    with pytest.raises(ValueError, match="multiple of the device count 8"):
+        ShardedBatch(lambda *a: None, batch_size=12)
     with pytest.raises(ValueError, match="shard must be"):
         ShardedSampler(lambda *a: None, shard="sweep")
+
+
+def test_process_share_covers_every_item_once():
+    for n in (0, 1, 5, 8, 13):
+        for count in (1, 2, 3, 4):
+            parts = [list(process_share(n, i, count)) for i in range(count)]
+            assert sum(parts, []) == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
