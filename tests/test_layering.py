@@ -14,7 +14,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "jaxdiff"
-ENTRY_POINTS = ("convert_weights", "configs", "scripts")
+# configs/ and scripts/ also install as jaxdiff.configs / jaxdiff.scripts (setup.py): same layer
+ENTRY_POINTS = ("convert_weights", "configs", "scripts", "jaxdiff.configs", "jaxdiff.scripts")
 CORE = ("models", "diffusion", "samplers", "operators", "metrics")
 ABOVE_CORE = (
     "experiment",
@@ -92,11 +93,14 @@ def test_the_scan_sees_function_level_and_relative_imports(tmp_path, monkeypatch
     pkg.mkdir(parents=True)
     (pkg / "x.py").write_text(
         "def f():\n    from convert_weights.cli import convert\n"
-        "from ..parity import ddpm\nfrom jaxdiff import runner\n"
+        "from ..parity import ddpm\nfrom jaxdiff import runner\nfrom jaxdiff import configs\n"
     )
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     files = [pkg / "x.py"]
-    assert violations(files, ENTRY_POINTS) == ["jaxdiff/models/x.py:2: imports convert_weights.cli"]
+    assert violations(files, ENTRY_POINTS) == [
+        "jaxdiff/models/x.py:2: imports convert_weights.cli",
+        "jaxdiff/models/x.py:5: imports jaxdiff.configs",
+    ]
     assert violations(files, [f"jaxdiff.{m}" for m in ABOVE_CORE]) == [
         "jaxdiff/models/x.py:3: imports jaxdiff.parity",
         "jaxdiff/models/x.py:4: imports jaxdiff.runner",
