@@ -26,7 +26,21 @@ def run(main, argv=None) -> None:
         argv = resolve_config_argv(argv)
     except ValueError as e:  # before absl parses anything: say it as a usage error would
         sys.exit(f"{os.path.basename(argv[0])}: {e}")
+    _help_for(main.__module__)
     app.run(main, argv=argv)
+
+
+def _help_for(module_name: str) -> None:
+    """An installed command's __main__ is the console-script wrapper, not the script module, but
+    absl's --help shows __main__'s docstring and the flags of the module named sys.argv[0]: give
+    it the script's (nothing to do under `python -m scripts.X`)."""
+    if module_name == "__main__" or module_name not in sys.modules:
+        return
+    main_module = sys.modules["__main__"]
+    if not getattr(main_module, "__doc__", None):
+        main_module.__doc__ = sys.modules[module_name].__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 def resolve_config_argv(argv: list[str]) -> list[str]:

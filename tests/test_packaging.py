@@ -10,10 +10,12 @@ import runpy
 import shutil
 import subprocess
 import sys
+import types
 import zipfile
 
 import pytest
 import setuptools
+from absl import flags
 
 from jaxdiff import cli, config_lib
 
@@ -126,3 +128,16 @@ def test_the_wheel_holds_no_top_level_configs_or_scripts(tmp_path):
     }
     assert "jaxdiff/configs/dps.py" in names and "jaxdiff/scripts/reproduce.py" in names
     assert "jaxdiff/assets/demo_prior/jaxdiff.json" in names
+
+
+def test_an_installed_commands_help_shows_the_scripts_flags(monkeypatch):
+    """Installed, __main__ is the console wrapper; --help must still list the script's flags."""
+    module = types.ModuleType("jaxdiff_test_fake_script", "What the fake script does.")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    wrapper = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", wrapper)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/jaxdiff-fake"])
+    flags.DEFINE_string("fake_script_flag", "x", "a flag", module_name=module.__name__)
+    cli._help_for(module.__name__)
+    assert "fake_script_flag" in flags.FLAGS.module_help("/venv/bin/jaxdiff-fake")
+    assert wrapper.__doc__ == "What the fake script does."
