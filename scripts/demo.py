@@ -7,219 +7,35 @@ baselines and the measurement itself, the floor) on box and random inpainting, G
 deblurring and 2x super-resolution of the prior's held-out photos (settings: configs/demo.py).
 Each (method, task) is an ordinary driver run in workdir/METHOD_TASK (one compile, resumable),
 so `python -m scripts.table` works on them too. Writes workdir/table.{md,csv,png},
-workdir/grid_TASK.png and workdir/ddpm_samples.png, and prints where they are.
+workdir/grid_TASK.png and workdir/ddpm_samples.png, and prints where they are. See
+jaxdiff/demo.py.
 """
 
 from __future__ import annotations
 
-import importlib
-import pathlib
-import time
-
-import jax
-import numpy as np
-from absl import app, flags
+from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxdiff import cli, config_lib, demo
 
-def define_flags() -> None:
-    """Defined only when run as a script, so that importing this module (the demo, the
-    tests) never collides with another script's flags."""
-    global _CONFIG, _WORKDIR, _PROGRESS
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", str(pathlib.Path(__file__).parent.parent / "configs" / "demo.py"), "demo config"
-    )
-    _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "output folder (re-use it to resume)")
-    _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
-
-
-def _split(s: str) -> list[str]:
-    return [p.strip() for p in str(s).split(",") if p.strip()]
-
-
-def respacing(demo, task: str, method: str | None = None) -> str:
-    """A diffusion method's respacing on `task`: demo.method_respacing[method], else
-    demo.task_respacing[task], else demo.respacing."""
-    if method is not None and method in demo.get("method_respacing", {}):
-        return str(demo.method_respacing[method])
-    return str(demo.task_respacing.get(task, demo.respacing))
-
-
-def run_config(demo, method: str, task: str):
-    """The driver config of one (method, task) run of the demo."""
-    from jaxdiff.samplers import SAMPLERS
-
-    if method in SAMPLERS:
-        c = importlib.import_module(f"configs.{method}").get_config(task)
-        c.sampler.respacing = respacing(demo, task, method)
-    else:
-        c = importlib.import_module("configs.baselines").get_config(f"{method},{task}")
-    overrides = dict(demo.task_overrides.get(task, {}))
-    if overrides:
-        c.task.doc = f"{c.task.doc} (demo override at 32 px: {overrides})"
-    for key, value in overrides.items():
-        if key == "reference_size":
-            c.task.reference_size = int(value)
-        else:
-            c.task.operator_config[key] = value
-    c.model, c.data = demo.model, demo.data
-    c.num_images, c.seed, c.batch_size = demo.num_images, demo.seed, demo.batch_size
-    if method in SAMPLERS:
-        bounds = SAMPLERS.get(method).bounds
-        for name, per_task in demo.hparams.get(method, {}).items():
-            if task in per_task:
-                c.sampler.hparams[name] = float(per_task[task])
-                if name in bounds:  # a static scan bound that must cover the traced value
-                    c.sampler.options[bounds[name]] = float(per_task[task])
-        for name, per_task in demo.get("options", {}).get(method, {}).items():
-            if task in per_task:
-                c.sampler.options[name] = per_task[task]
-    return c
-
-
-def plan(demo) -> list[tuple[str, str]]:
-    """(method, task) pairs: each diffusion method on every task (or on demo.method_tasks'
-    subset), each baseline where it applies; the diffusion runs first (the long ones)."""
-    from configs.baselines import APPLIES
-
-    pairs, baselines = [], []
-    only = demo.get("method_tasks", {})
-    for task in _split(demo.tasks):
-        pairs += [(m, task) for m in _split(demo.methods) if task in _split(only.get(m, task))]
-        for b in _split(demo.baselines):
-            if b not in APPLIES:
-                raise KeyError(f"demo.baselines: unknown baseline {b!r}; known: {list(APPLIES)}")
-            if task in APPLIES[b]:
-                baselines.append((b, task))
-    return pairs + baselines
-
-
-def ddpm_samples(demo, loaded, path, n: int) -> None:
-    """n unconditional samples of the prior (keys fold_in(PRNGKey(seed), i)) as one image."""
-    from jaxdiff import data as jdata
-    from jaxdiff.diffusion import schedule_from_meta
-    from jaxdiff.experiment import model_image_size
-    from jaxdiff.models import model_fn
-    from jaxdiff.runner import image_keys
-    from jaxdiff.runs import upscale
-    from jaxdiff.samplers import batched, get_sampler
-
-    _, model, params, meta = loaded
-    size = model_image_size(meta)
-    sched = schedule_from_meta(meta["diffusion"], demo.respacing or None)
-    sample = get_sampler("ddpm")(model_fn(model), sched, image_shape=(size, size, 3))
-    out = jax.jit(batched(sample))(params, image_keys(demo.seed, range(n)))
-    x = np.asarray(out.x0)
-    cols = min(n, 8)
-    grid = jdata.make_grid([list(x[i : i + cols]) for i in range(0, n, cols)])
-    jdata.save_png(path, upscale(grid, 128))
-
-
-# What the demo is meant to show (issue 7): (better, worse, tasks) means `better` beats `worse` on
-# PSNR and LPIPS on each of `tasks`; "measurement" is the measurement itself, the floor.
-CLAIMS = (
-    ("dps", "sdedit", ("box", "gaussian_blur")),
-    *((m, "measurement", None) for m in ("sdedit", "score_ald", "dps")),  # None: every task
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(config_lib.config_path("demo")), "demo config"
 )
-
-
-def check_claims(csv_path) -> list[tuple[str, bool]]:
-    """Each claim of CLAIMS that the table can test, as (sentence with the numbers, holds)."""
-    import csv
-
-    mean = {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            mean[row["method"], row["task"], row["metric"]] = float(row["mean"])
-    out = []
-    for better, worse, tasks in CLAIMS:
-        for task in tasks or sorted({t for m, t, _ in mean if m == better}):
-            try:
-                b = [mean[better, task, m] for m in ("psnr", "lpips")]
-                w = [mean[worse, task, m] for m in ("psnr", "lpips")]
-            except KeyError:
-                continue  # not run (a smaller demo)
-            holds = b[0] > w[0] and b[1] < w[1]
-            text = (
-                f"{better} beats {worse} on {task}: PSNR {b[0]:.2f} vs {w[0]:.2f} dB, "
-                f"LPIPS {b[1]:.3f} vs {w[1]:.3f}"
-            )
-            out.append((text, holds))
-    return out
-
-
-def run_demo(demo, workdir, progress: bool = True) -> dict:
-    """Every run of the demo, then the table; returns {"table": paths, "claims": check_claims(),
-    "seconds": wall}."""
-    from jaxdiff import runs
-    from jaxdiff.experiment import build, resolve_model_dir
-    from jaxdiff.images import load_images
-    from jaxdiff.models import load_pretrained
-    from scripts.table import make_table
-
-    t0 = time.perf_counter()
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = resolve_model_dir(demo.model)
-    loaded = (model_dir, *load_pretrained(model_dir))
-    if demo.ddpm_samples:
-        ddpm_samples(demo, loaded, workdir / "ddpm_samples.png", int(demo.ddpm_samples))
-    pairs = plan(demo)
-    first = build(run_config(demo, *pairs[0]), loaded=loaded)
-    images = load_images(demo.data, first.image_size, demo.num_images, first.meta)
-
-    def one(pair):
-        method, task = pair
-        cfg = run_config(demo, method, task)
-        exp = build(cfg, loaded=loaded)
-        runs.run(cfg, workdir / f"{method}_{task}", exp=exp, images=images, progress=progress)
-
-    # Runs are independent (own workdir, own keys): `workers` threads overlap one run's XLA
-    # compilation (single-threaded, most of a 32 px run's time) with another's.
-    workers = max(1, int(demo.get("workers", 1)))
-    if workers == 1:
-        for pair in pairs:
-            one(pair)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(one, pairs):
-                pass
-    written = make_table([workdir], out=workdir)
-    return {
-        "table": written,
-        "claims": check_claims(written["csv"]),
-        "seconds": time.perf_counter() - t0,
-    }
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "output folder (re-use it to resume)")
+_PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from absl import logging as absl_logging
-
+    cli.no_positional_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)
-    result = run_demo(_CONFIG.value, _WORKDIR.value, _PROGRESS.value)
-    w = result["table"]
-    print(pathlib.Path(w["md"]).read_text())
-    for text, holds in result["claims"]:
-        print(f"{'yes' if holds else 'NO '}  {text}")
-    demo = _CONFIG.value
-    steps = ", ".join(f"{respacing(demo, t)} on {t}" for t in _split(demo.tasks))
-    if demo.method_respacing:
-        steps += "; " + ", ".join(f"{r} for {m}" for m, r in demo.method_respacing.items())
-    print(
-        f"demo finished in {result['seconds']:.0f} s ({jax.device_count()} device(s)); "
-        f"respaced steps of the diffusion methods: {steps} (configs/demo.py)."
-    )
-    print(f"table: {w['md']} (also {w['csv'].name}, {w['png'].name})")
-    grids = [str(p) for k, p in w.items() if k.startswith("grid_")]
-    print(f"figures: {', '.join(grids)}")
-    print(f"prior samples: {pathlib.Path(_WORKDIR.value) / 'ddpm_samples.png'}")
-    print(f"per-run results: {_WORKDIR.value}/METHOD_TASK/ (summary.md, results.jsonl, images/)")
+    result = demo.run_demo(_CONFIG.value, _WORKDIR.value, _PROGRESS.value)
+    print(demo.describe(result, _CONFIG.value, _WORKDIR.value))
+
+
+def console() -> None:
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    console()

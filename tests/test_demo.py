@@ -1,4 +1,4 @@
-"""scripts.demo at a tiny size: it runs, writes the table and figures, and is deterministic."""
+"""jaxdiff.demo at a tiny size: it runs, writes the table and figures, and is deterministic."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 
 from configs import demo as demo_config
 from jaxdiff import data as jdata
+from jaxdiff.demo import plan, run_config, run_demo
 from jaxdiff.samplers import SAMPLERS
-from scripts.demo import plan, run_config, run_demo
 from tests.test_reproduce import tiny_model  # noqa: F401 (fixture)
 
 
@@ -42,9 +42,9 @@ def test_demo_is_deterministic(tmp_path, tiny_model):  # noqa: F811
         assert strip(ra) == strip(rb)
     assert jdata.load_image(a["table"]["grid_box"]).ndim == 3
     # the demo's photos are the prior's held-out ones (meta, else configs/train_demo.py)
-    from configs.train_demo import HELD_OUT
+    from jaxdiff.images import DEMO_HELD_OUT
 
-    assert (tmp_path / "a" / "sdedit_box" / "images" / f"{HELD_OUT[0]}_recon.png").exists()
+    assert (tmp_path / "a" / "sdedit_box" / "images" / f"{DEMO_HELD_OUT[0]}_recon.png").exists()
 
 
 def test_demo_run_configs_carry_the_demo_settings():
@@ -68,7 +68,7 @@ def test_demo_run_configs_carry_the_demo_settings():
     assert run_config(c, "reddiff", "box").sampler.options.init == "pinv"  # the config's own
     assert run_config(c, "ddrm", "box").sampler.respacing == c.method_respacing.ddrm
     # every method the demo runs is a registered sampler or a baseline
-    from configs.baselines import APPLIES
+    from jaxdiff.baselines import APPLIES
 
     assert {m for m, _ in plan(c)} <= set(SAMPLERS.names()) | set(APPLIES)
     with pytest.raises(KeyError, match="unknown baseline"):
@@ -92,7 +92,7 @@ def test_full_demo_on_the_fixture_model(tmp_path, tiny_model):  # noqa: F811
 def test_the_shipped_demo_shows_its_claims(tmp_path):
     """The README's demo on the shipped prior: DPS beats SDEdit on box inpainting and Gaussian
     deblurring, and every diffusion method beats the measurement itself, on PSNR and LPIPS."""
-    from scripts.demo import CLAIMS
+    from jaxdiff.demo import CLAIMS
 
     c = demo_config.get_config()
     c.ddpm_samples = 0
@@ -105,7 +105,7 @@ def test_the_shipped_demo_shows_its_claims(tmp_path):
 
 
 def test_check_claims_needs_both_metrics_and_skips_what_did_not_run(tmp_path):
-    from scripts.demo import check_claims
+    from jaxdiff.demo import check_claims
 
     rows = ["method,task,metric,mean"]
     for method, task, psnr, lpips in (
