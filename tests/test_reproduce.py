@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from configs import baselines as baseline_configs
-from configs import tasks
 from jaxdiff import data as jdata
+from jaxdiff import tasks
+from jaxdiff.baselines import APPLIES
 from jaxdiff.runs import RESULTS, image_path, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,7 +218,7 @@ DIFFUSION = ("ddpm", "tweedie", "sdedit", "score_ald", "dps")
 
 def _grid():
     pairs = [(m, t) for t in GRID_TASKS for m in DIFFUSION]
-    pairs += [(b, t) for b, ts in baseline_configs.APPLIES.items() for t in ts if t in GRID_TASKS]
+    pairs += [(b, t) for b, ts in APPLIES.items() for t in ts if t in GRID_TASKS]
     pairs += [(m, "phase_retrieval") for m in ("dps", "score_ald", "measurement")]
     return pairs
 
@@ -242,7 +243,7 @@ def _grid_params():
 def test_grid_covers_every_method_and_task():
     pairs = _grid()
     assert {t for _, t in pairs} == set(tasks.TASKS)
-    assert {m for m, _ in pairs} >= set(DIFFUSION) | set(baseline_configs.APPLIES)
+    assert {m for m, _ in pairs} >= set(DIFFUSION) | set(APPLIES)
 
 
 @pytest.mark.slow
