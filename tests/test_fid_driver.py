@@ -11,12 +11,13 @@ import pytest
 
 from configs import baselines, dps
 from jaxdiff import data as jdata
+from jaxdiff import report
 from jaxdiff.errors import NotFIDInceptionError
 from jaxdiff.metrics import fid as F
 from jaxdiff.metrics.distribution import InceptionScorer, reference_features
 from jaxdiff.metrics.inception import load_inception
-from jaxdiff.runs import image_path, run
-from scripts import table
+from jaxdiff.runs import run
+from jaxdiff.workdir import image_path
 from tests.test_fid import random_state_dict, write_pth
 
 
@@ -58,7 +59,7 @@ def test_paper_command_fid_equals_a_direct_call(tmp_path, inception_dir, method)
     s0 = run(paper_config(method), tmp_path / "dps", progress=False)
     assert s0["set_metrics"]["fid"] is None and "missing" in s0["set_metrics"]["missing"]
     assert "FID ↓ | missing" in (tmp_path / "dps" / "summary.md").read_text()
-    md = table.make_table([tmp_path / "dps"])["md"].read_text()
+    md = report.make_table([tmp_path / "dps"])["md"].read_text()
     assert "FID / KID: missing" in md and "0.000" not in md
 
     c = paper_config(method, inception=str(inception_dir), fid_sqrtm="svd", kid_subsets=3)
@@ -81,7 +82,7 @@ def test_paper_command_fid_equals_a_direct_call(tmp_path, inception_dir, method)
     images = load_images("demo", 32, 2)
     _, path, cached = reference_features(scorer, "demo", images, 32, tmp_path / "ref")
     assert cached and str(path) == sm["reference"]
-    t = table.make_table([tmp_path / "dps"], out=tmp_path / "t")
+    t = report.make_table([tmp_path / "dps"], out=tmp_path / "t")
     md = t["md"].read_text()
     assert "FID ↓ / KID ↓" in md and f"{sm['fid']:.2f} / {sm['kid']:.4f}" in md
     rows = [r for r in t["csv"].read_text().splitlines() if ",fid," in r or ",kid," in r]

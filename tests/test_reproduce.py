@@ -21,7 +21,8 @@ from configs import baselines as baseline_configs
 from jaxdiff import data as jdata
 from jaxdiff import tasks
 from jaxdiff.baselines import APPLIES
-from jaxdiff.runs import RESULTS, image_path, run
+from jaxdiff.runs import run
+from jaxdiff.workdir import RESULTS, image_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -70,7 +71,7 @@ def records(workdir) -> dict:
 
 def test_run_writes_every_output_and_skips_a_corrupt_image(tmp_path, tiny_model, image_dir, caplog):
     c = config("score_ald", "random", tiny_model, image_dir, respacing=STEPS)
-    with caplog.at_level(logging.WARNING, logger="jaxdiff.experiment"):
+    with caplog.at_level(logging.WARNING, logger="jaxdiff.images"):
         s = run(c, tmp_path / "w", progress=False)
     assert "img0a_corrupt.png" in caplog.text  # named in a warning ...
     assert list(s["skipped"]) == ["img0a_corrupt.png"]  # ... and in the summary

@@ -16,7 +16,8 @@ import pytest
 
 from jaxdiff import data as jdata
 from jaxdiff.errors import ConfigError, RunLockedError
-from jaxdiff.runs import RESULTS, WorkdirLock, image_path, run
+from jaxdiff.runs import run
+from jaxdiff.workdir import RESULTS, WorkdirLock, image_path
 from tests.test_reproduce import FIXTURES, PHOTOS, REPO, config, records, tiny_model  # noqa: F401
 
 
