@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.data import json_default
 from jaxdiff.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -95,14 +96,6 @@ def _to_numpy_f32(params):
     return jax.tree_util.tree_map(conv, params)
 
 
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"{type(x).__name__} is not JSON-serializable")
-
-
 def save_pretrained(
     directory, params, meta: dict, force: bool = False, max_abs: float | None = MAX_ABS_WEIGHT
 ) -> Path:
@@ -132,7 +125,7 @@ def save_pretrained(
         "num_parameters": count_parameters(params),
         "params_sha256": params_digest(params),
     }
-    meta_text = json.dumps(meta, indent=2, default=_json_default) + "\n"
+    meta_text = json.dumps(meta, indent=2, default=json_default) + "\n"
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(directory)

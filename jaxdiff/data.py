@@ -141,8 +141,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_default(x):
+    """The one JSON encoder for what jaxdiff writes: numpy / jax scalars and arrays as numbers
+    and lists, paths as strings; anything else is an error (not a silent str())."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__"):  # jax arrays too
+        return np.asarray(x).tolist()
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    raise TypeError(f"{type(x).__name__} is not JSON-serializable")
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def encode_png(x) -> bytes:

@@ -20,6 +20,8 @@ import pathlib
 import sys
 import traceback
 
+from jaxdiff.data import json_default
+
 ROUTES = (
     ("ddpm_*.npz", "ddpm"),
     ("dps_*.npz", "dps"),
@@ -73,18 +75,8 @@ def main(argv=None) -> int:
                 traceback.print_exc()
             result = {"file": str(path), "pass": False, "error": f"{type(e).__name__}: {e}"}
         ok &= bool(result.get("pass", False))
-        print(json.dumps(result, default=_json_default), flush=True)
+        print(json.dumps(result, default=json_default), flush=True)
     return 0 if ok else 1
-
-
-def _json_default(x):
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 if __name__ == "__main__":
