@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.experiment import NOISE_SIGMA, Experiment
-from jaxdiff.sharding import AXIS, ShardedBatch
+from jaxdiff.samplers import BATCH_AXIS
+from jaxdiff.sharding import ShardedBatch
 
 FUN_NAME = "reconstruct_batch"  # the compiled program's name (counted by the sweep test)
 
@@ -55,7 +56,7 @@ class BatchRunner:
                 return {"y": y, "op_params": op_params}
 
             self._host_method = exp.method
-        inner = jax.vmap(fn, in_axes=(None, 0, 0, None, 0), axis_name=AXIS)
+        inner = jax.vmap(fn, in_axes=(None, 0, 0, None, 0), axis_name=BATCH_AXIS)
         if sweep:
             inner = jax.vmap(inner, in_axes=(None, None, None, 0, None))
 

@@ -29,8 +29,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdiff.samplers import BATCH_AXIS, batched
 
-AXIS = BATCH_AXIS  # the mesh axis is the images' vmap axis
-
 # Compiled programs of this process by (caller's key, input shapes): a rerun, or another value
 # of a traced hyperparameter (the demo run twice, a sweep checked against single runs), reuses
 # the program instead of compiling it again.
@@ -50,7 +48,7 @@ def batch_mesh(devices=None) -> Mesh:
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("batch_mesh: no devices")
-    return Mesh(np.asarray(devices), (AXIS,))
+    return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
 def process_share(n: int, index: int | None = None, count: int | None = None) -> range:
@@ -124,8 +122,8 @@ class ShardedBatch:
         self.out_axis = out_axis
         self.cache_key = cache_key
         self.compile_seconds = 0.0
-        spec = PartitionSpec(*([None] * out_axis), AXIS)
-        self._split = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        spec = PartitionSpec(*([None] * out_axis), BATCH_AXIS)
+        self._split = NamedSharding(self.mesh, PartitionSpec(BATCH_AXIS))
         self._same = NamedSharding(self.mesh, PartitionSpec())
         self._out_spec = spec
         self._fn = jax.jit(fn, out_shardings=NamedSharding(self.mesh, spec))
@@ -235,7 +233,6 @@ class ShardedSampler:
 
 
 __all__ = [
-    "AXIS",
     "ShardedBatch",
     "ShardedSampler",
     "allgather_json",

@@ -34,9 +34,4 @@ APPLIES: dict[str, tuple[str, ...]] = {
 }
 
 
-def get_baseline(name: str):
-    """The baseline function registered under `name` (KeyError lists the known names)."""
-    return BASELINES.get(name)
-
-
-__all__ = ["APPLIES", "BASELINES", "HOST_SIDE", "get_baseline", "tv_objective"]
+__all__ = ["APPLIES", "BASELINES", "HOST_SIDE", "tv_objective"]

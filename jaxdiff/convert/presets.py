@@ -228,7 +228,6 @@ INVISIBLE_FLAGS = (
     "num_heads_upsample",
     "use_new_attention_order",
 )
-_INVISIBLE = INVISIBLE_FLAGS
 
 
 def _shapes(state_dict) -> dict[str, tuple[int, ...]]:
@@ -341,9 +340,9 @@ def infer_adm_config(state_dict: dict, extra: dict | None = None) -> dict:
         if shapes.get("time_embed.0.weight") == (4 * mc, mc) and _expected(cfg) == shapes:
             return dict(cfg)
     extra = dict(extra or {})
-    unknown = sorted(set(extra) - set(_INVISIBLE) - {"image_size", "dropout"})
+    unknown = sorted(set(extra) - set(INVISIBLE_FLAGS) - {"image_size", "dropout"})
     if unknown:
-        raise ValueError(f"infer_adm_config: extra may only hold {_INVISIBLE}, got {unknown}")
+        raise ValueError(f"infer_adm_config: extra may only hold {INVISIBLE_FLAGS}, got {unknown}")
     matches = []
     for cand in _structural_candidates(shapes):
         probe = {**cand, "image_size": 2 ** (len(cand["channel_mult"]) + 2)}
@@ -363,7 +362,7 @@ def infer_adm_config(state_dict: dict, extra: dict | None = None) -> dict:
     cfg = matches[0]
     has_heads = "num_heads" in extra or "num_head_channels" in extra
     if not has_heads or "use_new_attention_order" not in extra or "image_size" not in extra:
-        shown = {k: v for k, v in cfg.items() if k not in _INVISIBLE and k != "image_size"}
+        shown = {k: v for k, v in cfg.items() if k not in INVISIBLE_FLAGS and k != "image_size"}
         raise ValueError(
             "this ADM checkpoint matches no preset and its attention settings are not visible "
             "in the weights. Pass --preset NAME (one of "

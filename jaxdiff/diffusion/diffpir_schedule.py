@@ -129,12 +129,3 @@ def make_grid(
         "last": (t_im1 < 0),
     }
     return DiffPIRGrid(np.asarray(seq, np.int64), t_i, t_im1, tables, per_step)
-
-
-def t_for_noise(tables: dict, sigma_pm1):
-    """The scripts' t_y = find_nearest(reduced, 2 * noise_level_img): the step whose noise-to-
-    signal ratio is the measurement's ([-1, 1] units); traced-friendly (jnp)."""
-    import jax.numpy as jnp
-
-    reduced = jnp.asarray(tables["reduced_alpha_cumprod"])
-    return jnp.argmin(jnp.abs(reduced - jnp.asarray(sigma_pm1, reduced.dtype)))

@@ -16,7 +16,6 @@ import re
 import numpy as np
 
 BETA_SCHEDULES = ("linear", "cosine")
-DIFFUSERS_SPACINGS = ("leading", "trailing")
 
 
 def get_betas(

@@ -45,6 +45,7 @@ DEFAULTS = {
     "conv_resample": True,
     "dims": 2,
     "num_classes": None,
+    # accepted without effect: gradient checkpointing and fp16 are runtime choices here
     "use_checkpoint": False,
     "use_fp16": False,
     "num_heads": 1,
@@ -54,8 +55,6 @@ DEFAULTS = {
     "resblock_updown": False,
     "use_new_attention_order": False,
 }
-# Accepted but without effect here: gradient checkpointing and fp16 are runtime choices.
-IGNORED = ("use_checkpoint", "use_fp16")
 
 
 def normalize_config(model_config: dict) -> dict:
