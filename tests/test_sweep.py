@@ -100,3 +100,12 @@ def test_parse_sweep_and_bad_names(tmp_path, tiny_model, image_dir):  # noqa: F8
     c = config("measurement", "box", tiny_model, image_dir)
     with pytest.raises(ValueError, match="not traced.*noise_sigma"):
         run_sweep(c, tmp_path / "x", "lam", [1.0, 2.0], progress=False)
+
+
+def test_dps_scale_sweep_differentiates_through_the_network(tmp_path, tiny_model, image_dir):  # noqa: F811
+    """The README's sweep (DPS's scale): values x images x the gradient through the UNet, one
+    program (a sweep of DPS once failed to batch the network's weight-gradient convolution)."""
+    c = config("dps", "box", tiny_model, image_dir, respacing="2", num_images=2)
+    r = run_sweep(c, tmp_path / "dps", "scale", [0.0, 50.0], progress=False)
+    psnr = [row["psnr"]["mean"] for row in r["rows"]]
+    assert all(np.isfinite(psnr)) and psnr[0] != psnr[1]  # the scale reaches the result

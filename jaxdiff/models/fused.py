@@ -75,8 +75,11 @@ def _conv_same_bwd(padding, res, g):
     pads = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
             (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))  # fmt: skip
     dx = _conv_plain(g, flipped, (1, 1), pads)
-    dw = jax.vjp(lambda w: _conv_plain(x, w, (1, 1), padding), w)[1](g)[0]
-    return dx, dw
+    # dw[kh, kw, i, o] = sum_{n,h,w} x_pad[n, h + kh, w + kw, i] g[n, h, w, o]: one convolution
+    # with channels as the batch (a direct call, not jax.vjp's transpose, whose out_sharding
+    # makes the grouped convolution of vmap-of-vmap, a sweep of DPS, unbatchable in jax 0.10)
+    dw = lax.conv_general_dilated(x, g, (1, 1), padding, dimension_numbers=("CHWN", "IHWO", "HWNC"))
+    return dx, dw.astype(w.dtype)
 
 
 _conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
