@@ -36,7 +36,7 @@ from jaxdiff.metrics.distribution import (
 from jaxdiff.metrics.lpips import VARIANTS, variant_name
 from jaxdiff.metrics.per_image import METRICS, compute_metrics, stats
 from jaxdiff.runner import BatchRunner, image_keys, round_batch
-from jaxdiff.sharding import allgather_json, process_share
+from jaxdiff.sharding import agreed_steps, allgather_json, process_share
 from jaxdiff.summary import summarize, write_figure, write_summary
 from jaxdiff.workdir import (
     SUMMARY_JSON,
@@ -157,17 +157,15 @@ class _Run:
             if not store.done(name, index, digests[i])
         ]
         batch = round_batch(config.batch_size, len(self.names))
-        rows = batch // jax.process_count()  # this process's rows of every batch
-        counts = allgather_json(len(todo))
-        steps = max(-(-c // rows) for c in counts)
+        # this process's rows of every batch
+        chunks, remaining = agreed_steps(todo, batch // jax.process_count())
         keys = image_keys(config.seed, local.index)
         desc = f"{self.exp.method.name}/{self.exp.task['name']}"
         total = len(self.names)
-        bar = _progress(total, total - sum(counts), desc, progress and store.write)
-        self.runner = BatchRunner(self.exp, batch) if steps else None
+        bar = _progress(total, total - remaining, desc, progress and store.write)
+        self.runner = BatchRunner(self.exp, batch) if chunks else None
         try:
-            for step in range(steps):
-                sel = todo[step * rows : (step + 1) * rows]
+            for sel in chunks:
                 records, feats = self._batch(sel, keys, digests)
                 gathered = allgather_json({"records": records, "feats": feats})
                 for part in gathered:

@@ -96,6 +96,15 @@ def allgather_json(obj) -> list:
     return [json.loads(bytes(rows[i, : sizes[i]])) for i in range(len(sizes))]
 
 
+def agreed_steps(todo: list, rows: int) -> tuple[list[list], int]:
+    """This process's `todo` in chunks of `rows`, as many chunks as the busiest process needs
+    (the others' last chunks are empty: every process makes the same calls). Returns the chunks
+    and the total number of items over every process."""
+    counts = allgather_json(len(todo))
+    steps = max(-(-c // rows) for c in counts)
+    return [todo[s * rows : (s + 1) * rows] for s in range(steps)], sum(counts)
+
+
 class ShardedBatch:
     """`fn(replicated, split, valid) -> outputs`, a function of a whole batch (already vmapped),
     compiled once per input shapes and run with `split`'s leading axis over the mesh.
@@ -235,6 +244,7 @@ class ShardedSampler:
 __all__ = [
     "ShardedBatch",
     "ShardedSampler",
+    "agreed_steps",
     "allgather_json",
     "batch_mesh",
     "initialize_distributed",

@@ -21,12 +21,13 @@ import json
 import pathlib
 import time
 
+import jax
 import numpy as np
 
 from jaxdiff import data as jdata
 from jaxdiff import report
 from jaxdiff.experiment import build
-from jaxdiff.images import load_images
+from jaxdiff.images import decode, list_entries
 from jaxdiff.metrics.per_image import (
     DIGITS,
     LABELS,
@@ -36,6 +37,7 @@ from jaxdiff.metrics.per_image import (
     stats,
 )
 from jaxdiff.runner import BatchRunner, image_keys, round_batch
+from jaxdiff.sharding import agreed_steps, allgather_json, process_share
 from jaxdiff.workdir import config_dict
 
 
@@ -74,64 +76,51 @@ def prepare_config(config, name: str, values):
 
 
 def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, exp=None):
-    """Run the sweep and write its files; returns the table as a dict."""
+    """Run the sweep and write its files; returns the table as a dict.
+
+    Under several processes (jaxdiff.sharding.initialize_distributed) every process calls this
+    with the same arguments: each runs its share of the images and writes their PNGs, the first
+    writes the tables, results.jsonl and the figures."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     values = [float(v) for v in values]
     config = prepare_config(config, name, values)
     exp = exp or build(config)
-    images = load_images(config.data, exp.image_size, config.num_images, exp.meta)
-    n = len(images.names)
+    entries = list_entries(config.data, exp.meta, config.get("image_list", ""))
+    entries = entries[: config.num_images or None]
+    local = decode([entries[i] for i in process_share(len(entries))], exp.image_size)
+    listing = allgather_json({"names": local.names, "skipped": local.skipped})
+    names = [nm for part in listing for nm in part["names"]]
+    skipped = {k: v for part in listing for k, v in part["skipped"].items()}
+    if not names:
+        raise ValueError(f"no decodable images in {config.data} (skipped: {sorted(skipped)})")
+    n = len(names)
     batch = round_batch(config.batch_size, n)
     runner = BatchRunner(exp, batch, sweep=True)
-    keys = image_keys(config.seed, images.index)
-    per = {v: {m: [] for m in METRICS} for v in values}
+    keys = image_keys(config.seed, local.index)
+    chunks, _ = agreed_steps(list(range(len(local.names))), batch // jax.process_count())
+    lead = jax.process_index() == 0
     records, seconds = [], 0.0
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n * len(values), desc=f"sweep {name}", unit="img", disable=not progress)
-    for start in range(0, n, batch):
-        sel = list(range(start, min(start + batch, n)))
+    total = n * len(values)
+    bar = tqdm(total=total, desc=f"sweep {name}", unit="img", disable=not (progress and lead))
+    for sel in chunks:
         t0, c0 = time.perf_counter(), runner.compile_seconds
-        out = runner(keys[sel], images.arrays[sel], {name: np.asarray(values, np.float32)})
+        out = runner(keys[sel], local.arrays[sel], {name: np.asarray(values, np.float32)})
         seconds += time.perf_counter() - t0 - (runner.compile_seconds - c0)
-        x_hat = out["x_hat"]  # (V, n, S, S, 3)
-        truth = np.broadcast_to(images.arrays[sel], x_hat.shape)
-        flat = compute_metrics(
-            x_hat.reshape(-1, *x_hat.shape[2:]),
-            truth.reshape(-1, *x_hat.shape[2:]),
-            net=config.metrics.lpips_net,
-            mode=config.metrics.range,
-        )
-        for a, v in enumerate(values):
-            for j, i in enumerate(sel):
-                m = {k: float(flat[k][a * len(sel) + j]) for k in METRICS}
-                for k in METRICS:
-                    per[v][k].append(m[k])
-                nm = pathlib.Path(images.names[i]).stem
-                jdata.save_png(workdir / "images" / f"{nm}_{value_label(v)}.png", x_hat[a, j])
-                records.append(
-                    {
-                        "value": v,
-                        "image": images.names[i],
-                        "index": int(images.index[i]),
-                        "seed": int(config.seed),
-                        "metrics": m,
-                        "diverged_at": int(out["diverged"][a, j]),
-                    }
-                )
-            if a == 0:
-                for j, i in enumerate(sel):
-                    nm = pathlib.Path(images.names[i]).stem
-                    jdata.save_png(workdir / "images" / f"{nm}_truth.png", images.arrays[i])
-                    jdata.save_png(workdir / "images" / f"{nm}_measurement.png", out["y"][a, j])
-        bar.update(len(sel) * len(values))
+        mine = _write_batch(config, workdir, local, sel, values, out) if sel else []
+        gathered = [r for part in allgather_json(mine) for r in part]
+        records += gathered
+        bar.update(len(gathered))
     bar.close()
+    records.sort(key=lambda r: (values.index(r["value"]), r["index"], r["image"]))
     rows = []
     for v in values:
         row = {"value": v}
+        mine = [r["metrics"] for r in records if r["value"] == v]
         for k in METRICS:
-            st = stats(per[v][k])
+            st = stats([m[k] for m in mine])
             row[k] = {"mean": st["mean"], "std": st["std"]}
         rows.append(row)
     best = best_value(rows, metric)
@@ -145,11 +134,14 @@ def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, e
         "task": exp.task["name"],
         "effective_task": exp.task,
         "num_images": n,
-        "skipped": images.skipped,
+        "skipped": skipped,
         "compile_seconds": runner.compile_seconds,
         "seconds_per_image_per_value": seconds / max(n * len(values), 1),
         "config": config_dict(config),
     }
+    if not lead:  # the first process writes the files; the barrier waits for it
+        allgather_json(None)
+        return result
     lines = [json.dumps(r, sort_keys=True) for r in records]
     jdata.atomic_write_text(workdir / "results.jsonl", "\n".join(lines) + "\n")
     jdata.atomic_write_json(workdir / "sweep.json", result)
@@ -157,8 +149,39 @@ def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, e
     jdata.atomic_write_text(workdir / "sweep.csv", to_csv(result))
     report.plot_sweep(result, workdir / "sweep.png", {k: best_value(rows, k) for k in METRICS})
     labels = [value_label(v) for v in values]
-    report.plot_recons(workdir, images.names[:4], labels, workdir / "sweep_grid.png")
+    report.plot_recons(workdir, names[:4], labels, workdir / "sweep_grid.png")
+    allgather_json(None)
     return result
+
+
+def _write_batch(config, workdir, local, sel, values, out) -> list[dict]:
+    """PNGs of this process's images `sel` under every value, and their records."""
+    x_hat = out["x_hat"]  # (V, n, S, S, 3)
+    truth = np.broadcast_to(local.arrays[sel], x_hat.shape)
+    flat = compute_metrics(
+        x_hat.reshape(-1, *x_hat.shape[2:]),
+        truth.reshape(-1, *x_hat.shape[2:]),
+        net=config.metrics.lpips_net,
+        mode=config.metrics.range,
+    )
+    records = []
+    for j, i in enumerate(sel):
+        nm = pathlib.Path(local.names[i]).stem
+        jdata.save_png(workdir / "images" / f"{nm}_truth.png", local.arrays[i])
+        jdata.save_png(workdir / "images" / f"{nm}_measurement.png", out["y"][0, j])
+        for a, v in enumerate(values):
+            jdata.save_png(workdir / "images" / f"{nm}_{value_label(v)}.png", x_hat[a, j])
+            records.append(
+                {
+                    "value": v,
+                    "image": local.names[i],
+                    "index": int(local.index[i]),
+                    "seed": int(config.seed),
+                    "metrics": {k: float(flat[k][a * len(sel) + j]) for k in METRICS},
+                    "diverged_at": int(out["diverged"][a, j]),
+                }
+            )
+    return records
 
 
 def best_value(rows, metric):

@@ -8,7 +8,8 @@
 Writes into --workdir: sweep.md / sweep.csv / sweep.json (mean and std of each metric per value,
 the best value by --metric), sweep.png (metric vs value, best marked), sweep_grid.png (the
 reconstructions side by side), results.jsonl (one line per value and image) and
-images/NAME_VALUE.png. See jaxdiff/sweep.py.
+images/NAME_VALUE.png. See jaxdiff/sweep.py. Several processes: as scripts.reproduce
+(--distributed, or --coordinator / --num_processes / --process_id).
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ _SWEEP = flags.DEFINE_string("sweep", None, "NAME:V1,V2,... e.g. scale:0.1,0.3,1
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 _METRIC = flags.DEFINE_enum("metric", "lpips", list(METRICS), "the metric that picks the best")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
+cli.define_distributed_flags()
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 
 def main(argv):
     cli.no_positional_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)
+    cli.initialize_distributed()
     name, values = sweep.parse_sweep(_SWEEP.value)
     r = sweep.run_sweep(
         _CONFIG.value, _WORKDIR.value, name, values, metric=_METRIC.value, progress=_PROGRESS.value
     )
+    if not cli.is_lead():
+        return
     print(sweep.markdown(r))
     print(f"wrote {_WORKDIR.value}/sweep.md, sweep.csv, sweep.json, sweep.png, sweep_grid.png")
 

@@ -25,8 +25,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(workdir, model, data, timeout=600):
-    """`python -m scripts.reproduce` as processes 0 and 1 of 2, one CPU device each, batch 2:
+def _two_processes(workdir, model, data, timeout=600, script="reproduce", extra=()):
+    """`python -m scripts.reproduce` (or `script`) as processes 0 and 1 of 2, one CPU device each, batch 2:
     one image per device and step, as in the one-process run (8 emulated devices, batch 2
     rounded to 8), so the per-device programs match."""
     port = _free_port()
@@ -34,7 +34,8 @@ def _two_processes(workdir, model, data, timeout=600):
     cmd = [
         sys.executable,
         "-m",
-        "scripts.reproduce",
+        f"scripts.{script}",
+        *extra,
         f"--config=configs/{METHOD}.py:{TASK}",
         f"--workdir={workdir}",
         f"--config.model={model}",
@@ -113,3 +114,22 @@ def test_two_processes_resume_what_one_process_started(tmp_path, tiny_model, ima
     assert len(after) == 3
     (name,) = before
     assert after[name] == before[name]  # not run again (its seconds and metrics are the same)
+
+
+@pytest.mark.slow
+def test_two_process_sweep_equals_one(tmp_path, tiny_model, image_dir):  # noqa: F811
+    from jaxdiff.sweep import run_sweep
+
+    c = config(METHOD, TASK, tiny_model, image_dir, respacing=STEPS)
+    c.batch_size = 2
+    one = run_sweep(c, tmp_path / "one", "scale", [0.1, 1.0], progress=False)
+    _two_processes(
+        tmp_path / "two", tiny_model, image_dir, script="sweep", extra=["--sweep=scale:0.1,1"]
+    )
+    two = json.loads((tmp_path / "two" / "sweep.json").read_text())
+    for r1, r2 in zip(one["rows"], two["rows"], strict=True):
+        assert r1["value"] == r2["value"]
+        for k in ("psnr", "ssim", "lpips"):
+            assert r2[k]["mean"] == pytest.approx(r1[k]["mean"], rel=1e-5), (r1["value"], k)
+    lines = (tmp_path / "two" / RESULTS).read_text().splitlines()
+    assert len(lines) == 2 * 3  # every value and image once
