@@ -26,9 +26,9 @@ def _free_port() -> int:
 
 
 def _two_processes(workdir, model, data, timeout=600, script="reproduce", extra=()):
-    """`python -m scripts.reproduce` (or `script`) as processes 0 and 1 of 2, one CPU device each, batch 2:
-    one image per device and step, as in the one-process run (8 emulated devices, batch 2
-    rounded to 8), so the per-device programs match."""
+    """`python -m scripts.reproduce` (or `script`) as processes 0 and 1 of 2, one CPU device
+    each, batch 2: one image per device and step, as in the one-process run (8 emulated
+    devices, batch 2 rounded to 8), so the per-device programs match."""
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     cmd = [
