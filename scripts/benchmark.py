@@ -6,300 +6,61 @@ Architectures: `tiny` (the fixture-sized ADM, 1.4M parameters, 32x32), `demo` (t
 prior), `ffhq256` / `imagenet256_uncond` (the full-size presets with random weights: timings need
 no checkpoint), or any converted checkpoint folder. Methods come from the sampler registry
 (`jaxdiff.samplers.SAMPLERS`, default: all), and so does each method's number of network
-evaluations per image (NFE), so the cost of a run reads NFE x seconds per NFE.
-
-Per (arch, batch, dtype) every method is compiled first, then the calls are interleaved
-(`--repeats` rounds of one call each) and the minimum is reported beside the median: on a shared
-machine the other jobs' load hits every method alike, and the minimum is the least disturbed. Per
-method: compile seconds, seconds per call / per image / per NFE, images/s, XLA's compiled temporary
-memory per image (for gradient methods also with `remat=True`), peak device memory where the
-backend reports it, and the model FLOPs per NFE from XLA's cost analysis (a forward; a forward plus
-its VJP for gradient methods). `ratios` in the JSON give each method's seconds per NFE over DDPM's
-from the same run (DPS / DDPM is the gradient's overhead; docs/performance.md).
+evaluations per image (NFE), so the cost of a run reads NFE x seconds per NFE. What is measured
+and how: jaxdiff/benchmark.py; docs/performance.md reads the figures.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import platform
-import sys
-import time
-import traceback
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags
+from absl import flags
 
-from jaxdiff.diffusion import schedule_from_meta
-from jaxdiff.models import build_model, load_pretrained, model_fn, param_count
-from jaxdiff.operators import get_noise, get_operator
-from jaxdiff.samplers import SAMPLERS, batched, get_sampler
+from jaxdiff import benchmark, cli
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("arch", ["tiny"], "tiny | demo | ffhq256 | imagenet256_uncond | a checkpoint dir")
-flags.DEFINE_list("samplers", None, "samplers to time (default: every registered one)")
-flags.DEFINE_list("batch", ["1", "4"], "batch sizes (images per call)")
-flags.DEFINE_list("dtype", ["float32"], "compute dtypes: float32, bfloat16")
-flags.DEFINE_integer("steps", 10, "respaced sampling steps per call")
-flags.DEFINE_integer("repeats", 3, "interleaved timed rounds after the warm-up (min and median)")
-flags.DEFINE_bool("remat_memory", True, "also compile gradient methods with remat=True (memory)")
-flags.DEFINE_string("out", "benchmark.json", "where the JSON goes")
-
-# The fixture-sized ADM (tests/fixtures/adm_tiny.json kwargs): small enough for any CPU.
-TINY = {
-    "image_size": 32,
-    "in_channels": 3,
-    "model_channels": 32,
-    "out_channels": 6,
-    "num_res_blocks": 1,
-    "attention_resolutions": (2, 4),
-    "dropout": 0.0,
-    "channel_mult": (1, 2, 2),
-    "conv_resample": True,
-    "num_classes": None,
-    "num_heads": 1,
-    "num_head_channels": 16,
-    "num_heads_upsample": -1,
-    "use_scale_shift_norm": True,
-    "resblock_updown": True,
-    "use_new_attention_order": False,
-}
-LINEAR_1000 = {
-    "num_timesteps": 1000,
-    "beta_schedule": "linear",
-    "variance_type": "learned_range",
-    "schedule_dtype": "float64",
-}
-
-
-def load_arch(name: str):
-    """(arch, model_config, diffusion, params) with random weights for the named presets."""
-    if name in ("tiny", "ffhq256", "imagenet256_uncond"):
-        if name == "tiny":
-            config = dict(TINY)
-        else:
-            from jaxdiff.convert.presets import PRESETS
-
-            config = dict(PRESETS[name])
-        model = build_model("adm", config)
-        size = config["image_size"]
-        x = jnp.zeros((1, size, size, config["in_channels"]), jnp.float32)
-        params = jax.jit(model.init)(jax.random.PRNGKey(0), x, jnp.zeros((1,), jnp.int32))
-        return "adm", config, dict(LINEAR_1000), params["params"]
-    path = (
-        pathlib.Path(__file__).parents[1] / "jaxdiff/assets/demo_prior" if name == "demo" else name
-    )
-    _, params, meta = load_pretrained(path)
-    return meta["architecture"], meta["model_config"], meta["diffusion"], params
-
-
-def task_for(size: int):
-    """A box-inpainting task at the model's size (a quarter-area hole): cheap, linear (with an SVD
-    form), official noise. The operator's cost is negligible next to the UNet's."""
-    side = size // 2
-    op = get_operator(
-        "inpaint_box",
-        image_shape=(size, size, 3),
-        mask_len_range=(side, side + 1),
-        margin=(size // 16, size // 16),
-    )
-    return op, get_noise("gaussian", sigma=0.05)
-
-
-def network_flops(model, params, size: int, with_grad: bool) -> float | None:
-    """XLA's FLOP count for one image's network work in one NFE (a forward, or forward + VJP)."""
-    x = jnp.zeros((1, size, size, 3), jnp.float32)
-    t = jnp.full((1,), 500, jnp.int32)
-
-    def fwd(p, x):
-        return model.apply({"params": p}, x, t)
-
-    fn = (lambda p, x: jax.grad(lambda x: jnp.sum(fwd(p, x)))(x)) if with_grad else fwd
-    try:
-        cost = jax.jit(fn).lower(params, x).compile().cost_analysis()
-    except Exception:  # noqa: BLE001 - some backends do not implement cost analysis
-        return None
-    if isinstance(cost, list):
-        cost = cost[0] if cost else {}
-    return float(cost.get("flops", 0.0)) or None
-
-
-def peak_memory() -> int | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
-
-
-def temp_bytes(compiled) -> int | None:
-    return getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
-
-
-def nfe_of(name: str, num_steps: int, options: dict) -> int:
-    """Network evaluations per image, as the registry entry declares them."""
-    return SAMPLERS.get(name).num_evaluations(num_steps, options)
-
-
-def compile_method(arch, config, diffusion, params, name, batch, dtype, **options):
-    """(compiled, args, schedule) of one method's batched sample function."""
-    size = int(config.get("image_size", config.get("sample_size")))
-    compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    model = build_model(arch, config, dtype=compute)
-    op, noise = task_for(size)
-    schedule = schedule_from_meta(diffusion, respacing=str(FLAGS.steps))
-    make = get_sampler(name)
-    sample = make(
-        model_fn(model), schedule, operator=op, noise=noise, image_shape=(size, size, 3), **options
-    )
-    keys = jax.random.split(jax.random.PRNGKey(0), batch)
-    x = jnp.zeros((batch, size, size, 3), jnp.float32)
-    op_params = jax.vmap(op.sample)(keys)
-    y = jax.vmap(op.apply)(op_params, x)
-    args = (params, keys, y, op_params, {})
-    return jax.jit(batched(sample)).lower(*args).compile(), args, schedule, model
-
-
-def bench_group(arch, config, diffusion, params, names, batch: int, dtype: str) -> list[dict]:
-    """Compile every method, then time them interleaved (see the module docstring)."""
-    size = int(config.get("image_size", config.get("sample_size")))
-    entries = []
-    for name in names:
-        r = {"arch": arch, "image_size": size, "sampler": name, "batch": batch, "dtype": dtype}
-        try:
-            t0 = time.perf_counter()
-            compiled, args, schedule, model = compile_method(
-                arch, config, diffusion, params, name, batch, dtype
-            )
-            r["compile_seconds"] = round(time.perf_counter() - t0, 3)
-            jax.block_until_ready(compiled(*args))  # warm-up
-        except Exception as err:  # noqa: BLE001 - one method's failure must not end the run
-            r["error"] = f"{type(err).__name__}: {err}"
-            traceback.print_exc()
-            entries.append((r, None, None))
-            continue
-        spec = SAMPLERS.get(name)
-        r["nfe"] = nfe_of(name, schedule.num_steps, {})
-        r["grad"] = bool(getattr(spec, "grad", False))
-        r["compiled_temp_bytes"] = temp_bytes(compiled)
-        r["compiled_temp_bytes_per_image"] = (r["compiled_temp_bytes"] or 0) // batch or None
-        if r["grad"] and FLAGS.remat_memory:
-            remat, *_ = compile_method(
-                arch, config, diffusion, params, name, batch, dtype, remat=True
-            )
-            r["compiled_temp_bytes_remat"] = temp_bytes(remat)
-            r["compiled_temp_bytes_per_image_remat"] = (temp_bytes(remat) or 0) // batch or None
-            del remat
-        r["network_flops_per_nfe"] = network_flops(model, params, size, with_grad=r["grad"])
-        entries.append((r, compiled, args))
-    times = {id(r): [] for r, c, _ in entries if c is not None}
-    for _ in range(FLAGS.repeats):
-        for r, compiled, args in entries:
-            if compiled is None:
-                continue
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times[id(r)].append(time.perf_counter() - t0)
-    out = []
-    for r, compiled, _ in entries:
-        if compiled is not None:
-            ts = times[id(r)]
-            best, med = float(min(ts)), float(np.median(ts))
-            per_image = r["nfe"] * batch
-            r.update(
-                seconds_per_call=best,
-                seconds_per_call_median=med,
-                seconds_per_call_all=[round(t, 4) for t in ts],
-                seconds_per_nfe=best / per_image,
-                seconds_per_nfe_median=med / per_image,
-                images_per_second=batch / best,
-                peak_device_bytes=peak_memory(),
-            )
-            if r["network_flops_per_nfe"]:
-                r["achieved_flops_per_second"] = r["network_flops_per_nfe"] / r["seconds_per_nfe"]
-        out.append(r)
-    return out
-
-
-def ratios(results: list[dict]) -> list[dict]:
-    """Each method's seconds per NFE over DDPM's in the same (model, batch, dtype) group."""
-    rows = []
-    for base in results:
-        if base["sampler"] != "ddpm" or "seconds_per_nfe" not in base:
-            continue
-        for r in results:
-            same = all(r[k] == base[k] for k in ("model", "batch", "dtype"))
-            if not same or r is base or "seconds_per_nfe" not in r:
-                continue
-            rows.append(
-                {
-                    "model": r["model"],
-                    "batch": r["batch"],
-                    "dtype": r["dtype"],
-                    "sampler": r["sampler"],
-                    "seconds_per_nfe": r["seconds_per_nfe"],
-                    "ddpm_seconds_per_nfe": base["seconds_per_nfe"],
-                    "ratio_to_ddpm": r["seconds_per_nfe"] / base["seconds_per_nfe"],
-                    "ratio_to_ddpm_median": r["seconds_per_nfe_median"]
-                    / base["seconds_per_nfe_median"],
-                }
-            )
-    return rows
+_ARCH = flags.DEFINE_list(
+    "arch", ["tiny"], "tiny | demo | ffhq256 | imagenet256_uncond | a checkpoint dir"
+)
+_SAMPLERS = flags.DEFINE_list("samplers", None, "samplers to time (default: every registered one)")
+_BATCH = flags.DEFINE_list("batch", ["1", "4"], "batch sizes (images per call)")
+_DTYPE = flags.DEFINE_list("dtype", ["float32"], "compute dtypes: float32, bfloat16")
+_STEPS = flags.DEFINE_integer("steps", 10, "respaced sampling steps per call")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "interleaved timed rounds after the warm-up (min and median)"
+)
+_REMAT_MEMORY = flags.DEFINE_bool(
+    "remat_memory", True, "also compile gradient methods with remat=True (memory)"
+)
+_OUT = flags.DEFINE_string("out", "benchmark.json", "where the JSON goes")
 
 
 def main(argv):
-    del argv
-    import flax
-    import jaxlib
-
-    names = FLAGS.samplers or SAMPLERS.names()
-    unknown = [n for n in names if n not in SAMPLERS]
-    if unknown:
-        raise KeyError(f"unknown sampler(s) {unknown}; known: {SAMPLERS.names()}")
-    results = []
-    for name in FLAGS.arch:
-        arch, config, diffusion, params = load_arch(name)
-        print(f"{name}: {arch}, {param_count(params):,} parameters", flush=True)
-        for dtype in FLAGS.dtype:
-            for batch in map(int, FLAGS.batch):
-                for r in bench_group(arch, config, diffusion, params, names, batch, dtype):
-                    r["model"] = name
-                    results.append(r)
-                    if "error" in r:
-                        print(f"  {r['sampler']:9s} b={batch:<3d} {dtype:8s} {r['error']}")
-                        continue
-                    print(
-                        f"  {r['sampler']:9s} b={batch:<3d} {dtype:8s}"
-                        f" compile {r['compile_seconds']:6.1f}s  NFE {r['nfe']:4d}"
-                        f"  {r['seconds_per_nfe'] * 1e3:9.1f} ms/NFE/img"
-                        f" (median {r['seconds_per_nfe_median'] * 1e3:9.1f})"
-                        f"  {r['images_per_second']:8.3f} img/s",
-                        flush=True,
-                    )
-    rows = ratios(results)
-    for row in rows:
+    cli.no_positional_args(argv)
+    out = benchmark.run_benchmark(
+        _ARCH.value,
+        _SAMPLERS.value,
+        [int(b) for b in _BATCH.value],
+        _DTYPE.value,
+        _STEPS.value,
+        _REPEATS.value,
+        _REMAT_MEMORY.value,
+        log=lambda line: print(line, flush=True),
+    )
+    for row in out["ratios"]:
         print(
             f"{row['model']} b={row['batch']} {row['dtype']}: {row['sampler']} / ddpm per NFE ="
             f" {row['ratio_to_ddpm']:.2f} (min), {row['ratio_to_ddpm_median']:.2f} (median)"
         )
-    dev = jax.devices()[0]
-    out = {
-        "device": {"platform": dev.platform, "kind": dev.device_kind, "count": jax.device_count()},
-        "host": {"machine": platform.machine(), "python": sys.version.split()[0]},
-        "versions": {
-            "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__,
-            "flax": flax.__version__,
-        },
-        "steps": FLAGS.steps,
-        "repeats": FLAGS.repeats,
-        "results": results,
-        "ratios": rows,
-    }
-    path = pathlib.Path(FLAGS.out)
+    path = pathlib.Path(_OUT.value)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
 
+def console() -> None:
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    console()

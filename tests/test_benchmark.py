@@ -1,0 +1,72 @@
+"""jaxdiff/benchmark.py and jaxdiff/profiling.py, the libraries behind scripts/benchmark.py,
+scripts/profile_vjp.py and scripts/ab_custom_vjp.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxdiff import benchmark, profiling
+from jaxdiff.models import fused
+
+
+def _row(sampler, per_nfe, model="tiny", batch=1):
+    return {
+        "model": model,
+        "batch": batch,
+        "dtype": "float32",
+        "sampler": sampler,
+        "seconds_per_nfe": per_nfe,
+        "seconds_per_nfe_median": 2 * per_nfe,
+    }
+
+
+def test_ratios_are_per_group_over_ddpm():
+    results = [
+        _row("ddpm", 1.0),
+        _row("dps", 3.0),
+        _row("dps", 5.0, batch=4),  # no DDPM in its group: no ratio
+        _row("ddim", 2.0),
+        {"model": "tiny", "batch": 1, "dtype": "float32", "sampler": "daps", "error": "failed"},
+    ]
+    rows = benchmark.ratios(results)
+    assert [(r["sampler"], r["ratio_to_ddpm"]) for r in rows] == [("dps", 3.0), ("ddim", 2.0)]
+    assert all(r["ratio_to_ddpm_median"] == r["ratio_to_ddpm"] for r in rows)
+
+
+def test_unknown_sampler_is_refused_before_any_compile():
+    with pytest.raises(KeyError, match="unknown sampler"):
+        benchmark.run_benchmark(["tiny"], ["nope"], [1], ["float32"], 1, 1, False)
+
+
+def test_tiny_run_has_the_json_fields():
+    lines = []
+    out = benchmark.run_benchmark(["tiny"], ["ddpm"], [1], ["float32"], 1, 1, False, lines.append)
+    assert set(out) == {"device", "host", "versions", "steps", "repeats", "results", "ratios"}
+    (r,) = out["results"]
+    assert r["model"] == "tiny" and r["nfe"] == 1 and r["seconds_per_nfe"] > 0
+    assert out["ratios"] == [] and len(lines) == 2
+
+
+def test_hlo_ops_map_to_phase_kind_and_module():
+    hlo = (
+        '  %fusion.3 = f32[1,8]{1,0} fusion(%p), kind=kLoop, metadata={op_name="jit(vjp)/'
+        'transpose(jvp(ADMUNet))/ResBlock_2/conv_general_dilated"}\n'
+        "  ROOT %add = f32[1]{0} add(%a, %b)\n"
+    )
+    index = profiling.hlo_index(hlo)
+    assert index["add"] == ("f32[1]{0}", "add", "")
+    op_name = index["fusion.3"][2]
+    assert profiling.classify("fusion.3", op_name) == (
+        "bwd",
+        "loop:conv_general_dilated",
+        "ResBlock",
+    )
+    assert profiling.classify("ynn_7", op_name)[1] == "conv"
+
+
+def test_custom_vjp_switch_is_restored():
+    before = fused.USE_CUSTOM_VJP
+    with pytest.raises(RuntimeError), profiling.custom_vjp(not before):
+        assert fused.USE_CUSTOM_VJP is (not before)
+        raise RuntimeError
+    assert fused.USE_CUSTOM_VJP is before
