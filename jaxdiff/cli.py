@@ -24,8 +24,9 @@ def run(main, argv=None) -> None:
     argv = list(sys.argv if argv is None else argv)
     try:
         argv = resolve_config_argv(argv)
-    except ValueError as e:  # before absl parses anything: say it as a usage error would
-        sys.exit(f"{os.path.basename(argv[0])}: {e}")
+    except ValueError as e:  # before absl parses anything: one line, the bad-input status 2
+        print(f"{os.path.basename(argv[0])}: {e}", file=sys.stderr)
+        sys.exit(2)
     _help_for(main.__module__)
     app.run(main, argv=argv)
 
