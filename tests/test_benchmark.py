@@ -38,6 +38,7 @@ def test_unknown_sampler_is_refused_before_any_compile():
         benchmark.run_benchmark(["tiny"], ["nope"], [1], ["float32"], 1, 1, False)
 
 
+@pytest.mark.slow  # compiles two samplers (~20 s)
 def test_tiny_run_has_the_json_fields():
     lines = []
     out = benchmark.run_benchmark(["tiny"], ["ddpm"], [1], ["float32"], 1, 1, False, lines.append)

@@ -16,7 +16,7 @@ from jaxdiff.runs import run
 from jaxdiff.workdir import RESULTS
 from tests.test_reproduce import REPO, config, image_dir, records, tiny_model  # noqa: F401
 
-METHOD, TASK, STEPS = "dps", "random", "3"
+METHOD, TASK, STEPS = "score_ald", "random", "3"  # no network gradient: quick to compile
 
 
 def _free_port() -> int:
@@ -122,9 +122,9 @@ def test_two_process_sweep_equals_one(tmp_path, tiny_model, image_dir):  # noqa:
 
     c = config(METHOD, TASK, tiny_model, image_dir, respacing=STEPS)
     c.batch_size = 2
-    one = run_sweep(c, tmp_path / "one", "scale", [0.1, 1.0], progress=False)
+    one = run_sweep(c, tmp_path / "one", "weight", [0.5, 2.0], progress=False)
     _two_processes(
-        tmp_path / "two", tiny_model, image_dir, script="sweep", extra=["--sweep=scale:0.1,1"]
+        tmp_path / "two", tiny_model, image_dir, script="sweep", extra=["--sweep=weight:0.5,2"]
     )
     two = json.loads((tmp_path / "two" / "sweep.json").read_text())
     for r1, r2 in zip(one["rows"], two["rows"], strict=True):

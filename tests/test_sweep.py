@@ -74,6 +74,7 @@ def test_sweep_compiles_once_and_equals_separate_runs(tmp_path, tiny_model, imag
     assert max(means) - min(means) > 1e-3
 
 
+@pytest.mark.slow  # two sweep compiles (~15 s)
 def test_sdedit_t0_and_noise_sigma_sweeps(tmp_path, tiny_model, image_dir):  # noqa: F811
     c = config("sdedit", "denoise", tiny_model, image_dir, respacing="4", num_images=1)
     c.sampler.options.max_t0 = c.sampler.hparams.t0 = 0.3
@@ -102,6 +103,7 @@ def test_parse_sweep_and_bad_names(tmp_path, tiny_model, image_dir):  # noqa: F8
         run_sweep(c, tmp_path / "x", "lam", [1.0, 2.0], progress=False)
 
 
+@pytest.mark.slow  # one DPS sweep compile (~30 s)
 def test_dps_scale_sweep_differentiates_through_the_network(tmp_path, tiny_model, image_dir):  # noqa: F811
     """The README's sweep (DPS's scale): values x images x the gradient through the UNet, one
     program (a sweep of DPS once failed to batch the network's weight-gradient convolution)."""
