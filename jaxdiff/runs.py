@@ -126,9 +126,9 @@ def run(
         compile_s = job.runner.compile_seconds if job.runner else 0.0
         wall = time.perf_counter() - t_start
         summary = summarize(exp, names, skipped, store, cfg, compile_s, wall)
-        truth = images or (local if entries is None or jax.process_count() == 1 else None)
-        if truth is None and scorer is not None:  # the reference FID features need every image
-            truth = decode(entries, exp.image_size)
+        truth = images if images is not None else local
+        if jax.process_count() > 1 and images is None and scorer is not None:
+            truth = decode(entries, exp.image_size)  # the reference FID features: every image
         summary["set_metrics"] = _set_metrics(config, workdir, exp, truth, scorer, job)
         write_summary(workdir, summary)
         if config.output.save_images and config.output.figure_images:
