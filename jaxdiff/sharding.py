@@ -150,8 +150,8 @@ class ShardedBatch:
         return -(-n // local) * local
 
     def __call__(self, replicated, split):
-        n = {np.shape(x)[0] for x in jax.tree.leaves(split) if x is not None}
-        split, n = pad_batch(split, self.local_size(max(n, default=0)))
+        sizes = {np.shape(x)[0] for x in jax.tree.leaves(split) if x is not None}
+        split, n = pad_batch(split, self.local_size(max(sizes, default=0)))
         valid = np.arange(self.local_size(n)) < n
         args = (self._place(replicated, self._same), *self._place((split, valid), self._split))
         out = self._program(args)(*args)
