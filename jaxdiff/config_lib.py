@@ -142,8 +142,7 @@ def base_config(task: str = "box") -> ml_collections.ConfigDict:
 
     c.model = "demo"  # converted checkpoint folder (python -m convert_weights), or "demo"
     c.data = "demo"  # image folder, or "demo" (the demo prior's held-out photos)
-    # the first N files of the folder (sorted by name; an undecodable one is skipped); 0 = all
-    c.num_images = 0
+    c.num_images = 0  # the first N images of the folder (sorted by name); 0 = all
     # a named list of jaxdiff.images, e.g. "ffhq_dps_1k" (the DPS paper's FFHQ split)
     c.image_list = ""
     c.seed = 0  # per-image key = fold_in(PRNGKey(seed), index of the file in the sorted folder)

@@ -115,6 +115,34 @@ def decode(entries, size: int, limit: int = 0) -> Images:
     return Images(names, index, np.stack(arrays) if arrays else empty, skipped)
 
 
+def load_share(
+    source: str, size: int, limit: int = 0, meta: dict | None = None, image_list: str = ""
+) -> tuple[Images, list[str], dict[str, str]]:
+    """This process's share of a run's images, decoded, and every process's names and skipped
+    files (one process: all of them). The first `limit` decodable files (0 = all), as
+    `load_images`: each round decodes the still missing number of files, split over the
+    processes, until there are `limit` images or no files left."""
+    from jaxdiff.sharding import allgather_json, process_share
+
+    entries = list_entries(source, meta, image_list)
+    parts, names, skipped, start = [], [], {}, 0
+    while start < len(entries) and (not limit or len(names) < limit):
+        batch = entries[start : start + (limit - len(names) if limit else len(entries))]
+        start += len(batch)
+        part = decode([batch[i] for i in process_share(len(batch))], size)
+        parts.append(part)
+        for got in allgather_json({"names": part.names, "skipped": part.skipped}):
+            names += got["names"]
+            skipped.update(got["skipped"])
+    local = Images(
+        [n for p in parts for n in p.names],
+        [i for p in parts for i in p.index],
+        np.concatenate([p.arrays for p in parts]) if parts else np.zeros((0, size, size, 3)),
+        {k: v for p in parts for k, v in p.skipped.items()},
+    )
+    return local, names, skipped
+
+
 def load_images(
     source: str, size: int, limit: int = 0, meta: dict | None = None, image_list: str = ""
 ) -> Images:
@@ -136,4 +164,5 @@ __all__ = [
     "get_list",
     "list_entries",
     "load_images",
+    "load_share",
 ]

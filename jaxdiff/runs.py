@@ -25,7 +25,7 @@ import numpy as np
 from jaxdiff import data as jdata
 from jaxdiff.errors import ConfigError
 from jaxdiff.experiment import Experiment, build
-from jaxdiff.images import Images, decode, list_entries
+from jaxdiff.images import Images, decode, list_entries, load_share
 from jaxdiff.metrics.distribution import (
     MISSING,
     FeatureStore,
@@ -101,16 +101,14 @@ def run(
     validate_config(config)
     cfg = config_dict(config)
     exp = exp or build(config)  # model, task, method, respacing: errors before any write
+    image_list = config.get("image_list", "")
     if images is None:
-        entries = list_entries(config.data, exp.meta, config.get("image_list", ""))
-        entries = entries[: config.num_images or None]
-        local = decode([entries[i] for i in process_share(len(entries))], exp.image_size)
+        local, names, skipped = load_share(
+            config.data, exp.image_size, config.num_images, exp.meta, image_list
+        )
     else:
-        entries = None
         local = images.take(process_share(len(images.names)))
-    listing = allgather_json({"names": local.names, "skipped": local.skipped})
-    names = [n for part in listing for n in part["names"]]
-    skipped = {k: v for part in listing for k, v in part["skipped"].items()}
+        names, skipped = list(images.names), dict(images.skipped)
     if not names:
         raise ConfigError(f"{config.data}: no decodable images (skipped: {skipped})")
     scorer = _inception_scorer(config)  # a bad weights folder fails before anything is written
@@ -128,7 +126,9 @@ def run(
         summary = summarize(exp, names, skipped, store, cfg, compile_s, wall)
         truth = images if images is not None else local
         if jax.process_count() > 1 and images is None and scorer is not None:
-            truth = decode(entries, exp.image_size)  # the reference FID features: every image
+            # the reference FID features need every image: process 0 decodes the run's names
+            by_name = {e.name: e for e in list_entries(config.data, exp.meta, image_list)}
+            truth = decode([by_name[n] for n in names], exp.image_size)
         summary["set_metrics"] = _set_metrics(config, workdir, exp, truth, scorer, job)
         write_summary(workdir, summary)
         if config.output.save_images and config.output.figure_images:

@@ -27,7 +27,7 @@ import numpy as np
 from jaxdiff import data as jdata
 from jaxdiff import report
 from jaxdiff.experiment import build
-from jaxdiff.images import decode, list_entries
+from jaxdiff.images import load_share
 from jaxdiff.metrics.per_image import (
     DIGITS,
     LABELS,
@@ -37,7 +37,7 @@ from jaxdiff.metrics.per_image import (
     stats,
 )
 from jaxdiff.runner import BatchRunner, image_keys, round_batch
-from jaxdiff.sharding import agreed_steps, allgather_json, process_share
+from jaxdiff.sharding import agreed_steps, allgather_json
 from jaxdiff.workdir import config_dict
 
 
@@ -86,12 +86,9 @@ def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, e
     values = [float(v) for v in values]
     config = prepare_config(config, name, values)
     exp = exp or build(config)
-    entries = list_entries(config.data, exp.meta, config.get("image_list", ""))
-    entries = entries[: config.num_images or None]
-    local = decode([entries[i] for i in process_share(len(entries))], exp.image_size)
-    listing = allgather_json({"names": local.names, "skipped": local.skipped})
-    names = [nm for part in listing for nm in part["names"]]
-    skipped = {k: v for part in listing for k, v in part["skipped"].items()}
+    local, names, skipped = load_share(
+        config.data, exp.image_size, config.num_images, exp.meta, config.get("image_list", "")
+    )
     if not names:
         raise ValueError(f"no decodable images in {config.data} (skipped: {sorted(skipped)})")
     n = len(names)
