@@ -113,3 +113,18 @@ def test_transparent_and_float_images_are_refused_by_name(tmp_path):
     Image.fromarray(np.full((8, 8), 3.5, np.float32), "F").save(tmp_path / "float.tif")
     with pytest.raises(ImageReadError, match=r"float.tif: image mode 'F'"):
         load_image(tmp_path / "float.tif")
+
+
+def test_load_share_takes_the_first_n_decodable_images(tmp_path):
+    """num_images counts decodable images: a corrupt file among the first N is replaced by the
+    next file (in a second round, as under several processes)."""
+    from jaxdiff.images import load_share
+
+    for name in ("a.png", "c.jpg", "d.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    local, names, skipped = load_share(str(tmp_path), 8, limit=2)
+    assert names == local.names == ["a.png", "c.jpg"] and local.index == [0, 2]
+    assert list(skipped) == ["b.png"] and local.arrays.shape == (2, 8, 8, 3)
+    local, names, _ = load_share(str(tmp_path), 8)
+    assert names == ["a.png", "c.jpg", "d.png"]
