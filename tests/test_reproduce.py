@@ -224,23 +224,6 @@ def _grid():
     return pairs
 
 
-def _grid_params():
-    """The grid, with the one cell that hits an XLA CPU bug on several (emulated) CPU devices:
-    the gradient of the FFT motion blur inside DPS's scan, sharded over >= 2 CPU devices, fails
-    XLA's fft_thunk layout check (RET_CHECK fft_thunk.cc:168; reproduced with
-    jaxdiff.sharding.ShardedSampler alone; fine on 1 device and with method="direct")."""
-    import jax
-
-    multi_cpu = jax.default_backend() == "cpu" and jax.device_count() > 1
-    xfail = pytest.mark.xfail(
-        multi_cpu, reason="XLA CPU fft_thunk layout RET_CHECK under SPMD", strict=True
-    )
-    return [
-        pytest.param(m, t, marks=xfail) if (m, t) == ("dps", "motion_blur") else (m, t)
-        for m, t in _grid()
-    ]
-
-
 def test_grid_covers_every_method_and_task():
     pairs = _grid()
     assert {t for _, t in pairs} == set(tasks.TASKS)
@@ -248,7 +231,7 @@ def test_grid_covers_every_method_and_task():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,task", _grid_params())
+@pytest.mark.parametrize("method,task", _grid())
 def test_whole_grid_end_to_end(tmp_path, tiny_model, image_dir, method, task):
     c = config(method, task, tiny_model, image_dir, num_images=2, respacing="2")
     s = run(c, tmp_path / "w", progress=False)
