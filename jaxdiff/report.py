@@ -298,15 +298,15 @@ def plot_sweep(r: dict, path, best: dict) -> None:
     plt.close(fig)
 
 
-def plot_recons(workdir, names, labels, path) -> None:
-    """truth | measurement | one column per swept value (`labels`: the images' suffixes)."""
+def plot_recons(workdir, stems, labels, path) -> None:
+    """truth | measurement | one column per swept value, one row per image: the PNGs
+    images/STEM_LABEL.png (`stems`: the images' output stems, `labels`: the suffixes)."""
     plt = _plt()
     cols = ["truth", "measurement"] + list(labels)
     fig, axes = plt.subplots(
-        len(names), len(cols), figsize=(1.4 * len(cols), 1.5 * len(names)), squeeze=False
+        len(stems), len(cols), figsize=(1.4 * len(cols), 1.5 * len(stems)), squeeze=False
     )
-    for i, name in enumerate(names):
-        nm = pathlib.Path(name).stem
+    for i, nm in enumerate(stems):
         for j, c in enumerate(cols):
             img = jdata.load_image(pathlib.Path(workdir) / "images" / f"{nm}_{c}.png")
             axes[i, j].imshow((img + 1) / 2, interpolation="nearest")

@@ -38,7 +38,7 @@ from jaxdiff.metrics.per_image import (
 )
 from jaxdiff.runner import BatchRunner, image_keys, round_batch
 from jaxdiff.sharding import agreed_steps, allgather_json
-from jaxdiff.workdir import config_dict
+from jaxdiff.workdir import config_dict, output_stems
 
 
 def parse_sweep(spec: str) -> tuple[str, list[float]]:
@@ -91,7 +91,7 @@ def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, e
     )
     if not names:
         raise ValueError(f"no decodable images in {config.data} (skipped: {sorted(skipped)})")
-    n = len(names)
+    n, stems = len(names), output_stems(names)
     batch = round_batch(config.batch_size, n)
     runner = BatchRunner(exp, batch, sweep=True)
     keys = image_keys(config.seed, local.index)
@@ -106,7 +106,7 @@ def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, e
         t0, c0 = time.perf_counter(), runner.compile_seconds
         out = runner(keys[sel], local.arrays[sel], {name: np.asarray(values, np.float32)})
         seconds += time.perf_counter() - t0 - (runner.compile_seconds - c0)
-        mine = _write_batch(config, workdir, local, sel, values, out) if sel else []
+        mine = _write_batch(config, workdir, local, sel, values, out, stems) if sel else []
         gathered = [r for part in allgather_json(mine) for r in part]
         records += gathered
         bar.update(len(gathered))
@@ -146,12 +146,13 @@ def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, e
     jdata.atomic_write_text(workdir / "sweep.csv", to_csv(result))
     report.plot_sweep(result, workdir / "sweep.png", {k: best_value(rows, k) for k in METRICS})
     labels = [value_label(v) for v in values]
-    report.plot_recons(workdir, names[:4], labels, workdir / "sweep_grid.png")
+    shown = [stems[nm] for nm in names[:4]]
+    report.plot_recons(workdir, shown, labels, workdir / "sweep_grid.png")
     allgather_json(None)
     return result
 
 
-def _write_batch(config, workdir, local, sel, values, out) -> list[dict]:
+def _write_batch(config, workdir, local, sel, values, out, stems) -> list[dict]:
     """PNGs of this process's images `sel` under every value, and their records."""
     x_hat = out["x_hat"]  # (V, n, S, S, 3)
     truth = np.broadcast_to(local.arrays[sel], x_hat.shape)
@@ -163,7 +164,7 @@ def _write_batch(config, workdir, local, sel, values, out) -> list[dict]:
     )
     records = []
     for j, i in enumerate(sel):
-        nm = pathlib.Path(local.names[i]).stem
+        nm = stems[local.names[i]]  # unique per input file (img.png and img.jpg differ)
         jdata.save_png(workdir / "images" / f"{nm}_truth.png", local.arrays[i])
         jdata.save_png(workdir / "images" / f"{nm}_measurement.png", out["y"][0, j])
         for a, v in enumerate(values):
@@ -172,6 +173,7 @@ def _write_batch(config, workdir, local, sel, values, out) -> list[dict]:
                 {
                     "value": v,
                     "image": local.names[i],
+                    "output": nm,
                     "index": int(local.index[i]),
                     "seed": int(config.seed),
                     "metrics": {k: float(flat[k][a * len(sel) + j]) for k in METRICS},

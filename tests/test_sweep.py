@@ -111,3 +111,24 @@ def test_dps_scale_sweep_differentiates_through_the_network(tmp_path, tiny_model
     r = run_sweep(c, tmp_path / "dps", "scale", [0.0, 50.0], progress=False)
     psnr = [row["psnr"]["mean"] for row in r["rows"]]
     assert all(np.isfinite(psnr)) and psnr[0] != psnr[1]  # the scale reaches the result
+
+
+def test_sweep_names_outputs_apart_when_stems_collide(tmp_path, tiny_model):  # noqa: F811
+    """img.png and img.jpg: each keeps its own PNGs (the driver's output_stems), and the record
+    says which."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "img.png")
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(data / "img.jpg")
+    c = config("measurement", "denoise", tiny_model, data)
+    run_sweep(c, tmp_path / "s", "noise_sigma", [0.0, 0.5], progress=False)
+    recs = [json.loads(x) for x in (tmp_path / "s" / "results.jsonl").read_text().splitlines()]
+    assert sorted({(r["image"], r["output"]) for r in recs}) == [
+        ("img.jpg", "img_jpg"),
+        ("img.png", "img_png"),
+    ]
+    black = jdata.load_image(tmp_path / "s" / "images" / "img_png_0.png")
+    white = jdata.load_image(tmp_path / "s" / "images" / "img_jpg_0.png")
+    assert black.max() == -1.0 and white.min() == 1.0  # not one file written twice
