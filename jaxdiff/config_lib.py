@@ -16,6 +16,8 @@ an image folder (PNG/JPEG, centre-cropped and resized to the model's size) for r
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
 import pathlib
 from collections.abc import Sequence
 
@@ -207,10 +209,22 @@ def config_path(name: str) -> pathlib.Path:
     raise ValueError(f"unknown config {name!r}; known: {', '.join(config_names())}")
 
 
+@functools.cache
+def config_module(name: str):
+    """The config file `name` as a module, loaded by path as ml_collections' config_flags loads
+    it (no `configs` package; once per process)."""
+    path = config_path(name)
+    spec = importlib.util.spec_from_file_location(f"jaxdiff_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 __all__ = [
     "Choice",
     "base_config",
     "config_dir",
+    "config_module",
     "config_names",
     "config_path",
     "parse_arg",

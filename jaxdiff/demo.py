@@ -14,8 +14,6 @@ The method and baseline configs are the config files METHOD.py and baselines.py
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import pathlib
 import time
 
@@ -24,16 +22,6 @@ import numpy as np
 
 from jaxdiff import config_lib
 from jaxdiff.baselines import APPLIES
-
-
-@functools.cache
-def config_module(name: str):
-    """The config file NAME.py as a module, loaded by path (once)."""
-    path = config_lib.config_path(name)
-    spec = importlib.util.spec_from_file_location(f"jaxdiff_demo_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _split(s: str) -> list[str]:
@@ -53,10 +41,10 @@ def run_config(demo, method: str, task: str):
     from jaxdiff.samplers import SAMPLERS
 
     if method in SAMPLERS:
-        c = config_module(method).get_config(task)
+        c = config_lib.config_module(method).get_config(task)
         c.sampler.respacing = respacing(demo, task, method)
     else:
-        c = config_module("baselines").get_config(f"{method},{task}")
+        c = config_lib.config_module("baselines").get_config(f"{method},{task}")
     overrides = dict(demo.task_overrides.get(task, {}))
     if overrides:
         c.task.doc = f"{c.task.doc} (demo override at 32 px: {overrides})"

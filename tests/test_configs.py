@@ -3,7 +3,6 @@ the get_config argument parser (jaxdiff.config_lib.parse_arg)."""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 
 import pytest
@@ -17,17 +16,8 @@ from jaxdiff.experiment import scale_task
 from jaxdiff.operators import get_operator
 from jaxdiff.samplers import SAMPLERS
 
-
-def _load(name):
-    """configs/NAME.py loaded by path, as config_flags loads it (no `configs` package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_config", config_lib.config_path(name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-baseline_configs = _load("baselines")
-demo = _load("demo")
+baseline_configs = config_lib.config_module("baselines")
+demo = config_lib.config_module("demo")
 # every registered sampler with a config file of its own (configs/ddnm.py also runs ddnm_plus)
 METHODS = tuple(m for m in SAMPLERS.names() if m in config_lib.config_names())
 # Each task preset's operator (jaxdiff.operators), written out here: the DPS configs' tasks
@@ -54,7 +44,7 @@ DIFFUSION_1000 = {
 
 
 def _cfg(method, arg):
-    return _load(method).get_config(arg)
+    return config_lib.config_module(method).get_config(arg)
 
 
 def test_every_registered_sampler_has_a_config():
