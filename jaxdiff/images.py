@@ -134,10 +134,11 @@ def load_share(
         for got in allgather_json({"names": part.names, "skipped": part.skipped}):
             names += got["names"]
             skipped.update(got["skipped"])
+    empty = np.zeros((0, size, size, 3), np.float32)
     local = Images(
         [n for p in parts for n in p.names],
         [i for p in parts for i in p.index],
-        np.concatenate([p.arrays for p in parts]) if parts else np.zeros((0, size, size, 3)),
+        np.concatenate([p.arrays for p in parts]) if parts else empty,
         {k: v for p in parts for k, v in p.skipped.items()},
     )
     return local, names, skipped

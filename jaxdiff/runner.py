@@ -69,6 +69,7 @@ class BatchRunner:
         self._batch = ShardedBatch(
             reconstruct_batch, batch_size=self.batch_size, out_axis=int(sweep), cache_key=key
         )
+        self._params = self._batch.replicate(exp.params)  # once, not per batch
 
     @property
     def compile_seconds(self) -> float:
@@ -99,7 +100,7 @@ class BatchRunner:
     def __call__(self, keys, x, hparams=None) -> dict:
         keys, x = np.asarray(keys), np.asarray(x, np.float32)
         n = keys.shape[0]
-        same = {"params": self.exp.params, "h": self.hparams(hparams)}
+        same = {"params": self._params, "h": self.hparams(hparams)}
         out = jax.tree.map(np.asarray, jax.device_get(self._batch(same, {"keys": keys, "x": x})))
         if self._host_method is not None:
             out = self._run_host(out, same["h"], n)

@@ -159,12 +159,22 @@ class ShardedBatch:
             out = multihost_utils.global_array_to_host_local_array(out, self.mesh, self._out_spec)
         return jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, n, axis=self.out_axis), out)
 
+    def replicate(self, tree):
+        """`tree` on every device of the mesh: done once for what every call passes (the
+        network's parameters), a call then finds it in place."""
+        return self._place(tree, self._same)
+
     def _place(self, tree, sharding):
-        if jax.process_count() == 1:
-            return jax.device_put(tree, sharding)
-        if sharding is self._same:  # every process holds the whole value
-            return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
+        def one(x):
+            if isinstance(x, jax.Array) and x.sharding == sharding:
+                return x  # already in place (replicate)
+            if jax.process_count() == 1:
+                return jax.device_put(x, sharding)
+            if sharding is self._same:  # every process holds the whole value
+                return jax.device_put(np.asarray(x), sharding)
+            return jax.make_array_from_process_local_data(sharding, x)
+
+        return jax.tree.map(one, tree)
 
     def _program(self, args):
         shapes = tuple((str(a.dtype), a.shape) for a in jax.tree.leaves(args))
