@@ -12,6 +12,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -256,8 +257,8 @@ def load_checkpoint(directory, verify: bool = True) -> tuple[Any, dict]:
     """``(params, meta)``: params a nested dict of host numpy arrays (floating ones float32).
 
     With ``verify`` the parameters must hash to the sidecar's ``params_sha256`` (a damaged
-    params/ folder fails here, not as silently wrong samples); a sidecar written before the
-    digest existed gets the finiteness check instead."""
+    params/ folder fails here, not as silently wrong samples); a sidecar without one is refused
+    (`seal_checkpoint` records it for a folder the user trusts)."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
@@ -278,13 +279,67 @@ def load_checkpoint(directory, verify: bool = True) -> tuple[Any, dict]:
             f"{PARAMS_DIR}/ holds {n}"
         )
     if verify:
-        want = meta.get("params_sha256")
-        if want is None:
-            check_weights(params, None, what=str(directory))
-        elif params_digest(params) != want:
-            raise CheckpointError(
-                f"{directory}: the parameters in {PARAMS_DIR}/ are not the ones that were "
-                f"written (SHA-256 differs from {META_FILE}'s params_sha256): the folder is "
-                "corrupt; convert or export it again"
-            )
+        verify_params(directory, params, meta)
     return params, meta
+
+
+def verify_params(directory, params, meta: dict) -> None:
+    """Check `params` against everything the sidecar records about them; a sidecar that records
+    no digest is refused (what such a folder holds cannot be told from what was written)."""
+    want = meta.get("params_sha256")
+    if want is None:
+        raise CheckpointError(
+            f"{directory}: {META_FILE} carries no params_sha256, so its parameters cannot be "
+            "verified; convert the weights again, or if you trust them, record their digest "
+            f"with `python -m jaxdiff.checkpoint {directory}`"
+        )
+    if not isinstance(want, str) or not re.fullmatch(r"[0-9a-f]{64}", want):
+        raise CheckpointError(f"{directory}: {META_FILE}: params_sha256 {want!r} is not a SHA-256")
+    if params_digest(params) != want:
+        raise CheckpointError(
+            f"{directory}: the parameters in {PARAMS_DIR}/ are not the ones that were "
+            f"written (SHA-256 differs from {META_FILE}'s params_sha256): the folder is "
+            "corrupt; convert or export it again"
+        )
+
+
+def seal_checkpoint(directory, max_abs: float | None = MAX_ABS_WEIGHT) -> str:
+    """Record the digest of a folder whose sidecar has none (written before digests existed),
+    after the checks a save makes (finite, |w| <= max_abs); returns the digest."""
+    directory = Path(directory).absolute()
+    params, meta = load_checkpoint(directory, verify=False)
+    if meta.get("params_sha256") is not None:
+        verify_params(directory, params, meta)
+        return meta["params_sha256"]
+    check_weights(params, max_abs, what=str(directory))
+    meta["params_sha256"] = params_digest(params)
+    from jaxdiff.data import atomic_write_text
+
+    atomic_write_text(
+        directory / META_FILE, json.dumps(meta, indent=2, default=json_default) + "\n"
+    )
+    return meta["params_sha256"]
+
+
+def main(argv=None) -> int:
+    """`python -m jaxdiff.checkpoint DIR [--allow_large_weights]`: seal a trusted folder."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m jaxdiff.checkpoint", description=main.__doc__)
+    ap.add_argument("directory")
+    ap.add_argument("--allow_large_weights", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        digest = seal_checkpoint(
+            args.directory, None if args.allow_large_weights else MAX_ABS_WEIGHT
+        )
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"jaxdiff.checkpoint: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.directory}: params_sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -214,3 +214,26 @@ def test_a_diffusion_sidecar_without_its_schedule_is_named(tmp_path):
     (d / "jaxdiff.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"prior/jaxdiff.json: no 'diffusion' entry"):
         load_pretrained(d)
+
+
+def test_a_sidecar_without_a_digest_is_refused_until_sealed(tmp_path, capsys):
+    # corrupted-looking weights (finite, 1e30) whose sidecar lost its digest: nothing to verify
+    bad = _params()
+    bad["conv_in"]["bias"] = np.full(8, 1e30, np.float32)
+    for name, params in (("bad", bad), ("good", _params())):
+        d = ck.save_pretrained(tmp_path / name, params, META, max_abs=None)
+        meta = json.loads((d / "jaxdiff.json").read_text())
+        del meta["params_sha256"]
+        (d / "jaxdiff.json").write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match=r"carries no params_sha256.*jaxdiff.checkpoint"):
+            ck.load_checkpoint(d)
+    # sealing checks the weights as a save does before it records their digest
+    assert ck.main([str(tmp_path / "bad")]) == 2
+    assert "above 100000" in capsys.readouterr().err
+    assert ck.main([str(tmp_path / "good")]) == 0
+    params, meta = ck.load_checkpoint(tmp_path / "good")
+    assert meta["params_sha256"] == ck.params_digest(params)
+    meta["params_sha256"] = "not-a-digest"
+    (tmp_path / "good" / "jaxdiff.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="is not a SHA-256"):
+        ck.load_checkpoint(tmp_path / "good")
