@@ -11,7 +11,9 @@ import io
 import json
 import os
 import pathlib
+import stat
 import tempfile
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -90,15 +92,41 @@ def to_rgb8(img: Image.Image, path) -> Image.Image:
     raise ImageReadError(f"{path}: image mode {mode!r} has no defined RGB conversion; save as RGB")
 
 
-def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    """One image file -> (H, W, 3) float32 in [-1, 1], centre-cropped and resized to `size`."""
+# Images above this many pixels are skipped before their pixels are decoded: far above any
+# dataset image (8k x 8k), far below what a decompression bomb asks for.
+MAX_PIXELS = 8192 * 8192
+
+
+def load_image(
+    path: str | os.PathLike, size: int | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """One image file -> (H, W, 3) float32 in [-1, 1], centre-cropped and resized to `size`.
+
+    Only a regular file is opened (a FIFO would block the open forever), and its size is read
+    from the header before any pixel is decoded: more than `max_pixels` is an ImageReadError."""
     path = pathlib.Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = to_rgb8(img, path)
+        st = os.stat(path)
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot read ({e})") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(f"{path}: not a regular file (a FIFO, device or folder); not opened")
+    try:
+        with warnings.catch_warnings():  # PIL's own bomb warning: the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageReadError(
+                        f"{path}: {w}x{h} pixels, above the limit of {max_pixels} "
+                        f"({st.st_size} bytes on disk); not decoded"
+                    )
+                img.load()
+                img = to_rgb8(img, path)
     except ImageReadError:
         raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: decompression bomb refused by PIL ({e}); not decoded") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot decode image ({e})") from e
     if size is not None:

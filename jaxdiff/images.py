@@ -91,9 +91,10 @@ def list_entries(source: str, meta: dict | None = None, image_list: str = "") ->
     return listing
 
 
-def decode(entries, size: int, limit: int = 0) -> Images:
+def decode(entries, size: int, limit: int = 0, max_pixels: int = jdata.MAX_PIXELS) -> Images:
     """Decode `entries` at `size` (the first `limit` decodable ones; 0 = all). An undecodable
-    file is named in a warning and in `skipped`; the others go on."""
+    file (corrupt, not a regular file, more than `max_pixels` pixels) is named in a warning and
+    in `skipped`; the others go on."""
     from jaxdiff import photos
 
     names, index, arrays, skipped = [], [], [], {}
@@ -102,7 +103,7 @@ def decode(entries, size: int, limit: int = 0) -> Images:
             break
         if isinstance(e.source, pathlib.Path):
             try:
-                arrays.append(jdata.load_image(e.source, size))
+                arrays.append(jdata.load_image(e.source, size, max_pixels))
             except jdata.ImageReadError as err:
                 log.warning("skipping %s: %s", e.source, err)
                 skipped[e.name] = str(err)
@@ -116,7 +117,12 @@ def decode(entries, size: int, limit: int = 0) -> Images:
 
 
 def load_share(
-    source: str, size: int, limit: int = 0, meta: dict | None = None, image_list: str = ""
+    source: str,
+    size: int,
+    limit: int = 0,
+    meta: dict | None = None,
+    image_list: str = "",
+    max_pixels: int = jdata.MAX_PIXELS,
 ) -> tuple[Images, list[str], dict[str, str]]:
     """This process's share of a run's images, decoded, and every process's names and skipped
     files (one process: all of them). The first `limit` decodable files (0 = all), as
@@ -129,7 +135,7 @@ def load_share(
     while start < len(entries) and (not limit or len(names) < limit):
         batch = entries[start : start + (limit - len(names) if limit else len(entries))]
         start += len(batch)
-        part = decode([batch[i] for i in process_share(len(batch))], size)
+        part = decode([batch[i] for i in process_share(len(batch))], size, 0, max_pixels)
         parts.append(part)
         for got in allgather_json({"names": part.names, "skipped": part.skipped}):
             names += got["names"]
@@ -145,11 +151,16 @@ def load_share(
 
 
 def load_images(
-    source: str, size: int, limit: int = 0, meta: dict | None = None, image_list: str = ""
+    source: str,
+    size: int,
+    limit: int = 0,
+    meta: dict | None = None,
+    image_list: str = "",
+    max_pixels: int = jdata.MAX_PIXELS,
 ) -> Images:
     """Images from a folder (PNG/JPEG, centre-cropped and resized to `size`; `image_list` picks
     named files, a missing one is an error naming it) or "demo" (the model's held-out photos)."""
-    images = decode(list_entries(source, meta, image_list), size, limit)
+    images = decode(list_entries(source, meta, image_list), size, limit, max_pixels)
     if not images.names:
         raise ValueError(f"no decodable images in {source} (skipped: {sorted(images.skipped)})")
     return images

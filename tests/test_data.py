@@ -128,3 +128,43 @@ def test_load_share_takes_the_first_n_decodable_images(tmp_path):
     assert list(skipped) == ["b.png"] and local.arrays.shape == (2, 8, 8, 3)
     local, names, _ = load_share(str(tmp_path), 8)
     assert names == ["a.png", "c.jpg", "d.png"]
+
+
+def _png_header(path, width, height):
+    """A PNG whose header claims width x height RGB pixels, with no pixel data at all."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_fifos_bombs_and_huge_images_are_skipped_by_name_before_decoding(tmp_path):
+    import os
+    import threading
+
+    data.save_png(tmp_path / "b_ok.png", np.zeros((8, 8, 3)))
+    os.mkfifo(tmp_path / "a_fifo.png")  # opening it would wait for a writer forever
+    _png_header(tmp_path / "c_bomb.png", 20000, 20000)  # above PIL's own bomb limit
+    _png_header(tmp_path / "d_huge.png", 13000, 13000)  # under PIL's limit: 1.1 GB decoded
+    got = {}
+    t = threading.Thread(target=lambda: got.update(images=load_images(str(tmp_path), 8)))
+    t.daemon = True
+    t.start()
+    t.join(30)
+    assert "images" in got, "load_images blocked (or raised) on a FIFO / bomb / huge image"
+    images = got["images"]
+    assert images.names == ["b_ok.png"] and images.index == [1]
+    assert "not a regular file" in images.skipped["a_fifo.png"]
+    assert "decompression bomb" in images.skipped["c_bomb.png"]
+    assert "400000000 pixels" in images.skipped["c_bomb.png"]
+    assert "13000x13000 pixels, above the limit" in images.skipped["d_huge.png"]
+    # the limit is a setting: a small one skips a real image by its size
+    with pytest.raises(ImageReadError, match="8x8 pixels, above the limit of 10"):
+        load_image(tmp_path / "b_ok.png", 8, max_pixels=10)
