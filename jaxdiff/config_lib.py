@@ -172,7 +172,8 @@ def base_config(task: str = "box") -> ml_collections.ConfigDict:
     c.metrics.fid_sqrtm = "scipy"  # pytorch-fid's scipy.linalg.sqrtm; "svd": same value, fast
     c.metrics.kid_subsets = 100  # torch-fidelity defaults (subset size capped at the image count)
     c.metrics.kid_subset_size = 1000
-    # where the ground truth's features are cached; "" = DIR/reference_stats of the Inception
+    # where the ground truth's features are cached (keyed by content); "" = the user's cache
+    # folder: $JAXDIFF_CACHE_DIR, else $XDG_CACHE_HOME/jaxdiff, else ~/.cache/jaxdiff
     c.metrics.reference_stats = ""
 
     c.output = ml_collections.ConfigDict()

@@ -143,15 +143,24 @@ def kid(
 
 # --- reference statistics, computed once per data folder -----------------------------------------
 def save_reference(path, features, info: dict) -> pathlib.Path:
-    """features (float32 values), their float64 mu/sigma and `info` (what they were computed
-    from), written atomically so concurrent runs never read half a file."""
+    """features (float32 values), their float64 mu/sigma (empty below 2 images) and `info`
+    (what they were computed from), written atomically so concurrent runs never read half a
+    file."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mu, sigma = feature_stats(features)
+    features = np.asarray(features)
+    if len(features) >= 2:
+        mu, sigma = feature_stats(features)
+    else:  # one image: its features are still worth keeping; it has no covariance
+        mu, sigma = np.zeros((0,)), np.zeros((0, 0))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, features=np.asarray(features), mu=mu, sigma=sigma, info=json.dumps(info))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, features=features, mu=mu, sigma=sigma, info=json.dumps(info))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
