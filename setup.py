@@ -48,5 +48,10 @@ setup(
         "scipy>=1.10",  # FID's matrix square root (scipy.linalg.sqrtm, as pytorch-fid)
         "opencv-python-headless>=4.8",
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.5"],
+        # TensorBoard logging of runs (scripts/table.py --tensorboard): the clu MetricWriter
+        # interface, event files written by tensorboardX (no TensorFlow needed)
+        "tensorboard": ["clu>=0.0.12", "tensorboardX>=2.6"],
+    },
 )

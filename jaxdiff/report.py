@@ -2,9 +2,10 @@
 the DPS paper's tables (scripts/table.py), and the sweep's figures (jaxdiff.sweep).
 
 make_table writes into its `out` folder: table.md (cells "PSNR / SSIM / LPIPS", mean over
-images), table.csv (one row per method, task and metric: mean, std, n, seconds per image, run
-folder), table.png (one heat-map panel per metric) and grid_TASK.png (ground truth | measurement |
-every method, the same images side by side).
+images; one column per distinct task setting), table.csv (one row per method, task and metric:
+mean, std, n, seconds per image, run folder), table.png (one heat-map panel per metric) and
+grid_TASK.png (ground truth, then each method's own measurement and reconstruction, the same
+images side by side); and results.csv (per image) beside each run's results.jsonl.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import pathlib
 
 import numpy as np
 
 from jaxdiff import data as jdata
+from jaxdiff import exports
 from jaxdiff.metrics.per_image import DIGITS, LABELS, LOWER_IS_BETTER, METRICS
-from jaxdiff.workdir import SUMMARY_JSON, image_path, read_png
+from jaxdiff.workdir import RESULTS, SUMMARY_JSON, image_path, read_png
+
+log = logging.getLogger("jaxdiff.report")
 
 # The paper's columns, then the others
 TASK_ORDER = ("sr4", "box", "random", "gaussian_blur", "motion_blur", "sr2")
@@ -46,29 +51,69 @@ def _order(items, preferred):
     return sorted(items, key=lambda x: (rank.get(x, len(rank)), x))
 
 
+# what names a run's task but does not change it
+_NOT_SETTING = ("name", "doc")
+
+
+def _flat(d, prefix="") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def task_setting(s) -> dict:
+    """What a run's task did, flattened: the effective (scaled) task and the data folder."""
+    task = {k: v for k, v in (s.get("effective_task") or {}).items() if k not in _NOT_SETTING}
+    return _flat({**task, "data": s.get("data"), "image_size": s.get("image_size")})
+
+
+def _setting_text(setting: dict, keys) -> str:
+    return ", ".join(f"{k}={json.dumps(setting.get(k))}" for k in keys)
+
+
 def collect(runs) -> dict:
-    """{"methods", "tasks", "cells": {(method, task): summary-with-run}}; a repeated
-    (method, task) is labelled by its folder name."""
+    """{"methods", "tasks", "cells": {(method, column): summary-with-run}, "settings"}: one
+    column per distinct task setting. Runs of one task name with different settings get one
+    column each, labelled by what differs (`settings[column]`); a repeated (method, column) is
+    labelled by its folder name."""
     summaries = []
     for r in runs:
         s = json.loads((pathlib.Path(r) / SUMMARY_JSON).read_text())
         s["run"] = str(r)
         summaries.append(s)
+    by_name: dict[str, dict[str, dict]] = {}
+    for s in summaries:
+        setting = task_setting(s)
+        by_name.setdefault(s["task"], {})[json.dumps(setting, sort_keys=True)] = setting
+    settings, column_of = {}, {}
+    for name, variants in by_name.items():
+        flat = list(variants.values())
+        keys = sorted({k for v in flat for k in v if len({json.dumps(w.get(k)) for w in flat}) > 1})
+        for key, setting in variants.items():
+            label = f"{name} [{_setting_text(setting, keys)}]" if keys else name
+            column_of[(name, key)] = label
+            settings[label] = {"task": name, "differs": _setting_text(setting, keys)}
     counts = {}
     for s in summaries:
-        counts[(s["method"], s["task"])] = counts.get((s["method"], s["task"]), 0) + 1
+        s["column"] = column_of[(s["task"], json.dumps(task_setting(s), sort_keys=True))]
+        counts[(s["method"], s["column"])] = counts.get((s["method"], s["column"]), 0) + 1
     cells = {}
     for s in summaries:
         label = s["method"]
-        if counts[(s["method"], s["task"])] > 1:
+        if counts[(s["method"], s["column"])] > 1:
             label = f"{s['method']} ({pathlib.Path(s['run']).name})"
-        cells[(label, s["task"])] = s
+        cells[(label, s["column"])] = s
     methods = _order({m for m, _ in cells}, METHOD_ORDER)
     methods = [m for m in methods if m != "measurement"] + (
         ["measurement"] if "measurement" in methods else []
     )
-    tasks = _order({t for _, t in cells}, TASK_ORDER)
-    return {"methods": methods, "tasks": tasks, "cells": cells}
+    rank = {name: i for i, name in enumerate(TASK_ORDER)}
+    tasks = sorted(settings, key=lambda c: (rank.get(settings[c]["task"], len(rank)), c))
+    return {"methods": methods, "tasks": tasks, "cells": cells, "settings": settings}
 
 
 def _mean(s, metric):
@@ -131,6 +176,9 @@ def markdown(t: dict) -> str:
         n = sorted({s["num_images"] for s in ss})
         size = sorted({s["image_size"] for s in ss})
         lines.append(f"| {k} | {', '.join(map(str, n))} | {', '.join(map(str, size))} |")
+    if any(v["differs"] for v in t.get("settings", {}).values()):
+        lines += ["", "Runs of one task with different settings are separate columns, named by"]
+        lines += ["what differs (each run's summary.json: effective_task, data)."]
     lines += ["", "Seconds per image: table.csv (timings are not part of this file, so a rerun"]
     lines += ["of the same command reproduces it byte for byte)."]
     return "\n".join(lines) + "\n"
@@ -214,50 +262,90 @@ def plot_table(t: dict, path) -> None:
     plt.close(fig)
 
 
-def plot_grid(t: dict, task: str, path, max_images: int = 4) -> bool:
-    """ground truth | measurement | each method, for the images every run of `task` has."""
+def _records(run) -> dict:
+    """{output stem: record} of a run's results.jsonl ({} when it has none)."""
+    path = pathlib.Path(run) / RESULTS
+    if not path.is_file():
+        return {}
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r.get("output") or pathlib.Path(r["image"]).stem: r for r in recs}
+
+
+def grid_layout(t: dict, task: str, max_images: int = 4) -> tuple[list[str], list[dict]]:
+    """`(stems, columns)` of a task column's grid: the images every shown run has, and the
+    panels of each row, `{"title", "run", "kind"}`. A run's measurement and reconstruction come
+    from that run alone; the ground truth from the first run, repeated for any run whose ground
+    truth differs. The "measurement" method (its output is the measurement) shows only alone."""
     ss = [(m, t["cells"][(m, task)]) for m in t["methods"] if (m, task) in t["cells"]]
-    # the "measurement" method's image is the measurement column (resized): not shown twice
     shown = [(m, s) for m, s in ss if m != "measurement"] or ss
-    names = None
-    for _, s in ss:
+    stems = None
+    for _, s in shown:
         have = {
             p.name[: -len("_recon.png")]
             for p in (pathlib.Path(s["run"]) / "images").glob("*_recon.png")
         }
-        names = have if names is None else names & have
-    names = sorted(names or [])[:max_images]
-    if not names:
+        stems = have if stems is None else stems & have
+    stems = sorted(stems or [])[:max_images]
+    if not stems:
+        return [], []
+    first = shown[0][1]["run"]
+    columns = [{"title": "ground truth", "run": first, "kind": "truth"}]
+    for m, s in shown:
+        if s["run"] != first and any(
+            not np.array_equal(
+                read_png(image_path(first, n, "truth")), read_png(image_path(s["run"], n, "truth"))
+            )
+            for n in stems
+        ):
+            columns.append({"title": f"{m}\nground truth", "run": s["run"], "kind": "truth"})
+        columns.append({"title": f"{m}\nmeasurement", "run": s["run"], "kind": "measurement"})
+        columns.append({"title": f"{m}\n{_cell(s)}", "run": s["run"], "kind": "recon"})
+    return stems, columns
+
+
+def plot_grid(t: dict, task: str, path, max_images: int = 4) -> bool:
+    """One row per image, each method's measurement and reconstruction from its own run,
+    titled with the method and its means, each reconstruction with its own metrics."""
+    stems, columns = grid_layout(t, task, max_images)
+    if not stems:
         return False
     plt = _plt()
-    cols = ["ground truth", "measurement"] + [m for m, _ in shown]
+    records = {c["run"]: _records(c["run"]) for c in columns}
     fig, axes = plt.subplots(
-        len(names), len(cols), figsize=(1.4 * len(cols), 1.5 * len(names)), squeeze=False
+        len(stems),
+        len(columns),
+        figsize=(1.7 * len(columns), 1.7 * len(stems) + 0.6),
+        squeeze=False,
     )
-    first = pathlib.Path(ss[0][1]["run"])
-    for i, name in enumerate(names):
-        imgs = [
-            read_png(image_path(first, name, "truth")),
-            read_png(image_path(first, name, "measurement")),
-        ] + [read_png(image_path(s["run"], name, "recon")) for _, s in shown]
-        for j, img in enumerate(imgs):
+    for i, stem_ in enumerate(stems):
+        for j, c in enumerate(columns):
+            img = read_png(pathlib.Path(c["run"]) / "images" / f"{stem_}_{c['kind']}.png")
             ax = axes[i, j]
             ax.imshow(np.clip((img + 1) / 2, 0, 1), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(cols[j], fontsize=8)
-        axes[i, 0].set_ylabel(name, fontsize=7)
-    fig.suptitle(task, fontsize=10)
+                ax.set_title(c["title"], fontsize=6)
+            rec = records[c["run"]].get(stem_)
+            if c["kind"] == "recon" and rec:
+                ax.set_xlabel(_record_text(rec), fontsize=6)
+        axes[i, 0].set_ylabel(stem_, fontsize=7)
+    fig.suptitle(f"task: {task}", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
     return True
 
 
+def _record_text(rec: dict) -> str:
+    m = rec.get("metrics") or {}
+    vals = [m.get(k) for k in METRICS]
+    return " / ".join("n/a" if v is None else f"{v:.{DIGITS[k]}f}" for k, v in zip(METRICS, vals))
+
+
 def make_table(paths, out=None, grid_images: int = 4) -> dict:
-    """Write table.md/.csv/.png and grid_TASK.png for the runs under `paths`; returns the
-    written paths."""
+    """Write table.md/.csv/.png, grid_TASK.png and each run's results.csv for the runs under
+    `paths`; returns the written paths (table files and grids)."""
     runs = find_runs(paths)
     out = pathlib.Path(out or os.path.commonpath([str(r.resolve().parent) for r in runs]))
     out.mkdir(parents=True, exist_ok=True)
@@ -266,10 +354,20 @@ def make_table(paths, out=None, grid_images: int = 4) -> dict:
     jdata.atomic_write_text(written["md"], markdown(t))
     jdata.atomic_write_text(written["csv"], to_csv(t))
     plot_table(t, written["png"])
-    for task in t["tasks"]:
-        p = out / f"grid_{task}.png"
-        if plot_grid(t, task, p, grid_images):
-            written[f"grid_{task}"] = p
+    seen: dict[str, int] = {}
+    for column in t["tasks"]:
+        name = t["settings"][column]["task"]
+        seen[name] = seen.get(name, 0) + 1
+        key = (
+            f"grid_{name}" if not t["settings"][column]["differs"] else f"grid_{name}_{seen[name]}"
+        )
+        if plot_grid(t, column, out / f"{key}.png", grid_images):
+            written[key] = out / f"{key}.png"
+    for run in runs:
+        try:
+            exports.write_results_csv(run)
+        except OSError as e:  # a read-only run folder: the table itself is done
+            log.warning("%s: results.csv not written (%s)", run, e)
     return written
 
 

@@ -13,7 +13,9 @@ from jaxdiff import report
 from jaxdiff.workdir import SUMMARY_JSON, image_path
 
 
-def _fake_run(root, method, task, psnr, ssim, lpips, images=("a.png", "b.png"), folder=None):
+def _fake_run(
+    root, method, task, psnr, ssim, lpips, images=("a.png", "b.png"), folder=None, sigma=0.05
+):
     """A run folder as jaxdiff.runs writes it (the summary fields the table reads + PNGs)."""
     run = root / (folder or f"{method}_{task}")
     run.mkdir(parents=True)
@@ -25,12 +27,22 @@ def _fake_run(root, method, task, psnr, ssim, lpips, images=("a.png", "b.png"), 
         "image_size": 8,
         "metrics": {"psnr": stat(psnr), "ssim": stat(ssim), "lpips": stat(lpips)},
         "seconds_per_image": stat(1.5),
+        "effective_task": {"name": task, "doc": task, "operator": task, "sigma": sigma},
+        "data": "demo",
+        "config": {"seed": 0, "sampler": {"hparams": {"scale": 1.0}}},
     }
     jdata.atomic_write_json(run / SUMMARY_JSON, summary)
     rng = np.random.default_rng(len(method) + len(task))
-    for name in images:
-        for kind in ("truth", "measurement", "recon"):
+    truth = np.random.default_rng(0)  # the same ground truth in every run
+    records = []
+    for i, name in enumerate(images):
+        jdata.save_png(image_path(run, name, "truth"), truth.uniform(-1, 1, (8, 8, 3)))
+        for kind in ("measurement", "recon"):
             jdata.save_png(image_path(run, name, kind), rng.uniform(-1, 1, (8, 8, 3)))
+        m = {"psnr": psnr + i / 3, "ssim": ssim, "lpips": lpips}
+        records.append({"image": name, "index": i, "seed": 0, "metrics": m, "seconds": 1.5})
+    lines = [json.dumps(r) for r in records]
+    (run / "results.jsonl").write_text("\n".join(lines) + "\n")
     return run
 
 
@@ -92,3 +104,97 @@ def test_missing_metrics_and_bad_paths(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no run folders"):
         report.find_runs([tmp_path / "empty"])
+
+
+def test_runs_of_one_task_with_different_settings_get_their_own_columns(tmp_path):
+    _fake_run(tmp_path, "dps", "box", 20.0, 0.7, 0.2, folder="dps_a", sigma=0.05)
+    _fake_run(tmp_path, "telea", "box", 18.0, 0.6, 0.3, folder="telea_a", sigma=0.05)
+    _fake_run(tmp_path, "dps", "box", 15.0, 0.5, 0.4, folder="dps_b", sigma=0.5)
+    written = report.make_table([tmp_path], out=tmp_path / "t")
+    md = written["md"].read_text()
+    assert "| method | box [sigma=0.05] | box [sigma=0.5] |" in md
+    assert "| dps | 20.00 / 0.700 / 0.200 | 15.00 / 0.500 / 0.400 |" in md
+    assert "| telea | 18.00 / 0.600 / 0.300 | – |" in md
+    assert "grid_box_1" in written and "grid_box_2" in written
+    # one setting: the column is just the task's name
+    one = report.collect(report.find_runs([tmp_path / "dps_a", tmp_path / "telea_a"]))
+    assert one["tasks"] == ["box"]
+
+
+def test_a_grid_pairs_each_measurement_with_its_own_runs_reconstruction(tmp_path):
+    _fake_run(tmp_path, "dps", "box", 20.0, 0.7, 0.2)
+    _fake_run(tmp_path, "telea", "box", 18.0, 0.6, 0.3)
+    t = report.collect(report.find_runs([tmp_path]))
+    stems, columns = report.grid_layout(t, "box")
+    assert stems == ["a", "b"]
+    kinds = [c["kind"] for c in columns]
+    assert kinds == ["truth", "measurement", "recon", "measurement", "recon"]
+    for meas, recon in zip(columns[1::2], columns[2::2]):
+        assert meas["run"] == recon["run"]  # never one run's measurement beside another's output
+    assert {c["run"] for c in columns[1:]} == {
+        str(tmp_path / "dps_box"),
+        str(tmp_path / "telea_box"),
+    }
+    assert columns[2]["title"] == "dps\n20.00 / 0.700 / 0.200"  # method and its means
+    # a run whose ground truth differs shows its own
+    jdata.save_png(image_path(tmp_path / "telea_box", "a.png", "truth"), np.zeros((8, 8, 3)))
+    _, columns = report.grid_layout(report.collect(report.find_runs([tmp_path])), "box")
+    assert [c["title"] for c in columns].count("telea\nground truth") == 1
+    assert report.plot_grid(t, "box", tmp_path / "g.png")
+
+
+def test_per_image_csv_beside_results_jsonl(tmp_path):
+    run = _fake_run(tmp_path, "dps", "box", 20.0, 0.7, 0.2)
+    report.make_table([run], out=tmp_path / "t")
+    with open(run / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == ["a.png", "b.png"]
+    assert float(rows[1]["psnr"]) == 20.0 + 1 / 3  # full precision
+    assert rows[0]["ssim"] == "0.7" and rows[0]["seed"] == "0"
+
+
+class FakeWriter:
+    """clu.metric_writers.MetricWriter's interface, recording the calls."""
+
+    def __init__(self):
+        self.scalars, self.images, self.texts, self.hparams = [], [], [], None
+
+    def write_scalars(self, step, scalars):
+        self.scalars.append((step, dict(scalars)))
+
+    def write_images(self, step, images):
+        self.images.append((step, {k: np.asarray(v) for k, v in images.items()}))
+
+    def write_texts(self, step, texts):
+        self.texts.append((step, dict(texts)))
+
+    def write_hparams(self, hparams):
+        self.hparams = dict(hparams)
+
+    def flush(self):
+        pass
+
+
+def test_tensorboard_logging_of_a_run(tmp_path, monkeypatch):
+    from jaxdiff import exports
+
+    run = _fake_run(tmp_path, "dps", "box", 20.0, 0.7, 0.2)
+    w = FakeWriter()
+    assert exports.log_run(run, w) == 2
+    assert w.hparams["sampler.hparams.scale"] == 1.0 and w.hparams["seed"] == 0
+    assert (0, {"mean/psnr": 20.0, "mean/ssim": 0.7, "mean/lpips": 0.2}) in w.scalars
+    assert (1, {"image/psnr": 20.0 + 1 / 3, "image/ssim": 0.7, "image/lpips": 0.2}) in w.scalars
+    step, imgs = w.images[1]
+    strip = imgs["truth|measurement|recon"]
+    assert step == 1 and strip.shape[0] == 1 and strip.shape[-1] == 3
+    assert 0 <= strip.min() and strip.max() <= 1
+    np.testing.assert_allclose(  # the first panel is that image's ground truth
+        strip[0, 2:10, 2:10], (jdata.load_image(image_path(run, "b.png", "truth")) + 1) / 2
+    )
+    # without tensorboardX (and clu + TensorFlow): one line saying what to install
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(ImportError, match=r"pip install 'jaxdiff\[tensorboard\]'"):
+        exports.tensorboard_writer(tmp_path / "tb")
