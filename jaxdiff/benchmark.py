@@ -158,13 +158,15 @@ def compile_method(arch, config, diffusion, params, name, batch, dtype, steps, *
 
 def bench_group(
     arch, config, diffusion, params, names, batch: int, dtype: str, *, steps: int, repeats: int,
-    remat_memory: bool,
+    remat_memory: bool, log: Callable[[str], None] = lambda line: None,
 ) -> list[dict]:  # fmt: skip
-    """Compile every method, then time them interleaved (see the module docstring)."""
+    """Compile every method, then time them interleaved (see the module docstring); `log`
+    gets a line as each compile starts and ends and as each timed round starts."""
     size = image_size(config)
     entries = []
-    for name in names:
+    for i, name in enumerate(names):
         r = {"arch": arch, "image_size": size, "sampler": name, "batch": batch, "dtype": dtype}
+        log(f"  [{i + 1}/{len(names)}] {name} b={batch} {dtype}: compiling ...")
         try:
             t0 = time.perf_counter()
             compiled, args, schedule, model = compile_method(
@@ -174,9 +176,11 @@ def bench_group(
             jax.block_until_ready(compiled(*args))  # warm-up
         except Exception as err:  # noqa: BLE001 - one method's failure must not end the run
             r["error"] = f"{type(err).__name__}: {err}"
-            traceback.print_exc()
+            r["traceback"] = traceback.format_exc()  # in the JSON; one line on the console
+            log(f"  [{i + 1}/{len(names)}] {name}: failed ({r['error'].splitlines()[0]})")
             entries.append((r, None, None))
             continue
+        log(f"  [{i + 1}/{len(names)}] {name}: compiled in {r['compile_seconds']:.1f} s")
         spec = SAMPLERS.get(name)
         r["nfe"] = nfe_of(name, schedule.num_steps, {})
         r["grad"] = bool(getattr(spec, "grad", False))
@@ -192,7 +196,9 @@ def bench_group(
         r["network_flops_per_nfe"] = network_flops(model, params, size, with_grad=r["grad"])
         entries.append((r, compiled, args))
     times = {id(r): [] for r, c, _ in entries if c is not None}
-    for _ in range(repeats):
+    for k in range(repeats):
+        if times:
+            log(f"  timing round {k + 1}/{repeats} of {len(times)} method(s) ...")
         for r, compiled, args in entries:
             if compiled is None:
                 continue
@@ -286,7 +292,7 @@ def run_benchmark(
             for batch in batches:
                 group = bench_group(
                     arch, config, diffusion, params, names, int(batch), dtype, steps=steps,
-                    repeats=repeats, remat_memory=remat_memory,
+                    repeats=repeats, remat_memory=remat_memory, log=log,
                 )  # fmt: skip
                 for r in group:
                     r["model"] = name

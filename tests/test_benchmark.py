@@ -3,6 +3,8 @@ scripts/profile_vjp.py and scripts/ab_custom_vjp.py."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from jaxdiff import benchmark, profiling
@@ -45,7 +47,42 @@ def test_tiny_run_has_the_json_fields():
     assert set(out) == {"device", "host", "versions", "steps", "repeats", "results", "ratios"}
     (r,) = out["results"]
     assert r["model"] == "tiny" and r["nfe"] == 1 and r["seconds_per_nfe"] > 0
-    assert out["ratios"] == [] and len(lines) == 2
+    assert out["ratios"] == [] and sum("ms/NFE/img" in line for line in lines) == 1
+    assert lines[1].startswith("  [1/1] ddpm b=1 float32: compiling")
+
+
+def test_progress_is_logged_as_each_compile_and_round_starts(monkeypatch):
+    events = []
+
+    def fake_compile(arch, config, diffusion, params, name, batch, dtype, steps, remat=False):
+        events.append(f"COMPILE {name}")
+        if name == "bad":
+            raise RuntimeError("no such kernel\nsecond line")
+        sched = types.SimpleNamespace(num_steps=steps)
+        return (lambda *a: events.append(f"CALL {name}") or 0.0), (), sched, None
+
+    monkeypatch.setattr(benchmark, "compile_method", fake_compile)
+    monkeypatch.setattr(benchmark, "nfe_of", lambda name, n, o: n)
+    monkeypatch.setattr(benchmark, "temp_bytes", lambda c: None)
+    monkeypatch.setattr(benchmark, "network_flops", lambda *a, **k: None)
+    out = benchmark.bench_group(
+        "adm", benchmark.TINY, None, None, ["ddpm", "bad"], 1, "float32", steps=2, repeats=2,
+        remat_memory=False, log=events.append,
+    )  # fmt: skip
+    assert events[:3] == [
+        "  [1/2] ddpm b=1 float32: compiling ...",
+        "COMPILE ddpm",
+        "CALL ddpm",  # the warm-up
+    ]
+    assert events[3].startswith("  [1/2] ddpm: compiled in ")
+    assert events[5:7] == ["COMPILE bad", "  [2/2] bad: failed (RuntimeError: no such kernel)"]
+    assert events[7:] == [
+        "  timing round 1/2 of 1 method(s) ...",
+        "CALL ddpm",
+        "  timing round 2/2 of 1 method(s) ...",
+        "CALL ddpm",
+    ]
+    assert "Traceback" in out[1]["traceback"] and out[0]["seconds_per_call"] >= 0
 
 
 def test_hlo_ops_map_to_phase_kind_and_module():
