@@ -131,24 +131,49 @@ def _standard_normal(key, x):
     return jax.random.normal(key, x.shape, x.dtype)
 
 
-class _Ticker:
-    """Host side of the progress bar (tqdm when installed, else a line on stderr)."""
+def progress_interval(num_steps: int, ticks: int = 50) -> int:
+    """`progress_every` for about `ticks` updates per pass: a host callback every step costs
+    little on a CPU but a device-to-host transfer per step on an accelerator."""
+    return max(1, -(-int(num_steps) // max(int(ticks), 1)))
 
-    def __init__(self, label: str, total: int):
-        self.label, self.total, self.bar = label, total, None
+
+class _Ticker:
+    """Host side of the progress bar (tqdm when installed, else a line on stderr).
+
+    Callbacks are unordered and, when the batch is sharded, come once per device: a pass
+    starts at step 0 only when no pass is running, a step at or below the one shown is
+    ignored, and the last step closes the pass (`completed` counts them)."""
+
+    def __init__(self, label: str, total: int, file=None):
+        self.label, self.total, self.file = label, total, file
+        self.bar, self.shown, self.completed = None, 0, 0
 
     def __call__(self, i) -> None:
         i = int(i)
+        if self.shown == 0 and i != 0:  # a late tick of a pass that already ended
+            return
+        if i + 1 <= self.shown:  # another device's (or an out-of-order) tick
+            return
+        self.shown = i + 1
+        self._show(i + 1)
+        if self.shown >= self.total:
+            self.completed += 1
+            self.shown = 0
+            self._close()
+
+    def _show(self, n: int) -> None:
         try:
             from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is optional
-            print(f"{self.label}: step {i + 1}/{self.total}", file=sys.stderr, flush=True)
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            print(f"{self.label}: step {n}/{self.total}", file=self.file or sys.stderr, flush=True)
             return
-        if self.bar is None or i == 0 or i < self.bar.n:
-            if self.bar is not None:
-                self.bar.close()
-            self.bar = tqdm(total=self.total, desc=self.label, leave=False)
-        self.bar.update(i + 1 - self.bar.n)
-        if i + 1 >= self.total:
+        if self.bar is None:
+            self.bar = tqdm(
+                total=self.total, desc=self.label, unit="step", leave=False, file=self.file
+            )
+        self.bar.update(n - self.bar.n)
+
+    def _close(self) -> None:
+        if self.bar is not None:
             self.bar.close()
             self.bar = None
