@@ -143,6 +143,6 @@ def log_run(run, writer, max_images: int = 8) -> int:
             paths = [run / "images" / f"{stem}_{k}.png" for k in ("truth", "measurement", "recon")]
             if all(p.is_file() for p in paths):
                 row = jdata.make_grid([[jdata.load_image(p) for p in paths]])
-                writer.write_images(step, {"truth|measurement|recon": ((row + 1) / 2)[None]})
+                writer.write_images(step, {"truth_measurement_recon": ((row + 1) / 2)[None]})
     writer.flush()
     return len(records)

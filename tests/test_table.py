@@ -185,7 +185,7 @@ def test_tensorboard_logging_of_a_run(tmp_path, monkeypatch):
     assert (0, {"mean/psnr": 20.0, "mean/ssim": 0.7, "mean/lpips": 0.2}) in w.scalars
     assert (1, {"image/psnr": 20.0 + 1 / 3, "image/ssim": 0.7, "image/lpips": 0.2}) in w.scalars
     step, imgs = w.images[1]
-    strip = imgs["truth|measurement|recon"]
+    strip = imgs["truth_measurement_recon"]
     assert step == 1 and strip.shape[0] == 1 and strip.shape[-1] == 3
     assert 0 <= strip.min() and strip.max() <= 1
     np.testing.assert_allclose(  # the first panel is that image's ground truth
