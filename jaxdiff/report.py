@@ -314,7 +314,9 @@ def grid_layout(t: dict, task: str, max_images: int = 4) -> tuple[list[str], lis
         ):
             columns.append({"title": f"{m}\nground truth", "run": s["run"], "kind": "truth"})
         columns.append({"title": f"{m}\nmeasurement", "run": s["run"], "kind": "measurement"})
-        columns.append({"title": f"{m}\n{_cell(s)}", "run": s["run"], "kind": "recon"})
+        columns.append(
+            {"title": f"{m} reconstruction\n{_cell(s)}", "run": s["run"], "kind": "recon"}
+        )
     return stems, columns
 
 

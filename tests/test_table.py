@@ -135,7 +135,9 @@ def test_a_grid_pairs_each_measurement_with_its_own_runs_reconstruction(tmp_path
         str(tmp_path / "dps_box"),
         str(tmp_path / "telea_box"),
     }
-    assert columns[2]["title"] == "dps\n20.00 / 0.700 / 0.200"  # method and its means
+    assert (
+        columns[2]["title"] == "dps reconstruction\n20.00 / 0.700 / 0.200"
+    )  # method and its means
     # a run whose ground truth differs shows its own
     jdata.save_png(image_path(tmp_path / "telea_box", "a.png", "truth"), np.zeros((8, 8, 3)))
     _, columns = report.grid_layout(report.collect(report.find_runs([tmp_path])), "box")
