@@ -136,7 +136,8 @@ def grid_points(axes: dict) -> list[dict]:
 
 def prepare_config(config, axes: dict):
     """A copy of `config` able to run every value: a static bound the sampler declares for a
-    swept hparam (SDEdit's max_t0 for t0) covers its largest value."""
+    swept hparam (SDEdit's max_t0 for t0) covers its largest value; the swept hparams leave
+    sampler.hparams (their values are the sweep's)."""
     from jaxdiff.samplers import SAMPLERS
 
     config = copy.deepcopy(config)
@@ -145,8 +146,8 @@ def prepare_config(config, axes: dict):
         for name, values in axes.items():
             if name in bounds:
                 config.sampler.options[bounds[name]] = float(max(values))
-            if name in config.sampler.hparams:
-                config.sampler.hparams[name] = float(values[0])  # unused: the sweep overrides
+            if name in config.sampler.hparams:  # the sweep sets it (config.json: "sweep")
+                del config.sampler.hparams[name]
     return config
 
 

@@ -40,7 +40,7 @@ def test_clean_noise_hands_sigma_zero_to_the_methods_and_the_summary(method):
     "method, hparam, value, why",
     [
         ("reddiff", "lr", 0.0, r"reddiff \(sampler.hparams\): lr=0 is outside its valid range"),
-        ("reddiff", "lr", -1.0, r"lr=-1 is outside its valid range \(0, 1\]"),
+        ("reddiff", "lr", -1.0, r"lr=-1 is outside its valid range \(0, 10\]"),
         ("reddiff", "lr", 1e30, r"lr=1e\+30 is outside"),
         ("diffpir", "lambda_", 0.0, r"lambda_=0 is outside its valid range \(0, 100\]"),
         ("pigdm", "scale", -5.0, r"scale=-5 is outside its valid range \[0, 100\]"),

@@ -88,7 +88,7 @@ def test_methods_are_finite_at_the_edges_of_their_ranges(name):
 @pytest.mark.parametrize(
     "name, hparam, value, where",
     [
-        ("reddiff", "lr", 0.0, r"lr=0 is outside its valid range \(0, 1\]"),
+        ("reddiff", "lr", 0.0, r"lr=0 is outside its valid range \(0, 10\]"),
         ("reddiff", "lr", -1.0, r"lr=-1 is outside"),
         ("reddiff", "lr", 1e30, r"lr=1e\+30 is outside"),
         ("diffpir", "lambda_", 0.0, r"lambda_=0 is outside its valid range \(0, 100\]"),

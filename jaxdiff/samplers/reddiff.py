@@ -111,7 +111,7 @@ def pseudo_inverse(operator, init, image_shape, where: str):
     ranges={
         "grad_term_weight": "[0, 10]",
         "obs_weight": "[0, 100]",
-        "lr": "(0, 1]",
+        "lr": "(0, 10]",
         "sigma_x0": "[0, 1]",
     },
 )
