@@ -315,6 +315,7 @@ def build(config, *, loaded=None) -> Experiment:
     operator = get_operator(task["operator"], image_shape=shape, **task["operator_config"])
     if task["noise"] == "gaussian":
         noise = get_noise("gaussian", sigma=task["sigma"])
+        check_range("task", "sigma", task["sigma"], NOISE_SIGMA_RANGE)
     elif task["noise"] == "poisson":
         noise = get_noise("poisson", rate=task.get("rate", 1.0))
     else:

@@ -56,6 +56,13 @@ def test_out_of_range_config_hparams_are_refused_before_compiling(method, hparam
     assert "\n" not in str(e.value)
 
 
+def test_task_sigma_outside_the_noise_range_is_refused():
+    c = _config("ddrm")
+    c.task.sigma = 5.0
+    with pytest.raises(ConfigError, match=r"task: sigma=5 is outside its valid range \[0, 2\]"):
+        build(c, loaded=_loaded())
+
+
 def test_sweep_values_checked_by_the_experiment():
     exp = build(_config("ddrm"), loaded=_loaded())
     exp.check_hparams({"eta": [0.0, 0.85, 1.0], NOISE_SIGMA: [0.0, 0.1]})
