@@ -53,6 +53,9 @@ def _edge_sweep(spec) -> dict:
     for h, d in spec.hparams.items():
         base[h] = d if d is not None else spec.ranges[h].edges()[-1] * 0 + 0.05
     settings = [dict(base, **{h: e}) for h in spec.hparams for e in spec.ranges[h].edges()]
+    if spec.name == "daps":  # its declared coupling: lr / tau^2 at most the official 1e-4 / 0.01^2
+        for st in settings:
+            st["tau"] = max(st["tau"], (st["lr"] / 1e-4) ** 0.5 * 0.01)
     return {h: jnp.asarray([s[h] for s in settings], jnp.float32) for h in spec.hparams}
 
 
@@ -96,6 +99,8 @@ def test_methods_are_finite_at_the_edges_of_their_ranges(name):
         ("ddrm", "eta", float("nan"), r"eta=nan is outside"),
     ],
 )
-def test_out_of_range_defaults_are_refused_by_the_factory(name, hparam, value, where):
+def test_out_of_range_values_are_refused_by_name(name, hparam, value, where):
     with pytest.raises(ConfigError, match=f"^{name}: {where}"):
-        get_sampler(name)(model_fn, SCHED, operator=OP, image_shape=SHAPE, **{hparam: value})
+        get_sampler(name).check_hparams({hparam: value})
+    with pytest.raises(ConfigError, match=f"^{name}: {where}"):  # a sweep's sequence
+        get_sampler(name).check_hparams({hparam: [get_sampler(name).hparams[hparam], value]})

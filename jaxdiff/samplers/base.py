@@ -163,7 +163,6 @@ class SamplerSpec:
         for name in list(kwargs):
             if name in self.hparams:
                 hparams[name] = kwargs.pop(name)
-        self.check_hparams({k: v for k, v in hparams.items() if _concrete(v)})
         loop = LoopOptions(
             **{f: kwargs.pop(f) for f in LoopOptions._fields if f in kwargs},
         )
