@@ -154,10 +154,10 @@ def test_command_line_errors_are_one_line_with_exit_2(tmp_path, two_images):
 @pytest.mark.slow
 def test_a_run_with_diverged_images_exits_3_after_writing_everything(tmp_path, two_images):
     r = _reproduce(
-        "--config=configs/dps.py:box",
+        "--config=configs/score_ald.py:box",  # the top of its weight range, 20 steps
         f"--config.data={two_images}",
-        "--config.sampler.respacing=2",
-        "--config.sampler.hparams.scale=1e39",
+        "--config.sampler.respacing=20",
+        "--config.sampler.hparams.weight=100",
         f"--workdir={tmp_path / 'w'}",
     )
     assert r.returncode == 3, r.stderr
