@@ -120,9 +120,12 @@ def test_diverged_images_are_named_and_kept_out_of_the_means(
     tiny_model,
     two_images,
 ):
+    from jaxdiff.experiment import build
+
     c = _cfg(tiny_model, two_images)
-    c.sampler.hparams.scale = 1e39  # inf in float32: the first step is non-finite
-    s = run(c, tmp_path / "w", progress=False)
+    exp = build(c)  # past the config's range check: inf in float32, the first step non-finite
+    exp.method.hparams["scale"] = 1e39
+    s = run(c, tmp_path / "w", exp=exp, progress=False)
     assert sorted(s["diverged"]) == ["img.png", "other.png"]
     assert s["metrics"]["psnr"]["n"] == 0 and s["metrics"]["psnr"]["mean"] is None
     assert "diverged" in (tmp_path / "w" / "summary.md").read_text()
