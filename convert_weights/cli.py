@@ -89,16 +89,16 @@ def main(argv=None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if "components" in meta:  # a diffusers pipeline folder: one sub-folder per component
+        parts = [f"{n} ({c.get('architecture', 'files')})" for n, c in meta["components"].items()]
+        print(f"wrote {Path(args.out).absolute()}: {meta['pipeline']}: {', '.join(parts)}")
+        return 0
     if meta["architecture"] == "fid_inception":
         print(
             f"wrote {Path(args.out).absolute()}: FID InceptionV3, {meta['num_parameters']:,} "
             f"parameters from {meta['source']['file']} ({meta['source']['format']}); use it "
             f"with --config.metrics.inception={args.out}"
         )
-        return 0
-    if "components" in meta:  # a diffusers pipeline folder: one sub-folder per component
-        parts = [f"{n} ({c.get('architecture', 'files')})" for n, c in meta["components"].items()]
-        print(f"wrote {Path(args.out).absolute()}: {meta['pipeline']}: {', '.join(parts)}")
         return 0
     variance = meta["diffusion"].get("variance_type")
     print(
