@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from jaxdiff import latent_benchmark
 from jaxdiff.convert import latent, torch_pickle
-from jaxdiff.models import abstract_params, autoencoder, build_model, sd_unet
+from jaxdiff.models import abstract_params, autoencoder, build_model, param_count, sd_unet
 from tests.conftest import FIXTURES
 
 REL = 1e-5
@@ -235,3 +236,26 @@ def test_first_stage_config_errors_name_the_field():
         autoencoder.normalize_vq_config({"norm_type": "spatial"})
     with pytest.raises(ValueError, match="up_block_types"):
         autoencoder.normalize_kl_config({**TINY_KL, "up_block_types": ["UpDecoderBlock2D"]})
+
+
+SD21_UNET = {  # stabilityai/stable-diffusion-2-1 unet/config.json, sizes only
+    **latent_benchmark.SD15_UNET,
+    "sample_size": 96,
+    "attention_head_dim": [5, 10, 20, 20],
+    "use_linear_projection": True,
+    "cross_attention_dim": 1024,
+}
+
+
+@pytest.mark.parametrize(
+    "arch, config, count",
+    [
+        ("sd_unet", latent_benchmark.SD15_UNET, 859_520_964),  # diffusers' SD 1.5 UNet
+        ("sd_unet", SD21_UNET, 865_910_724),  # SD 2.1 (linear projections, heads per level)
+        ("autoencoder_kl", latent_benchmark.SD_VAE, 83_653_863),  # the SD VAE
+    ],
+)
+def test_published_sizes_have_diffusers_parameter_counts(arch, config, count):
+    """The full-size networks built from their configs hold exactly the published tensors'
+    number of parameters (shapes only: nothing is computed)."""
+    assert param_count(abstract_params(arch, config)) == count
