@@ -12,6 +12,7 @@ replay of the same weights differs from torch float32 by at most 4.7e-6), indice
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 import tempfile
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class Models:
 
     def __init__(self, npz_path: pathlib.Path, meta: dict, model_dir, dtype):
         self.sources = component_folders(npz_path, meta)
+        self.meta = meta  # the fixture's sidecar (prompts, sampler settings, ...)
         self.model_dir, self.dtype, self._loaded = model_dir, dtype, {}
 
     def folder(self, cls: str) -> pathlib.Path:
@@ -185,6 +187,26 @@ STAGES: list[Stage] = [
 ]
 
 
+# modules whose STAGES extend the run, as (name, classes, {array: rtol, None = exact}, run)
+# tuples: the text encoder and the DDIM run with guidance
+STAGE_MODULES = ("jaxdiff.parity.latent_sampling",)
+
+
+def all_stages() -> list[Stage]:
+    stages = list(STAGES)
+    for name in STAGE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the module is there but something it imports is not
+                raise
+            continue
+        for stage_name, needs, rules, run in module.STAGES:
+            rules = {k: r if isinstance(r, Rule) else Rule(r) for k, r in rules.items()}
+            stages.append(Stage(stage_name, tuple(needs), rules, run))
+    return stages
+
+
 def replay(npz_path, model_dir=None, dtype: str = "float32", stages=None) -> dict:
     """Every stage whose arrays the fixture holds; one report entry per array (its error and
     rule). `model_dir`: a folder of converted components by source folder name (DIR/unet,
@@ -196,7 +218,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32", stages=None) -> dic
     results = {}
     with ctx, jax.default_matmul_precision("highest"):
         models = Models(npz_path, meta, model_dir, jdtype)
-        for stage in stages or STAGES:
+        for stage in all_stages() if stages is None else stages:
             if not stage.present(arrays):
                 continue
             try:
