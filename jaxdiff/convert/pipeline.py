@@ -29,8 +29,9 @@ from jaxdiff.registry import Registry
 
 PIPELINE_INDEX = "model_index.json"
 PIPELINE_META = "pipeline.json"
-# modules whose import registers component converters (at their definition site)
-CONVERTER_MODULES = ("jaxdiff.convert.latent",)
+# modules whose import registers component converters (at their definition site): the diffusers
+# models and schedulers, and the CLIP text encoder + tokenizer (skipped where not installed)
+CONVERTER_MODULES = ("jaxdiff.convert.latent", "jaxdiff.convert.clip")
 # the files a class's folder is recognised by, and the key naming the class in each
 CLASS_FILES = (
     ("config.json", "_class_name"),
@@ -71,7 +72,11 @@ def register_component(*class_names: str, kind: str = "model", architecture: str
 
 def load_converters() -> Registry[ComponentConverter]:
     for module in CONVERTER_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # the module is there but something it imports is not
+                raise
     return COMPONENTS
 
 
