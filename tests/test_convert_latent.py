@@ -180,3 +180,24 @@ def test_parity_replay_on_the_converted_pipeline(tmp_path):
     }  # fmt: skip
     assert result["arrays"]["vq_indices"] == {"mismatches": 0, "pass": True, "rule": "exact"}
     assert result["arrays"]["unet_out"]["rule"] == "1e-05 * max(1, max|ref|)"
+
+
+def test_ddpm_pipeline_folder_converts_its_unet2d(tmp_path):
+    """A DDPMPipeline folder (UNet2DModel + DDPMScheduler) goes through the same pipeline path;
+    the UNet is converted by the UNet2DModel converter and reads the scheduler beside it."""
+    pipe = tmp_path / "ddpm"
+    shutil.copytree(FIXTURES / "diffusers_tiny", pipe / "unet")
+    (pipe / "scheduler").mkdir()
+    sched = {"_class_name": "DDPMScheduler", "beta_end": 0.03, "variance_type": "fixed_large"}
+    (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
+    index = {
+        "_class_name": "DDPMPipeline",
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }
+    (pipe / "model_index.json").write_text(json.dumps(index))
+    meta = convert(pipe, tmp_path / "out", progress=False)
+    assert meta["components"]["unet"]["architecture"] == "unet2d"
+    _, _, unet_meta = load_pretrained(tmp_path / "out" / "unet")
+    assert unet_meta["diffusion"]["beta_end"] == 0.03
+    assert unet_meta["diffusion"]["variance_type"] == "fixed_large"
