@@ -207,11 +207,15 @@ def sample_images(
 def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior, dict]:
     """(prior, params) from a converted pipeline folder (`python -m convert_weights PIPELINE
     --out DIR`: DIR/pipeline.json and one folder per component)."""
-    from jaxdiff.checkpoint import load_checkpoint
-    from jaxdiff.models import build_model, clip
+    from jaxdiff.models import load_pretrained
 
     path = Path(path)
     index_path = path / "pipeline.json"
+    if not index_path.is_file() and (path / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: a diffusers pipeline folder; convert it first: "
+            f"python -m convert_weights {path} --out DIR"
+        )
     if not index_path.is_file():
         raise FileNotFoundError(
             f"{path}: no pipeline.json (convert a diffusers pipeline folder with "
@@ -231,10 +235,7 @@ def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior
                 raise FileNotFoundError(f"{path}: the pipeline has no UNet")
             continue
         name, entry = found
-        p, meta = load_checkpoint(path / entry["path"])
-        arch, cfg = meta["architecture"], meta["model_config"]
-        modules[role] = clip.build(cfg) if arch == "clip_text" else build_model(arch, cfg)
-        params[role], metas[role] = p, meta
+        modules[role], params[role], metas[role] = load_pretrained(path / entry["path"])
     scheduler = next((c for c in components.values() if "Scheduler" in c["class"]), None)
     if scheduler is None:
         raise FileNotFoundError(f"{path}: the pipeline has no scheduler")

@@ -27,7 +27,7 @@ TOKENIZER_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 def layout(model_config: dict) -> list[keymap.Entry]:
-    return keymap.layout(clip.abstract_params(model_config))
+    return keymap.model_layout(ARCHITECTURE, model_config)
 
 
 def strip_prefix(state_dict: dict) -> tuple[dict, str]:
@@ -109,6 +109,7 @@ def convert_clip_text(folder, progress: bool = False) -> tuple[dict, dict]:
     meta = {
         "architecture": ARCHITECTURE,
         "model_config": cfg,
+        "diffusion": {},  # not a diffusion model (models.load_pretrained reads the entry)
         "source": {
             "file": path.name,
             "sha256": sha256(path, progress),
@@ -132,3 +133,16 @@ def copy_tokenizer(folder, out) -> Path:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)
     return out
+
+
+def convert_text_encoder(
+    folder, out, *, force: bool = False, progress: bool = False, allow_large_weights: bool = False
+) -> dict:
+    """A `text_encoder/` folder -> the checkpoint folder OUT; returns the sidecar written (the
+    pipeline converter's signature for a component class)."""
+    from jaxdiff.checkpoint import MAX_ABS_WEIGHT, read_meta, save_pretrained
+
+    params, meta = convert_clip_text(folder, progress)
+    max_abs = None if allow_large_weights else MAX_ABS_WEIGHT
+    save_pretrained(out, params, meta, force=force, max_abs=max_abs)
+    return read_meta(out)

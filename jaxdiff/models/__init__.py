@@ -16,13 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.models import adm, unet2d
+from jaxdiff.models import adm, clip, unet2d
 from jaxdiff.registry import Registry
 
 # name -> module with build(model_config, dtype) and example_inputs(model_config)
 MODELS: Registry = Registry("model architecture")
 MODELS.register("adm")(adm)
 MODELS.register("unet2d")(unet2d)
+MODELS.register("clip_text")(clip)  # transformers CLIPTextModel (Stable Diffusion's text)
 
 
 def build_model(arch: str, model_config: dict, dtype=jnp.float32) -> nn.Module:

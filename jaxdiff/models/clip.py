@@ -176,7 +176,10 @@ class CLIPTextModel(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids):
+    def __call__(self, input_ids, t=None, y=None):
+        """`t` and `y` exist only for the model registry's shared `init(key, x, t, y)`."""
+        if t is not None or y is not None:
+            raise ValueError("the CLIP text encoder takes no timestep or label")
         cfg = dict(self.config)
         c = cfg["hidden_size"]
         input_ids = jnp.asarray(input_ids)
@@ -219,10 +222,5 @@ def build(model_config: dict, dtype: Dtype = jnp.float32) -> CLIPTextModel:
 
 def example_inputs(model_config: dict, batch: int = 1):
     cfg = normalize_config(model_config)
-    return (jax.ShapeDtypeStruct((batch, cfg["max_position_embeddings"]), jnp.int32),)
-
-
-def abstract_params(model_config: dict) -> dict:
-    """The parameter tree's shapes (jax.ShapeDtypeStruct leaves), computing nothing."""
-    model = build(model_config)
-    return jax.eval_shape(model.init, jax.random.key(0), *example_inputs(model_config))["params"]
+    ids = jax.ShapeDtypeStruct((batch, cfg["max_position_embeddings"]), jnp.int32)
+    return ids, None, None
