@@ -117,8 +117,9 @@ class LatentPrior:
     def guided_output(self, params, z, t, cond, uncond=None, guidance_scale=1.0):
         """One image's guided output: the UNet on [uncond, cond] in one call, then
         out_u + s * (out_c - out_u); without `uncond` the conditional output alone."""
-        if uncond is None:
-            return self.denoise(params, z[None], jnp.reshape(t, (1,)), cond[None])[0]
+        if uncond is None:  # no guidance; cond None for an unconditional model (LDM)
+            context = None if cond is None else cond[None]
+            return self.denoise(params, z[None], jnp.reshape(t, (1,)), context)[0]
         pair = jnp.stack([z, z])
         out = self.denoise(params, pair, jnp.full((2,), t), jnp.stack([uncond, cond]))
         out_u, out_c = out[0], out[1]
@@ -225,7 +226,7 @@ def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior
     by_class = {c["class"]: (name, c) for name, c in components.items()}
     params, modules, metas = {}, {}, {}
     for role, classes in (
-        ("unet", ("UNet2DConditionModel", "UNet2DModel")),
+        ("unet", ("UNet2DConditionModel", "UNet2DModel", "UNetModel")),
         ("first_stage", ("AutoencoderKL", "VQModel")),
         ("text_encoder", ("CLIPTextModel",)),
     ):
@@ -244,10 +245,14 @@ def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior
     tokenizer = CLIPTokenizer.from_folder(path / tok["path"]) if tok else None
     unet = modules["unet"]
     unet_cfg = metas["unet"]["model_config"]
-    size = unet_cfg.get("sample_size") or 64
+    size = unet_cfg.get("sample_size") or unet_cfg.get("image_size") or 64
     size = size if isinstance(size, (list, tuple)) else (size, size)
+    if metas["unet"]["architecture"] == "sd_unet":
+        unet_fn = lambda p, z, t, c: unet.apply({"params": p}, z, t, c)  # noqa: E731
+    else:  # an unconditional UNet (LDM): no context
+        unet_fn = lambda p, z, t, c: unet.apply({"params": p}, z, t)  # noqa: E731
     prior = LatentPrior(
-        unet_fn=lambda p, z, t, c: unet.apply({"params": p}, z, t, c),
+        unet_fn=unet_fn,
         scheduler=sched_cfg,
         latent_shape=(int(size[0]), int(size[1]), int(unet_cfg["in_channels"])),
         first_stage=modules.get("first_stage"),
