@@ -8,7 +8,7 @@ named `configs` or `scripts` lands at the top of site-packages); `python -m scri
 from setuptools import find_packages, setup
 
 # The commands: each module's console() (jaxdiff/cli.py), parity's main() returns the exit status.
-SCRIPTS = ("reproduce", "sweep", "table", "demo", "train", "benchmark", "sample_latent")
+SCRIPTS = ("reproduce", "sweep", "table", "demo", "train", "benchmark")
 CONSOLE_SCRIPTS = [
     "jaxdiff-convert = convert_weights.cli:console",
     "jaxdiff-parity = jaxdiff.parity.__main__:main",
