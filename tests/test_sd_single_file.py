@@ -68,3 +68,47 @@ def test_single_file_converts_like_the_folder(tmp_path):
         got, _ = load_checkpoint(tmp_path / "single" / name)
         want, _ = load_checkpoint(tmp_path / "folder" / name)
         jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
+
+
+LDM = FIXTURES / "ldm_tiny.ckpt"  # adm_tiny_legacy's UNet + vq_tiny's VQ, LDM key layout
+ADM = FIXTURES.parent / "adm_tiny_legacy"
+
+
+def test_ldm_checkpoint_parts():
+    from jaxdiff.convert import ldm_single_file, torch_pickle
+    from jaxdiff.diffusion import scheduler as sched
+
+    sd = sd_single_file.read_state_dict(LDM)
+    unet, first, betas = ldm_single_file.split(sd, "ldm")
+    want = torch_pickle.load_state_dict(ADM.with_suffix(".pt"), progress=False)
+    assert sorted(unet) == sorted(want)
+    assert all(np.array_equal(unet[k], want[k]) for k in want)
+    assert "quantize.embedding.weight" in first
+    cfg = ldm_single_file.scheduler_config(betas)
+    ac = np.cumprod(1 - betas)
+    np.testing.assert_allclose(sched.alphas_cumprod(cfg), ac, rtol=1e-6)
+    np.testing.assert_array_equal(sched.inference_timesteps(cfg, 4), [751, 501, 251, 1])
+    with pytest.raises(CheckpointError, match="needs both"):
+        ldm_single_file.split({k: v for k, v in sd.items() if "first_stage" not in k}, "x")
+
+
+def test_ldm_converts_like_its_parts(tmp_path):
+    """The LDM file converts to the UNet of adm_tiny_legacy.pt and the VQ of vq_tiny/."""
+    pytest.importorskip("jaxdiff.convert.pipeline")
+    from jaxdiff.checkpoint import load_checkpoint
+    from jaxdiff.convert.core import convert
+    from jaxdiff.convert.ldm_single_file import convert_ldm_file
+    from jaxdiff.latent import load_latent_prior
+
+    vq = FIXTURES / "vq_tiny"
+    convert_ldm_file(
+        LDM, tmp_path / "ldm", unet_config=ADM.with_suffix(".json"), vq_config=vq / "config.json"
+    )
+    convert(ADM.with_suffix(".pt"), tmp_path / "unet", config=ADM.with_suffix(".json"))
+    convert(vq, tmp_path / "vq", progress=False)
+    for got, want in (("ldm/unet", "unet"), ("ldm/vqvae", "vq")):
+        a, _ = load_checkpoint(tmp_path / got)
+        b, _ = load_checkpoint(tmp_path / want)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    prior, params = load_latent_prior(tmp_path / "ldm")
+    assert prior.first_stage is not None and prior.scheduler["steps_offset"] == 1
