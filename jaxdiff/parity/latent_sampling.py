@@ -114,3 +114,10 @@ def run_ddim(arrays: dict, models, dtype) -> dict:
     if prior.first_stage is not None:
         out["ddim_image"] = _nchw(jax.jit(prior.decode)(params, result.z0))
     return out
+
+
+# (name, classes needed, rules, run): the latent replay's stages for these arrays
+STAGES = (
+    ("text", ("CLIPTextModel", "CLIPTokenizer"), TEXT_RULES, run_text),
+    ("ddim", ("UNet2DConditionModel", "AutoencoderKL"), DDIM_RULES, run_ddim),
+)
