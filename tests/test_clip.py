@@ -47,6 +47,16 @@ def test_more_prompts_ids_exact(tokenizer):
     assert long[-1] == tokenizer.eos_id and tokenizer.pad_id not in long[:-1]
 
 
+def test_pad_token_from_the_folder(tmp_path):
+    """SD 2.x's tokenizer pads with "!" (id 0), named in special_tokens_map.json."""
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((SD / "tokenizer" / name).read_bytes())
+    (tmp_path / "special_tokens_map.json").write_text('{"pad_token": {"content": "!"}}')
+    tok = CLIPTokenizer.from_folder(tmp_path)
+    ids = tok("a photo of a cat")[0]
+    assert tok.pad_id == 0 and ids[6] == tok.eos_id and set(ids[7:]) == {0}
+
+
 def test_pre_tokenize_classes():
     assert pre_tokenize("don't 42 a,b!!") == ["don", "'t", "4", "2", "a", ",", "b", "!!"]
 

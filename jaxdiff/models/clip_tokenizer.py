@@ -105,8 +105,9 @@ class CLIPTokenizer:
 
     @classmethod
     def from_folder(cls, folder, max_length: int | None = None) -> CLIPTokenizer:
-        """A diffusers `tokenizer/` folder (vocab.json, merges.txt, optional tokenizer_config.json
-        for the pad token and model_max_length)."""
+        """A diffusers `tokenizer/` folder (vocab.json, merges.txt; tokenizer_config.json and
+        special_tokens_map.json, when there, for the pad token (SD 2.x pads with "!") and
+        model_max_length)."""
         folder = Path(folder)
         for name in ("vocab.json", "merges.txt"):
             if not (folder / name).is_file():
@@ -127,8 +128,9 @@ class CLIPTokenizer:
                 raise CheckpointError(f"{folder / 'merges.txt'}:{number}: not a pair: {line!r}")
             merges.append((pair[0], pair[1]))
         config = {}
-        if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the latter wins
+            if (folder / name).is_file():
+                config.update(json.loads((folder / name).read_text(encoding="utf-8")))
         pad = config.get("pad_token", EOS)
         pad = pad.get("content", EOS) if isinstance(pad, dict) else (pad or EOS)
         if max_length is None:
