@@ -23,7 +23,9 @@ def diffusers_weights(name):
     return sd
 
 
-@pytest.mark.parametrize("file", ["sd_single.safetensors", "sd_single.ckpt"])
+@pytest.mark.parametrize(
+    "file", ["sd_single.safetensors", "sd_single.ckpt", "sd2_single.safetensors"]
+)
 def test_single_file_maps_to_the_diffusers_weights(file):
     parts = sd_single_file.to_diffusers(FIXTURES / file, FOLDER)
     assert sorted(parts) == ["text_encoder", "unet", "vae"]
@@ -44,8 +46,9 @@ def test_unknown_and_missing_keys(tmp_path):
             {k[len("model.diffusion_model.") :]: v for k, v in bad.items() if "diffusion" in k},
             {"layers_per_block": 2},
         )
-    with pytest.raises(CheckpointError, match="OpenCLIP"):
-        sd_single_file.split({**sd, "cond_stage_model.model.token_embedding.weight": np.zeros(1)})
+    with pytest.raises(CheckpointError, match="OpenCLIP keys .*resblocks.0.attn.odd"):
+        bad = {"transformer.resblocks.0.attn.odd": np.zeros(1)}
+        sd_single_file.open_clip_to_diffusers(bad, {"num_hidden_layers": 2})
     vae_only = {k: v for k, v in sd.items() if k.startswith("first_stage_model.")}
     save_file(vae_only, str(tmp_path / "vae.safetensors"))
     with pytest.raises(CheckpointError, match="not a Stable Diffusion checkpoint"):
@@ -53,7 +56,8 @@ def test_unknown_and_missing_keys(tmp_path):
 
 
 def test_single_file_converts_like_the_folder(tmp_path):
-    """Through the pipeline converter: the same parameters as the diffusers folder's."""
+    """Through the pipeline converter: the same parameters as the diffusers folder's (the
+    text encoder also from OpenCLIP keys)."""
     pytest.importorskip("jaxdiff.convert.pipeline")
     from jaxdiff.checkpoint import load_checkpoint
     from jaxdiff.convert.core import convert
@@ -63,7 +67,13 @@ def test_single_file_converts_like_the_folder(tmp_path):
     sd_single_file.convert_single_file(
         FIXTURES / "sd_single.ckpt", tmp_path / "single", config, progress=False
     )
+    sd_single_file.convert_single_file(
+        FIXTURES / "sd2_single.safetensors", tmp_path / "single2", config, progress=False
+    )
     convert(FOLDER, tmp_path / "folder", progress=False)
+    got, _ = load_checkpoint(tmp_path / "single2" / "text_encoder")
+    want, _ = load_checkpoint(tmp_path / "folder" / "text_encoder")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
     for name in ("unet", "vae", "text_encoder"):
         got, _ = load_checkpoint(tmp_path / "single" / name)
         want, _ = load_checkpoint(tmp_path / "folder" / name)

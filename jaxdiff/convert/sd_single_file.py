@@ -2,7 +2,8 @@
 `.safetensors`) -> diffusers state dicts, and from there the pipeline converter.
 
 The file holds `model.diffusion_model.*` (the openaimodel UNet), `first_stage_model.*` (the
-autoencoder) and `cond_stage_model.transformer.*` (the CLIP text encoder), plus the LDM
+autoencoder) and `cond_stage_model.transformer.*` (the CLIP text encoder; SD 2.x:
+`cond_stage_model.model.*`, OpenCLIP's), plus the LDM
 training buffers (betas, alphas_cumprod, ...), which are not parameters. The key mapping is
 diffusers' (loaders/single_file_utils.py: convert_ldm_unet_checkpoint,
 convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint) written as one rename per key, so a key
@@ -25,6 +26,21 @@ from jaxdiff.errors import CheckpointError
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 CLIP_PREFIXES = ("cond_stage_model.transformer.", "conditioner.embedders.0.transformer.")
+OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP's text tower
+OPEN_CLIP_UNUSED = ("text_projection", "logit_scale")  # CLIPTextModel has neither
+OPEN_CLIP_FIXED = {
+    "positional_embedding": "embeddings.position_embedding.weight",
+    "token_embedding.weight": "embeddings.token_embedding.weight",
+    "ln_final.weight": "final_layer_norm.weight",
+    "ln_final.bias": "final_layer_norm.bias",
+}
+OPEN_CLIP_LAYER = (
+    ("ln_1.", "layer_norm1."),
+    ("ln_2.", "layer_norm2."),
+    ("mlp.c_fc.", "mlp.fc1."),
+    ("mlp.c_proj.", "mlp.fc2."),
+    ("attn.out_proj.", "self_attn.out_proj."),
+)
 # LDM's DDPM buffers, EMA copies and the like: in the file, not parameters of any component
 IGNORED = re.compile(
     r"^(betas|alphas_cumprod(_prev)?|sqrt_\w+|log_one_minus_alphas_cumprod|posterior_\w+|"
@@ -157,7 +173,7 @@ def vae_to_diffusers(sd: dict, vae_config: dict, what: str = "first stage") -> d
 def split(state_dict: dict, what: str = "single-file checkpoint") -> dict[str, dict]:
     """{"unet", "vae", "text_encoder"} state dicts (component prefixes removed); every key that
     is neither a component's nor a known buffer is an error naming it."""
-    parts: dict[str, dict] = {"unet": {}, "vae": {}, "text_encoder": {}}
+    parts: dict[str, dict] = {"unet": {}, "vae": {}, "text_encoder": {}, "open_clip": {}}
     unknown = []
     for key, value in state_dict.items():
         if IGNORED.match(key):
@@ -173,17 +189,53 @@ def split(state_dict: dict, what: str = "single-file checkpoint") -> dict[str, d
         if prefix:
             parts["text_encoder"][key[len(prefix) :]] = value
             continue
+        if key.startswith(OPEN_CLIP_PREFIX):
+            parts["open_clip"][key[len(OPEN_CLIP_PREFIX) :]] = value
+            continue
         unknown.append(key)
     if unknown:
-        if any(k.startswith("cond_stage_model.model.") for k in unknown):
-            raise CheckpointError(
-                f"{what}: an OpenCLIP text encoder (cond_stage_model.model.*, Stable Diffusion "
-                "2.x); convert the diffusers release of the model instead"
-            )
         raise CheckpointError(f"{what}: keys of no component: {unknown[:8]}")
     if not parts["unet"]:
         raise CheckpointError(f"{what}: no {UNET_PREFIX}* keys: not a Stable Diffusion checkpoint")
     return parts
+
+
+def open_clip_to_diffusers(sd: dict, text_config: dict, what: str = "text encoder") -> dict:
+    """OpenCLIP text keys (SD 2.x originals) -> CLIPTextModel keys, as diffusers'
+    convert_open_clip_checkpoint: in_proj split into q, k, v; the layers past the config's
+    num_hidden_layers (SD 2.x conditions on the penultimate layer, so diffusers' config has one
+    layer fewer than the file) and text_projection / logit_scale are not used."""
+    layers = int(text_config.get("num_hidden_layers", 12))
+    out, unknown = {}, []
+    for key, value in sd.items():
+        if key in OPEN_CLIP_UNUSED:
+            continue
+        if key in OPEN_CLIP_FIXED:
+            out["text_model." + OPEN_CLIP_FIXED[key]] = value
+            continue
+        m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)", key)
+        if m is None:
+            unknown.append(key)
+            continue
+        if int(m[1]) >= layers:
+            continue
+        dst, rest = f"text_model.encoder.layers.{m[1]}.", m[2]
+        if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
+            leaf = rest.rpartition("_")[2]
+            value = np.asarray(value)
+            if value.shape[0] % 3:
+                raise CheckpointError(f"{what}: {key} of shape {value.shape} is not q, k, v")
+            for name, part in zip("qkv", np.split(value, 3)):
+                out[f"{dst}self_attn.{name}_proj.{leaf}"] = part
+            continue
+        new = next((n + rest[len(o) :] for o, n in OPEN_CLIP_LAYER if rest.startswith(o)), None)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[dst + new] = value
+    if unknown:
+        raise CheckpointError(f"{what}: OpenCLIP keys the mapping does not know: {unknown[:8]}")
+    return out
 
 
 def read_state_dict(path: Path, progress: bool = False) -> dict:
@@ -219,8 +271,15 @@ def to_diffusers(path, config_folder, progress: bool = False) -> dict[str, dict]
     out = {"unet": unet_to_diffusers(parts["unet"], config("unet"), f"{path}: UNet")}
     if parts["vae"]:
         out["vae"] = vae_to_diffusers(parts["vae"], config("vae"), f"{path}: first stage")
+    if parts["text_encoder"] and parts["open_clip"]:
+        raise CheckpointError(f"{path}: both a CLIP and an OpenCLIP text encoder")
     if parts["text_encoder"]:
         out["text_encoder"] = parts["text_encoder"]  # CLIPTextModel keys already
+    elif parts["open_clip"]:
+        text_cfg = config("text_encoder")
+        out["text_encoder"] = open_clip_to_diffusers(
+            parts["open_clip"], text_cfg, f"{path}: text encoder"
+        )
     return out
 
 
