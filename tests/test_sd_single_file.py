@@ -36,6 +36,13 @@ def test_single_file_maps_to_the_diffusers_weights(file):
             np.testing.assert_array_equal(np.asarray(got[key]), want[key], err_msg=key)
 
 
+def test_single_file_kind():
+    kind = sd_single_file.single_file_kind
+    assert kind(FIXTURES / "sd_single.safetensors") == kind(FIXTURES / "sd_single.ckpt") == "sd"
+    assert kind(FIXTURES / "ldm_tiny.ckpt") == "ldm"
+    assert kind(FOLDER / "unet" / "diffusion_pytorch_model.safetensors") is None
+
+
 def test_unknown_and_missing_keys(tmp_path):
     sd = load_file(str(FIXTURES / "sd_single.safetensors"))
     with pytest.raises(CheckpointError, match="keys of no component: \\['mystery'\\]"):

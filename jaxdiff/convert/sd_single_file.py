@@ -238,6 +238,27 @@ def open_clip_to_diffusers(sd: dict, text_config: dict, what: str = "text encode
     return out
 
 
+def single_file_kind(path) -> str | None:
+    """ "sd" (a Stable Diffusion single file: UNet, maybe first stage and text encoder), "ldm"
+    (a CompVis latent-diffusion checkpoint: UNet, first stage, betas, no text encoder) or None,
+    from the file's key names (a safetensors header alone; a .ckpt is read)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            keys = set(f.keys())
+    elif path.suffix in (".ckpt", ".pt", ".pth"):
+        keys = set(read_state_dict(path))
+    else:
+        return None
+    if not any(k.startswith(UNET_PREFIX) for k in keys):
+        return None
+    text = any(k.startswith((*CLIP_PREFIXES, OPEN_CLIP_PREFIX)) for k in keys)
+    first = any(k.startswith(VAE_PREFIXES) for k in keys)
+    return "ldm" if first and "betas" in keys and not text else "sd"
+
+
 def read_state_dict(path: Path, progress: bool = False) -> dict:
     """The file's tensors as numpy: safetensors, or a .ckpt through the safe pickle reader
     (the Lightning `state_dict` entry)."""
