@@ -69,7 +69,7 @@ HPARAMS = {
     "sdedit": {"t0": SDEDIT_T0},
 }
 # Tasks per method where not every one of `tasks`, to keep the demo under 5 minutes on 2 cores
-# (each run's XLA compilation, 5-15 s, is most of its cost): the methods added with issue 12 skip
+# (each run's XLA compilation, 5-15 s, is most of its cost): the methods beyond SDEdit, Score-ALD and DPS skip
 # random inpainting (box shows inpainting; on random, 20 steps: DiffPIR 22.84 / 0.835 / 0.219,
 # PiGDM 21.33 / 0.764 / 0.294, DDRM 20.41 / 0.730 / 0.307, DAPS 19.73 / 0.699 / 0.336, RED-diff
 # 18.57 / 0.636 / 0.445, all above the measurement's 15.37 / 0.510 / 0.514), and on inpainting
@@ -91,7 +91,7 @@ METHOD_TASKS = {
 OPTIONS = {"reddiff": {"init": {"gaussian_blur": "adjoint"}}}
 
 # Respacing per method where it differs from `respacing` / `task_respacing` (method wins). The
-# methods added with issue 12 run short schedules (the demo stays under 5 minutes on 2 cores):
+# methods beyond SDEdit, Score-ALD and DPS run short schedules (the demo stays under 5 minutes on 2 cores):
 # 20 uniform-skip steps (skip20) for the DDIM-based ones, DiffPIR's own 20-step grid, DAPS with
 # 10 annealing steps of 5 ODE steps each (50 network calls).
 METHOD_RESPACING = {
