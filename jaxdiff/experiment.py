@@ -30,6 +30,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import tasks
 from jaxdiff.diffusion import schedule_from_meta
 from jaxdiff.operators import get_noise, get_operator
 from jaxdiff.samplers import SAMPLERS, get_sampler
@@ -102,6 +103,7 @@ def scale_task(task: dict, image_size: int) -> dict:
     task["operator_config"] = cfg
     task["image_size"] = image_size
     task["length_scale"] = s
+    tasks.warn_if_trivial(task)  # a preset scaled far down may no longer pose its problem
     return task
 
 

@@ -121,3 +121,25 @@ def test_check_claims_needs_both_metrics_and_skips_what_did_not_run(tmp_path):
         "sdedit beats measurement on box": True,
         "dps beats measurement on box": True,
     }
+
+
+def test_a_preset_scaled_to_a_trivial_blur_warns_and_the_demo_tasks_do_not(caplog):
+    """The paper's std 3.0 blur scaled from 256 to 32 px is 0.375 px: a warning names it and the
+    way out; at 256 px, and for every task the demo runs at 32 px, nothing is said."""
+    import logging
+
+    from jaxdiff import tasks
+    from jaxdiff.experiment import scale_task
+
+    with caplog.at_level(logging.WARNING, logger="jaxdiff.tasks"):
+        t = scale_task(tasks.get_task("gaussian_blur").to_dict(), 32)
+    assert t["operator_config"]["std"] == 0.375
+    (record,) = caplog.records
+    assert "0.375 px" in record.getMessage() and "reference_size=32" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxdiff.tasks"):
+        scale_task(tasks.get_task("gaussian_blur").to_dict(), 256)
+        c = demo_config.get_config()
+        for method, task in plan(c):
+            scale_task(run_config(c, method, task).task.to_dict(), 32)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
