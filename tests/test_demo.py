@@ -104,6 +104,26 @@ def test_the_shipped_demo_shows_its_claims(tmp_path):
     assert not failed, failed
 
 
+def test_reddiff_and_daps_rows_run_long_enough_at_official_settings():
+    """RED-diff is Adam on the image (a step of about lr per pixel whatever the gradient's
+    size) and DAPS anneals: at 20 steps / 10 annealing steps their demo rows were coloured noise.
+    The demo runs them at the official hyperparameters with enough steps."""
+    from configs import daps as daps_config
+    from configs import reddiff as reddiff_config
+    from jaxdiff.diffusion import space_timesteps
+
+    c = demo_config.get_config()
+    for task in c.method_tasks.reddiff.split(","):
+        rc = run_config(c, "reddiff", task)
+        official = reddiff_config.get_config(task).sampler.hparams
+        assert rc.sampler.hparams.to_dict() == official.to_dict(), task
+        assert len(space_timesteps(1000, rc.sampler.respacing)) >= 100, task
+    for task in c.method_tasks.daps.split(","):
+        rc = run_config(c, "daps", task)
+        assert rc.sampler.hparams == daps_config.get_config(task).sampler.hparams, task
+        assert int(rc.sampler.respacing) >= 50 and rc.sampler.options.ode_steps >= 2
+
+
 def test_check_claims_needs_both_metrics_and_skips_what_did_not_run(tmp_path):
     from jaxdiff.demo import check_claims
 
