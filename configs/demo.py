@@ -58,18 +58,14 @@ TASK_OVERRIDES = {"gaussian_blur": {"reference_size": 32, "kernel_size": 9, "std
 
 # Every tuned traced hyperparameter: method -> hparam -> task -> value. A hyperparameter whose
 # sampler declares a static bound (SDEdit's t0 <= max_t0) sets the bound too (scripts.demo).
-# RED-diff's grad_term_weight (the denoiser term's weight): at 20 steps the official 0.25-1.0
-# keeps the prior from settling; box 0.02 / 0.05 / 0.1 / 0.25: 18.01/0.242, 17.86/0.266,
-# 17.77/0.284, 17.43/0.313 (lr 0.25; lr 0.5 / 1 / 2 at weight 1 only get worse).
-REDDIFF_GRAD_WEIGHT = {"box": 0.02, "random": 0.02, "gaussian_blur": 0.02, "sr2": 0.02}
+# RED-diff keeps its official settings (configs/reddiff.py); see METHOD_RESPACING for its steps.
 HPARAMS = {
     "dps": {"scale": DPS_SCALE},
-    "reddiff": {"grad_term_weight": REDDIFF_GRAD_WEIGHT},
     "score_ald": {"weight": SCORE_ALD_WEIGHT},
     "sdedit": {"t0": SDEDIT_T0},
 }
 # Tasks per method where not every one of `tasks`, to keep the demo under 5 minutes on 2 cores
-# (each run's XLA compilation, 5-15 s, is most of its cost): the methods added with issue 12 skip
+# (each run's XLA compilation, 5-15 s, is most of its cost): the methods beyond SDEdit, Score-ALD and DPS skip
 # random inpainting (box shows inpainting; on random, 20 steps: DiffPIR 22.84 / 0.835 / 0.219,
 # PiGDM 21.33 / 0.764 / 0.294, DDRM 20.41 / 0.730 / 0.307, DAPS 19.73 / 0.699 / 0.336, RED-diff
 # 18.57 / 0.636 / 0.445, all above the measurement's 15.37 / 0.510 / 0.514), and on inpainting
@@ -87,20 +83,32 @@ METHOD_TASKS = {
 
 # Static options per method and task (method -> option -> task -> value). RED-diff starts from
 # A^+ y; for the 9x9 blur the exact pseudo-inverse divides the noise by singular values near 0
-# (5.2 dB), so the demo starts it from A^T y there (the official code truncates instead).
-OPTIONS = {"reddiff": {"init": {"gaussian_blur": "adjoint"}}}
+# (5.2 dB), so the demo starts it from A^T y there (the official code truncates instead). DAPS
+# solves each annealing step's ODE in 2 Euler steps instead of 5 (see METHOD_RESPACING).
+OPTIONS = {
+    "reddiff": {"init": {"gaussian_blur": "adjoint"}},
+    "daps": {"ode_steps": {"box": 2, "random": 2, "gaussian_blur": 2, "sr2": 2}},
+}
 
 # Respacing per method where it differs from `respacing` / `task_respacing` (method wins). The
-# methods added with issue 12 run short schedules (the demo stays under 5 minutes on 2 cores):
-# 20 uniform-skip steps (skip20) for the DDIM-based ones, DiffPIR's own 20-step grid, DAPS with
-# 10 annealing steps of 5 ODE steps each (50 network calls).
+# methods beyond SDEdit, Score-ALD and DPS run short schedules (the demo stays under 5 minutes on
+# 2 cores): 20 uniform-skip steps (skip20) for the DDIM-based ones and DiffPIR's own 20-step grid.
+# RED-diff and DAPS need more, at their official settings otherwise:
+# - RED-diff is Adam on mu, and Adam's step is about lr per pixel whatever the gradient's size,
+#   so where only the noisy denoiser term acts (the box), 20 steps of lr 0.25 leave a square of
+#   coloured noise (18.01 dB / LPIPS 0.242 even with its weight lowered to 0.02), and on the
+#   blur heavy colour noise; at 100 steps (skip100) the official settings settle (box 19.65 /
+#   0.218; 200 steps: 19.42 / 0.217, blur 23.33 / 0.169);
+# - DAPS at 10 annealing steps of 5 ODE steps leaves colour noise on the blur (tau 0.01: 21.49 /
+#   0.239; a larger tau trades it for hallucinated texture: 0.03 / 0.05 / 0.1 give LPIPS 0.250 /
+#   0.326 / 0.489); 50 annealing steps of 2 ODE steps (100 network calls) give 23.24 / 0.200.
 METHOD_RESPACING = {
     "ddrm": "skip20",
     "ddnm": "skip20",
     "pigdm": "skip20",
     "diffpir": "20",
-    "reddiff": "skip20",
-    "daps": "10",
+    "reddiff": "skip100",
+    "daps": "50",
 }
 
 

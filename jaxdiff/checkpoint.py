@@ -341,5 +341,43 @@ def main(argv=None) -> int:
     return 0
 
 
+def is_unconverted_source(path) -> bool:
+    """A source `convert_weights` reads rather than a jaxdiff folder: a guided-diffusion
+    checkpoint file (.pt/.pth/.bin) or a folder with a diffusers config.json and no sidecar."""
+    path = Path(path)
+    if path.is_dir():
+        return not (path / META_FILE).is_file() and (path / "config.json").is_file()
+    return path.is_file() and path.suffix.lower() in (".pt", ".pth", ".bin")
+
+
+def load_params(path, preset: str | None = None, config=None) -> tuple[Any, dict]:
+    """``(params, meta)`` of a converted folder (`load_checkpoint`), or of a checkpoint not
+    converted yet, converted in memory with the converter's checks (jaxdiff.convert.core
+    .read_source); one log line then says how to convert it once, which loads faster."""
+    if not is_unconverted_source(path):
+        if preset is not None or config is not None:
+            raise ValueError(f"{path}: preset/config apply only to an unconverted ADM checkpoint")
+        return load_checkpoint(path)
+    import logging
+    import time
+
+    from jaxdiff.convert.core import read_source
+
+    t0 = time.perf_counter()
+    params, meta = read_source(path, preset=preset, config=config, progress=False, kind="diffusion")
+    params = _to_numpy_f32(params)
+    meta = {"format_version": FORMAT_VERSION, **meta, "num_parameters": count_parameters(params)}
+    flag = f" --preset {preset}" if preset else f" --config {config}" if config else ""
+    logging.getLogger("jaxdiff.checkpoint").warning(
+        "%s: converted in memory (%.1f s); convert it once to load it faster: "
+        "python -m convert_weights %s%s --out DIR",
+        path,
+        time.perf_counter() - t0,
+        path,
+        flag,
+    )
+    return params, meta
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

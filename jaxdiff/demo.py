@@ -104,7 +104,7 @@ def ddpm_samples(demo, loaded, path, n: int) -> None:
     jdata.save_png(path, upscale(grid, 128))
 
 
-# What the demo is meant to show (issue 7): (better, worse, tasks) means `better` beats `worse` on
+# What the demo is meant to show: (better, worse, tasks) means `better` beats `worse` on
 # PSNR and LPIPS on each of `tasks`; "measurement" is the measurement itself, the floor.
 CLAIMS = (
     ("dps", "sdedit", ("box", "gaussian_blur")),

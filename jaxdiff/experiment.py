@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import tasks
 from jaxdiff.diffusion import schedule_from_meta
 from jaxdiff.errors import ConfigError
 from jaxdiff.operators import get_noise, get_operator
@@ -106,6 +107,7 @@ def scale_task(task: dict, image_size: int) -> dict:
     task["operator_config"] = cfg
     task["image_size"] = image_size
     task["length_scale"] = s
+    tasks.warn_if_trivial(task)  # a preset scaled far down may no longer pose its problem
     return task
 
 

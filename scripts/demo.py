@@ -2,6 +2,8 @@
 
     pip install -e . && python -m scripts.demo --workdir=runs/demo
 
+Defaults: the demo prior bundled in the package (a 32x32 ADM UNet) and its three held-out demo
+photos (astronaut, chelsea, coffee); --config.model=DIR and --config.data=FOLDER take others.
 Runs unconditional DDPM samples of the prior, then SDEdit, Score-ALD and DPS (plus the classical
 baselines and the measurement itself, the floor) on box and random inpainting, Gaussian
 deblurring and 2x super-resolution of the prior's held-out photos (settings: configs/demo.py).
@@ -20,7 +22,12 @@ from ml_collections import config_flags
 from jaxdiff import cli, config_lib, demo
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", str(config_lib.config_path("demo")), "demo config"
+    "config",
+    str(config_lib.config_path("demo")),
+    "demo config (default configs/demo.py). Defaults: model = the demo prior bundled in the "
+    "package (--config.model=demo; a converted folder instead: --config.model=DIR), data = the "
+    "demo photos astronaut, chelsea and coffee (--config.data=demo; --config.data=FOLDER), "
+    "the methods, tasks and steps of configs/demo.py (--config.methods=dps,ddrm ...)",
 )
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "output folder (re-use it to resume)")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")

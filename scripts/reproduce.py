@@ -30,7 +30,11 @@ from ml_collections import config_flags
 from jaxdiff import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "method config and task preset, e.g. configs/dps.py:box", lock_config=True
+    "config",
+    None,
+    "method config and task preset, e.g. configs/dps.py:box; its model is the bundled demo "
+    "prior and its data the demo photos unless --config.model=DIR / --config.data=FOLDER",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (re-use it to resume)")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")

@@ -26,7 +26,12 @@ from ml_collections import config_flags
 from jaxdiff import cli, sweep
 from jaxdiff.metrics.per_image import METRICS
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/dps.py:box")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "e.g. configs/dps.py:box; model = the bundled demo prior and data = the demo photos unless "
+    "--config.model=DIR / --config.data=FOLDER",
+)
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", None, "NAME:V1,V2,... e.g. scale:0.1,0.3,1,3; repeat for a grid over their product"
 )

@@ -1,4 +1,4 @@
-"""Packaging (issue 14): `--config=` names resolve to the packaged config files from any folder,
+"""Packaging: `--config=` names resolve to the packaged config files from any folder,
 setup.py installs nothing named `configs` or `scripts` at the top of site-packages, and every
 console command points at a function that exists."""
 

@@ -2,7 +2,7 @@
 (jaxdiff/operators/official_svd.py).
 
 tests/fixtures/ddrm/svd_probes.npz holds, per DDRM fixture task (inp_box, sr4, deno,
-deblur_gauss; ../shared/fixtures/ddrm/ddrm_<task>.npz), the operator probes, the op_* arrays and
+deblur_gauss; the reference set's ddrm_<task>.npz), the operator probes, the op_* arrays and
 image 0's x0 / y_clean under "<task>/<name>", and the PiGDM deblurring operator pieces
 (pigdm_deblur_gauss_b1.npz: U_small, V_small, singulars_small, perm, singulars_used, x0,
 y_clean, y, pinv_y, kernel, H_small) under "pigdm_deblur/<name>".

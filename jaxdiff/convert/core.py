@@ -207,29 +207,24 @@ def _load_diffusers_weights(path: Path, key: str | None, progress: bool) -> tupl
     return torch_pickle.load_state_dict(path, key, progress=progress), fmt
 
 
-def convert(
+def read_source(
     src,
-    out,
     *,
     preset: str | None = None,
     config=None,
     key: str | None = None,
-    force: bool = False,
     progress: bool = True,
     kind: str | None = None,
     allow_large_weights: bool = False,
-) -> dict:
-    """Convert SRC into the jaxdiff checkpoint folder OUT; returns the sidecar dict written.
-
-    `kind="fid_inception"` insists on pytorch-fid's FID Inception (NotFIDInceptionError
-    otherwise); without it, a file with Inception keys is converted as one. Non-finite weights
-    are always refused, magnitudes above jaxdiff.checkpoint.MAX_ABS_WEIGHT unless
-    `allow_large_weights` (both are what a corrupted file decodes to)."""
+    check: bool = True,
+) -> tuple[dict, dict]:
+    """``(params, meta)`` of SRC in memory: every check `convert` makes (source kind, keys and
+    shapes, finite weights, |w| <= MAX_ABS_WEIGHT unless `allow_large_weights`), nothing
+    written (`check=False` leaves the weights' check to `save_pretrained`). `meta` is the sidecar
+    `convert` would write, less what saving fills in."""
+    from jaxdiff.checkpoint import check_weights
     from jaxdiff.convert import fid_inception
 
-    out = Path(out)
-    if out.exists() and not force:  # before the (possibly long) read
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
     if kind not in (None, "diffusion", fid_inception.ARCHITECTURE):
         raise ValueError(f"unknown --kind {kind!r}; known: diffusion, fid_inception")
     source = detect_source(src)
@@ -247,6 +242,7 @@ def convert(
         return pipeline.convert_component(source.folder, out, **options)
     if kind == fid_inception.ARCHITECTURE and source.architecture != "adm":
         raise NotFIDInceptionError(f"{src}: a diffusers folder, not the FID Inception .pth")
+    max_abs = None if allow_large_weights else MAX_ABS_WEIGHT
     if source.architecture == "adm":
         from jaxdiff.convert import adm
 
@@ -258,14 +254,9 @@ def convert(
             params = fid_inception.state_dict_to_params(sd, str(source.weights))
             file = {"file": source.weights.name, "format": fmt}
             file["sha256"] = sha256(source.weights, progress)
-            save_pretrained(
-                out,
-                params,
-                fid_inception.meta(file, CONVERTER_VERSION),
-                force=force,
-                max_abs=None if allow_large_weights else MAX_ABS_WEIGHT,
-            )
-            return json.loads((out / "jaxdiff.json").read_text())
+            if check:
+                check_weights(params, max_abs, what=source.weights.name)
+            return params, fid_inception.meta(file, CONVERTER_VERSION)
         model_config, flags = adm_model_config(sd, preset, Path(config) if config else None)
         params = adm.state_dict_to_params(sd, model_config, what=str(source.weights))
         diffusion, extra = adm_diffusion(model_config, flags, preset), {}
@@ -299,6 +290,43 @@ def convert(
         },
         "converter_version": CONVERTER_VERSION,
     }
+    if check:
+        check_weights(params, max_abs, what=source.weights.name)
+    return params, meta
+
+
+def convert(
+    src,
+    out,
+    *,
+    preset: str | None = None,
+    config=None,
+    key: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    kind: str | None = None,
+    allow_large_weights: bool = False,
+) -> dict:
+    """Convert SRC into the jaxdiff checkpoint folder OUT; returns the sidecar dict written.
+
+    `kind="fid_inception"` insists on pytorch-fid's FID Inception (NotFIDInceptionError
+    otherwise); without it, a file with Inception keys is converted as one. Non-finite weights
+    are always refused, magnitudes above jaxdiff.checkpoint.MAX_ABS_WEIGHT unless
+    `allow_large_weights` (both are what a corrupted file decodes to); `read_source` does the
+    reading and checking in memory."""
+    out = Path(out)
+    if out.exists() and not force:  # before the (possibly long) read
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    params, meta = read_source(
+        src,
+        preset=preset,
+        config=config,
+        key=key,
+        progress=progress,
+        kind=kind,
+        allow_large_weights=allow_large_weights,
+        check=False,  # save_pretrained checks them
+    )
     max_abs = None if allow_large_weights else MAX_ABS_WEIGHT
     save_pretrained(out, params, meta, force=force, max_abs=max_abs)
     return json.loads((out / "jaxdiff.json").read_text())

@@ -74,15 +74,21 @@ def check_params(arch: str, model_config: dict, params, what: str = "params") ->
         raise KeyMismatchError(what, missing, unexpected, shapes)
 
 
-def load_pretrained(path, dtype=None) -> tuple[nn.Module, dict, dict]:
-    """(model, params, meta) from a folder written by `convert_weights` (jaxdiff.checkpoint).
+def load_pretrained(
+    path, dtype=None, *, preset: str | None = None, config=None
+) -> tuple[nn.Module, dict, dict]:
+    """(model, params, meta) from a folder written by `convert_weights` (jaxdiff.checkpoint), or
+    from a checkpoint not converted yet: a guided-diffusion `.pt`/`.pth`/`.bin` or a diffusers
+    UNet2DModel folder, converted in memory with the converter's checks (jaxdiff.convert), where
+    `preset` / `config` are the converter's --preset / --config (for an ADM file whose network
+    the weights alone do not determine; the error says so).
 
     The parameter tree is checked against the architecture in the sidecar, so a folder whose
     weights and config disagree fails here with every mismatching name, not inside a sampler.
     """
-    from jaxdiff.checkpoint import load_checkpoint
+    from jaxdiff.checkpoint import load_params
 
-    params, meta = load_checkpoint(path)
+    params, meta = load_params(path, preset=preset, config=config)
     arch = meta.get("architecture")
     if arch not in MODELS:
         raise KeyError(f"{path}: unknown architecture {arch!r}; known: {MODELS.names()}")

@@ -25,7 +25,7 @@ from jaxdiff.parity.ddpm import load_model, run_dtype
 from jaxdiff.parity.dps import build_operator
 
 # Fixture README "Tolerances": the reference's own float32-vs-float64 replay differs by <= 5.7e-4
-# on the trajectories (<= 7.4e-4 on the data gradients), below the team's 1e-3 bound: 1e-3 holds.
+# on the trajectories (<= 7.4e-4 on the data gradients): a 1e-3 tolerance holds.
 ATOL_TRAJ = 1e-3
 # The data gradient 2 A^T (A x - y) doubles the state's float32 noise (README: 7.1e-4 for the
 # reference's own float64 replay); its stated tolerance is the README's suggested 2e-3.
