@@ -229,17 +229,10 @@ def read_source(
         raise ValueError(f"unknown --kind {kind!r}; known: diffusion, fid_inception")
     source = detect_source(src)
     if source.architecture in ("pipeline", "component"):
-        from jaxdiff.convert import pipeline
-
-        if preset is not None or config is not None or key is not None or kind is not None:
-            raise ValueError(
-                f"{src}: --preset/--config/--key/--kind apply to single checkpoint files; a "
-                "diffusers folder brings its own config.json"
-            )
-        options = dict(force=force, progress=progress, allow_large_weights=allow_large_weights)
-        if source.architecture == "pipeline":
-            return pipeline.convert_pipeline(source.folder, out, **options)
-        return pipeline.convert_component(source.folder, out, **options)
+        raise ValueError(
+            f"{src}: a diffusers pipeline or latent-model component folder is converted to disk, "
+            "one folder per component: python -m convert_weights FOLDER --out DIR"
+        )
     if kind == fid_inception.ARCHITECTURE and source.architecture != "adm":
         raise NotFIDInceptionError(f"{src}: a diffusers folder, not the FID Inception .pth")
     max_abs = None if allow_large_weights else MAX_ABS_WEIGHT
@@ -317,6 +310,19 @@ def convert(
     out = Path(out)
     if out.exists() and not force:  # before the (possibly long) read
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    source = detect_source(src)
+    if source.architecture in ("pipeline", "component"):
+        from jaxdiff.convert import pipeline
+
+        if preset is not None or config is not None or key is not None or kind is not None:
+            raise ValueError(
+                f"{src}: --preset/--config/--key/--kind apply to single checkpoint files; a "
+                "diffusers folder brings its own config.json"
+            )
+        options = dict(force=force, progress=progress, allow_large_weights=allow_large_weights)
+        if source.architecture == "pipeline":
+            return pipeline.convert_pipeline(source.folder, out, **options)
+        return pipeline.convert_component(source.folder, out, **options)
     params, meta = read_source(
         src,
         preset=preset,
