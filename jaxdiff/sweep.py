@@ -38,7 +38,7 @@ from jaxdiff.metrics.per_image import (
 )
 from jaxdiff.runner import BatchRunner, image_keys, round_batch
 from jaxdiff.sharding import agreed_steps, allgather_json
-from jaxdiff.workdir import config_dict, output_stems
+from jaxdiff.workdir import claim, config_dict, output_stems
 
 
 def parse_sweep(spec: str) -> tuple[str, list[float]]:
@@ -91,6 +91,7 @@ def run_sweep(config, workdir, name, values, *, metric="lpips", progress=True, e
     )
     if not names:
         raise ValueError(f"no decodable images in {config.data} (skipped: {sorted(skipped)})")
+    claim(workdir, "sweep", {**config_dict(config), "sweep": {name: values}})
     n, stems = len(names), output_stems(names)
     batch = round_batch(config.batch_size, n)
     runner = BatchRunner(exp, batch, sweep=True)

@@ -15,7 +15,6 @@ images/NAME_VALUE.png. See jaxdiff/sweep.py. Several processes: as scripts.repro
 from __future__ import annotations
 
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxdiff import cli, sweep
@@ -32,7 +31,6 @@ flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 def main(argv):
     cli.no_positional_args(argv)
-    absl_logging.set_verbosity(absl_logging.WARNING)
     cli.initialize_distributed()
     name, values = sweep.parse_sweep(_SWEEP.value)
     r = sweep.run_sweep(
