@@ -90,7 +90,7 @@ def _task_problems(task) -> list[str]:
         return []
     name = task["operator"]
     if name not in OPERATORS:
-        return [f"task.operator={name!r} (known: {', '.join(OPERATORS)})"]
+        return [f"task.operator={name!r} (known: {', '.join(OPERATORS.names())})"]
     params = inspect.signature(OPERATORS.get(name).__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return []
