@@ -11,6 +11,7 @@ Each script (scripts/*.py, convert_weights) defines its absl flags at module lev
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -29,11 +30,12 @@ BAD_INPUT = (JaxdiffError, ValueError, KeyError, OSError, app.UsageError, flags.
 flags.DEFINE_bool("debug", False, "show the traceback of an error (default: one line)")
 
 
-def run(main, argv=None) -> None:
+def run(main, argv=None, *, info_logs: bool = False) -> None:
     """absl's app.run(main), with `--config=` values resolved (see resolve_config_argv), and
     bad input, whether found while the flags (and config files) are parsed or in `main`, ended
     as one line `PROG: error: ...` on stderr and exit status 2 (`--debug`: the traceback).
-    absl and orbax INFO logs are off unless --verbosity asks for them."""
+    INFO logs are off unless --verbosity asks for them (`info_logs`: the command's own INFO
+    lines stay, train's progress; the libraries' (orbax, jax) stay off)."""
     console = argv is None
     argv = list(sys.argv if argv is None else argv)
     prog = command_name(argv[0])
@@ -54,7 +56,9 @@ def run(main, argv=None) -> None:
                 prog, _name_flag(one_line(e), args) if isinstance(e, AttributeError) else e, console
             )
         if not flags.FLAGS["verbosity"].present:
-            absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
+            absl_logging.set_verbosity(absl_logging.INFO if info_logs else absl_logging.WARNING)
+            absl_logging.get_absl_logger().addFilter(_quiet_libraries)  # absl.logging calls
+            absl_logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
         return out
 
     def guarded(args):
@@ -66,6 +70,15 @@ def run(main, argv=None) -> None:
             fail(prog, e, console)
 
     app.run(guarded, argv=argv, flags_parser=parse)
+
+
+def _quiet_libraries(record) -> bool:
+    """Drop the INFO logs of the libraries (orbax logs every save and restore at INFO)."""
+    libs = ("orbax", "etils", "jax")
+    return record.levelno >= logging.WARNING or not (
+        record.name.split(".")[0] in libs
+        or any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in libs)
+    )
 
 
 def _name_flag(msg: str, args) -> str:

@@ -178,3 +178,17 @@ def test_a_broken_checkpoint_is_the_last_line_and_no_log_noise(tmp_path, tiny_mo
     assert "Traceback" not in r.stderr and "Event loop" not in r.stderr
     assert not [ln for ln in lines if re.match(r"I\d{4} ", ln)], r.stderr  # absl INFO lines
     assert not (tmp_path / "w").exists()
+
+
+def test_library_info_logs_are_dropped_and_the_commands_own_kept():
+    import logging
+
+    from jaxdiff.cli import _quiet_libraries
+
+    def record(path, level=logging.INFO):
+        return logging.LogRecord("absl", level, path, 1, "m", (), None)
+
+    assert not _quiet_libraries(record("/x/site-packages/orbax/checkpoint/checkpoint_manager.py"))
+    assert not _quiet_libraries(record("/x/site-packages/jax/_src/xla_bridge.py"))
+    assert _quiet_libraries(record("/x/site-packages/orbax/a.py", logging.WARNING))
+    assert _quiet_libraries(record("/repo/jaxdiff/training.py"))  # train's progress lines
