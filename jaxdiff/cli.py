@@ -1,4 +1,6 @@
-"""What every command-line entry point shares: `run(main)` parses the flags and calls `main`.
+"""What every command-line entry point shares: `run(main)` parses the flags and calls `main`;
+bad input, found while the flags and config files are parsed or later, ends as one line
+`PROG: error: ...` on stderr with exit status 2 (`--debug`: the traceback).
 
 Each script (scripts/*.py, convert_weights) defines its absl flags at module level and ends with
 

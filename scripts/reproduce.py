@@ -12,7 +12,9 @@ workdir skips the finished images. See jaxdiff/runs.py.
 Several processes (GPU hosts, a TPU pod slice, local CPU processes): start the same command in
 every process with --distributed (auto-detected on Cloud TPU, SLURM and Open MPI) or with
 --coordinator=HOST:PORT --num_processes=N --process_id=I; each process runs its share of the
-images on its devices and the first writes the results.
+images on its devices and the first writes the results. The processes agree on the config, the
+model and the image listing before the first image, or all stop naming the difference; every
+wait between them is bounded by --distributed_timeout (seconds).
 
 Exit status: 0 done; 2 a bad config or input (one line naming it; --debug for the traceback),
 nothing written; 3 done, but some images diverged (named on stdout, kept out of the means).
