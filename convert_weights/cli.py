@@ -1,6 +1,8 @@
 """``python -m convert_weights SRC --out DIR``: a PyTorch diffusion UNet -> a jaxdiff checkpoint.
 
 Argument parsing and the one-line exits only; the conversion is `jaxdiff.convert.core.convert`.
+Exit status: 0 written; 2 bad input or a failed write (one line on stderr; --debug for the
+traceback), nothing left at --out; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         "to such values; no trained diffusion UNet has them)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
+
+
+EXIT_BAD_INPUT = 2
 
 
 class Interrupted(BaseException):
@@ -74,10 +80,16 @@ def main(argv=None) -> int:
             kind=args.kind,
             allow_large_weights=args.allow_large_weights,
         )
-    except (CheckpointError, ValueError, KeyError, OSError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    except (CheckpointError, ValueError, KeyError, OSError) as e:  # bad input, a full disk
+        if args.debug:
+            raise
+        msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split("\n"))
+        sys.stdout.flush()
         print(f"convert_weights: error: {msg}", file=sys.stderr)
-        return 1
+        sys.stderr.flush()
+        if argv is None:  # the command line: the one line is the last (no orbax thread noise)
+            os._exit(EXIT_BAD_INPUT)
+        return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Interrupted) as e:
         # save_pretrained has removed its temporary folder; nothing was written at --out.
         what = "SIGINT" if isinstance(e, KeyboardInterrupt) else e.args[0]

@@ -1,4 +1,6 @@
-"""What every command-line entry point shares: `run(main)` parses the flags and calls `main`.
+"""What every command-line entry point shares: `run(main)` parses the flags and calls `main`;
+bad input, found while the flags and config files are parsed or later, ends as one line
+`PROG: error: ...` on stderr with exit status 2 (`--debug`: the traceback).
 
 Each script (scripts/*.py, convert_weights) defines its absl flags at module level and ends with
 
@@ -11,24 +13,118 @@ Each script (scripts/*.py, convert_weights) defines its absl flags at module lev
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from jaxdiff import config_lib
+from jaxdiff.errors import JaxdiffError
+
+EXIT_BAD_INPUT = 2
+# What counts as bad input (a config, a file, a flag, a folder): one line, status 2. Anything
+# else is a defect and keeps its traceback. OSError covers a missing or unreadable file and a
+# full disk; KeyError a missing key of a file or registry.
+BAD_INPUT = (JaxdiffError, ValueError, KeyError, OSError, app.UsageError, flags.Error)
+
+flags.DEFINE_bool("debug", False, "show the traceback of an error (default: one line)")
 
 
-def run(main, argv=None) -> None:
-    """absl's app.run(main), with `--config=` values resolved (see resolve_config_argv)."""
+def run(main, argv=None, *, info_logs: bool = False) -> None:
+    """absl's app.run(main), with `--config=` values resolved (see resolve_config_argv), and
+    bad input, whether found while the flags (and config files) are parsed or in `main`, ended
+    as one line `PROG: error: ...` on stderr and exit status 2 (`--debug`: the traceback).
+    INFO logs are off unless --verbosity asks for them (`info_logs`: the command's own INFO
+    lines stay, train's progress; the libraries' (orbax, jax) stay off)."""
+    console = argv is None
     argv = list(sys.argv if argv is None else argv)
+    prog = command_name(argv[0])
+    debug = any(a in ("--debug", "-debug", "--debug=true", "--debug=True") for a in argv)
     try:
         argv = resolve_config_argv(argv)
     except ValueError as e:  # before absl parses anything: one line, the bad-input status 2
-        print(f"{os.path.basename(argv[0])}: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(prog, e, console)
     _help_for(main.__module__)
-    app.run(main, argv=argv)
+
+    def parse(args):
+        try:
+            out = flags.FLAGS(args)
+        except (*BAD_INPUT, AttributeError) as e:  # AttributeError: a config-key typo
+            if debug:
+                raise
+            fail(
+                prog, _name_flag(one_line(e), args) if isinstance(e, AttributeError) else e, console
+            )
+        if not flags.FLAGS["verbosity"].present:
+            absl_logging.set_verbosity(absl_logging.INFO if info_logs else absl_logging.WARNING)
+            absl_logging.get_absl_logger().addFilter(_quiet_libraries)  # absl.logging calls
+            absl_logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
+        return out
+
+    def guarded(args):
+        try:
+            return main(args)
+        except BAD_INPUT as e:
+            if flags.FLAGS.debug:
+                raise
+            fail(prog, e, console)
+
+    app.run(guarded, argv=argv, flags_parser=parse)
+
+
+def _quiet_libraries(record) -> bool:
+    """Drop the INFO logs of the libraries (orbax logs every save and restore at INFO)."""
+    libs = ("orbax", "etils", "jax")
+    return record.levelno >= logging.WARNING or not (
+        record.name.split(".")[0] in libs
+        or any(f"{os.sep}{lib}{os.sep}" in record.pathname for lib in libs)
+    )
+
+
+def _name_flag(msg: str, args) -> str:
+    """`--config.a.scal: unknown config key 'scal'; ...`: the flag that holds the typo'd key."""
+    key = msg.removeprefix("unknown config key ").split(";")[0].strip("'\" ")
+    for a in args:
+        name = a.split("=", 1)[0]
+        if name.startswith("-") and key in name.lstrip("-").split("."):
+            return f"{name}: {msg}"
+    return msg
+
+
+def command_name(argv0: str) -> str:
+    """`reproduce` for scripts/reproduce.py, `jaxdiff-reproduce` for the installed command."""
+    name = os.path.basename(argv0)
+    return name[:-3] if name.endswith(".py") else name
+
+
+def one_line(e: BaseException) -> str:
+    """The message of `e` on one line. A config file's own error is dug out from under absl's
+    flag error and ml_collections' traceback-carrying wrapper; a config-key typo (an
+    AttributeError of ml_collections around a KeyError) reads `unknown config key ...`."""
+    while "Error whilst parsing config file" in str(e) and (e.__cause__ or e.__context__):
+        e = e.__cause__ or e.__context__
+    arg = e.args[0] if e.args else ""
+    while isinstance(arg, BaseException):
+        arg = arg.args[0] if arg.args else ""
+    msg = str(arg) if isinstance(e, KeyError | AttributeError) else str(e)
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    text = "; ".join(lines) or type(e).__name__
+    return f"unknown config key {text}" if isinstance(e, AttributeError) else text
+
+
+def fail(prog: str, e: BaseException | str, console: bool = False):
+    """Print `PROG: error: MESSAGE` as the last line on stderr and exit with status 2. From the
+    command line the process ends at once (os._exit): the worker threads of orbax/asyncio
+    would otherwise print their own tracebacks after the one line."""
+    msg = e if isinstance(e, str) else one_line(e)
+    sys.stdout.flush()
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    sys.stderr.flush()
+    if console:
+        os._exit(EXIT_BAD_INPUT)
+    sys.exit(EXIT_BAD_INPUT)
 
 
 def _help_for(module_name: str) -> None:
@@ -79,8 +175,8 @@ def _config_value(value: str) -> str:
 
 # --- several processes ---------------------------------------------------------------------------
 def define_distributed_flags() -> None:
-    """--distributed / --coordinator / --num_processes / --process_id, for the commands that run
-    images on several processes (reproduce, sweep)."""
+    """--distributed / --coordinator / --num_processes / --process_id / --distributed_timeout,
+    for the commands that run images on several processes (reproduce, sweep)."""
     flags.DEFINE_bool(
         "distributed",
         False,
@@ -90,10 +186,19 @@ def define_distributed_flags() -> None:
     flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (implies --distributed)")
     flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
     flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)")
+    flags.DEFINE_integer(
+        "distributed_timeout",
+        300,
+        "seconds any wait between processes may last: every process connecting, a peer's "
+        "missing heartbeat, the last barrier",
+        lower_bound=1,
+    )
 
 
 def initialize_distributed() -> None:
-    """jax.distributed.initialize from the flags of define_distributed_flags (no-op without)."""
+    """jax.distributed.initialize from the flags of define_distributed_flags (no-op without).
+    What can be checked first is (port free on process 0, ids in range), every wait is bounded
+    by --distributed_timeout, and a failure is one line naming this process."""
     f = flags.FLAGS
     if not (f.distributed or f.coordinator):
         return
@@ -103,12 +208,42 @@ def initialize_distributed() -> None:
     if f.coordinator:
         if f.num_processes is None or f.process_id is None:
             raise app.UsageError("--coordinator needs --num_processes and --process_id")
+        check_coordinator(f.coordinator, f.num_processes, f.process_id)
         kwargs = {
             "coordinator_address": f.coordinator,
             "num_processes": f.num_processes,
             "process_id": f.process_id,
         }
-    init(**kwargs)
+    init(timeout=f.distributed_timeout, **kwargs)
+
+
+def check_coordinator(address: str, num_processes: int, process_id: int) -> None:
+    """What can go wrong before jax.distributed.initialize, as one-line errors: a malformed
+    HOST:PORT, a process count or id out of range, and (on process 0, which listens there) a
+    coordinator port already in use on this host."""
+    import socket
+
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise app.UsageError(f"--coordinator={address!r} must be HOST:PORT")
+    if num_processes < 1:
+        raise app.UsageError(f"--num_processes={num_processes} must be >= 1")
+    if not 0 <= process_id < num_processes:
+        raise app.UsageError(
+            f"--process_id={process_id} must be in [0, {num_processes}) for "
+            f"--num_processes={num_processes}"
+        )
+    if process_id != 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
+        try:
+            s.bind(("", int(port)))
+        except OSError as e:
+            raise app.UsageError(
+                f"--coordinator={address}: port {port} is in use on this host ({e.strerror}); "
+                "process 0 listens there: pick a free port (or is process 0 started twice?)"
+            ) from None
 
 
 def is_lead() -> bool:

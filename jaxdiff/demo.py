@@ -145,17 +145,18 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     from jaxdiff.images import load_images
     from jaxdiff.models import load_pretrained
     from jaxdiff.report import make_table
+    from jaxdiff.workdir import claim, config_dict
 
     t0 = time.perf_counter()
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     model_dir = resolve_model_dir(demo.model)
     loaded = (model_dir, *load_pretrained(model_dir))
-    if demo.ddpm_samples:
-        ddpm_samples(demo, loaded, workdir / "ddpm_samples.png", int(demo.ddpm_samples))
     pairs = plan(demo)
     first = build(run_config(demo, *pairs[0]), loaded=loaded)
     images = load_images(demo.data, first.image_size, demo.num_images, first.meta)
+    claim(workdir, "demo", config_dict(demo))  # the config checked, before the first write
+    if demo.ddpm_samples:
+        ddpm_samples(demo, loaded, workdir / "ddpm_samples.png", int(demo.ddpm_samples))
 
     def one(pair):
         method, task = pair

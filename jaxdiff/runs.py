@@ -14,6 +14,7 @@ recomputes the rest and ends with the same results as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import pathlib
@@ -36,7 +37,7 @@ from jaxdiff.metrics.distribution import (
 from jaxdiff.metrics.lpips import VARIANTS, variant_name
 from jaxdiff.metrics.per_image import METRICS, compute_metrics, stats
 from jaxdiff.runner import BatchRunner, image_keys, round_batch
-from jaxdiff.sharding import agreed_steps, allgather_json, process_share
+from jaxdiff.sharding import agree, agreed_steps, allgather_json, process_share
 from jaxdiff.summary import summarize, write_figure, write_summary
 from jaxdiff.workdir import (
     SUMMARY_JSON,
@@ -45,6 +46,7 @@ from jaxdiff.workdir import (
     config_dict,
     image_digest,
     image_path,
+    json_safe,
     output_stems,
     read_png,
 )
@@ -72,8 +74,32 @@ def validate_config(config) -> None:
         problems.append(f"metrics.lpips_net={metrics.get('lpips_net')!r} (known: {known})")
     if metrics.get("range", "clip") not in ("clip", "minmax"):
         problems.append(f"metrics.range={metrics.get('range')!r} must be 'clip' or 'minmax'")
+    problems += _task_problems(config.get("task"))
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _task_problems(task) -> list[str]:
+    """task.operator_config's keys against what the operator takes: a preset's leftover setting
+    (sr2's `factor` after --config.task.operator=motion_blur) is named, not a TypeError."""
+    import inspect
+
+    from jaxdiff.operators import OPERATORS
+
+    if not task or "operator" not in task:
+        return []
+    name = task["operator"]
+    if name not in OPERATORS:
+        return [f"task.operator={name!r} (known: {', '.join(OPERATORS.names())})"]
+    params = inspect.signature(OPERATORS.get(name).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    takes = [p for p in params if p not in ("self", "image_shape")]
+    extra = sorted(set(task.get("operator_config", {})) - set(takes))
+    if extra:
+        keys = ", ".join(f"task.operator_config.{k}" for k in extra)
+        return [f"{keys}: not a setting of operator {name!r} (it takes: {', '.join(takes)})"]
+    return []
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -112,6 +138,10 @@ def run(
     if not names:
         raise ConfigError(f"{config.data}: no decodable images (skipped: {skipped})")
     scorer = _inception_scorer(config)  # a bad weights folder fails before anything is written
+    # every process runs this config on this model and this listing, or all stop here
+    agree(
+        {"config": cfg, "model": _model_fingerprint(exp), "data listing": _listing(names, skipped)}
+    )
     lead = jax.process_index() == 0
     with WorkdirLock(workdir) if lead else contextlib.nullcontext():
         store = ResultStore(workdir, cfg, write=lead)
@@ -200,19 +230,33 @@ class _Run:
                 ):
                     jdata.save_png(image_path(workdir, name, kind, self.stems), x)
             records.append(
-                {
-                    "image": name,
-                    "output": self.stems[name],
-                    "image_sha256": digests[i],
-                    "index": int(local.index[i]),
-                    "seed": int(config.seed),
-                    "metrics": {k: float(m[k][j]) for k in METRICS},
-                    "seconds": seconds,
-                    "diverged_at": int(out["diverged"][j]),
-                }
+                json_safe(
+                    {
+                        "image": name,
+                        "output": self.stems[name],
+                        "image_sha256": digests[i],
+                        "index": int(local.index[i]),
+                        "seed": int(config.seed),
+                        "metrics": {k: float(m[k][j]) for k in METRICS},
+                        "seconds": seconds,
+                        "diverged_at": int(out["diverged"][j]),
+                    }
+                )
             )
         feats = self.scorer.features(out["x_hat"]).tolist() if self.scorer else []
         return records, feats
+
+
+def _model_fingerprint(exp) -> str:
+    """The model as its sidecar describes it (architecture, diffusion, params_sha256 when
+    recorded): equal on processes that load the same checkpoint from different paths."""
+    meta = json.dumps(exp.meta, sort_keys=True, default=str)
+    return hashlib.sha256(meta.encode()).hexdigest()[:16]
+
+
+def _listing(names, skipped) -> str:
+    text = json.dumps({"names": list(names), "skipped": sorted(skipped)}, sort_keys=True)
+    return f"{len(names)} images, sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def _inception_scorer(config):

@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxdiff.errors import ConfigError, JaxdiffError
 from jaxdiff.samplers import BATCH_AXIS, batched
 
 # Compiled programs of this process by (caller's key, input shapes): a rerun, or another value
@@ -35,12 +36,38 @@ from jaxdiff.samplers import BATCH_AXIS, batched
 _PROGRAMS: dict = {}
 
 
-def initialize_distributed(**kwargs) -> None:
+class DistributedError(JaxdiffError, RuntimeError):
+    """The processes of a multi-process run could not connect, or one of them is gone."""
+
+
+def initialize_distributed(timeout: int | None = None, **kwargs) -> None:
     """`jax.distributed.initialize(**kwargs)` (coordinator_address, num_processes, process_id, or
     auto-detection on TPU pods / SLURM / Open MPI), with CPU collectives (gloo) so that local CPU
-    processes can run one program together. Call before any other JAX work."""
+    processes can run one program together. Call before any other JAX work.
+
+    timeout: seconds that connecting, a peer's silence (missed heartbeats) and the shutdown
+    barrier may each last (None: JAX's defaults, 300 / 100 / 300 s). A failure to connect is a
+    DistributedError naming this process."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
+    if timeout is not None:
+        kwargs.update(
+            initialization_timeout=int(timeout),
+            heartbeat_timeout_seconds=int(min(timeout, 100)),
+            shutdown_timeout_seconds=int(timeout),
+        )
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as e:  # XlaRuntimeError (DEADLINE_EXCEEDED, UNAVAILABLE, ...)
+        who = kwargs.get("process_id")
+        n = kwargs.get("num_processes")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistributedError(
+            f"process {who if who is not None else '?'} of {n or '?'}: the processes did not "
+            f"all connect to {kwargs.get('coordinator_address', 'the coordinator')}"
+            f"{f' within {timeout} s' if timeout else ''} ({first}); check that every process "
+            "was started with the same --coordinator and --num_processes and a distinct "
+            "--process_id"
+        ) from e
 
 
 def batch_mesh(devices=None) -> Mesh:
@@ -85,15 +112,53 @@ def pad_batch(tree, size: int):
 
 
 def allgather_json(obj) -> list:
-    """`obj` (JSON-able) of every process, in process order; a barrier. One process: [obj]."""
+    """`obj` (JSON-able) of every process, in process order; a barrier. One process: [obj].
+    A peer gone (killed, crashed) is a DistributedError naming this process, not a hang."""
     if jax.process_count() == 1:
         return [obj]
     blob = np.frombuffer(json.dumps(obj).encode(), np.uint8)
-    sizes = multihost_utils.process_allgather(np.asarray([blob.size], np.int64)).reshape(-1)
-    buf = np.zeros(max(int(sizes.max()), 1), np.uint8)
-    buf[: blob.size] = blob
-    rows = multihost_utils.process_allgather(buf)
+    try:
+        sizes = multihost_utils.process_allgather(np.asarray([blob.size], np.int64)).reshape(-1)
+        buf = np.zeros(max(int(sizes.max()), 1), np.uint8)
+        buf[: blob.size] = blob
+        rows = multihost_utils.process_allgather(buf)
+    except Exception as e:  # XlaRuntimeError from the collectives: a peer is gone
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistributedError(
+            f"process {jax.process_index()} of {jax.process_count()}: lost the other processes "
+            f"while exchanging results ({first}); see the other processes' output for the "
+            "one that failed"
+        ) from e
     return [json.loads(bytes(rows[i, : sizes[i]])) for i in range(len(sizes))]
+
+
+def agree(what: dict) -> None:
+    """A barrier at which every process must hold equal `what` (JSON-able: the config, a
+    fingerprint of the model, of the data listing): else every process stops with one
+    ConfigError naming the processes and entries that differ. One process: nothing to do."""
+    if jax.process_count() == 1:
+        return
+    problems = disagreements(allgather_json(what))
+    if problems:
+        raise ConfigError("the processes were started differently: " + "; ".join(problems))
+
+
+def disagreements(parts: list[dict], limit: int = 4) -> list[str]:
+    """What differs between process 0's entry `parts[0]` and every other's, as
+    `process I: KEY.PATH = B, process 0: A` (at most `limit` of them)."""
+    out = []
+    for i, part in enumerate(parts[1:], 1):
+        for path, a, b in _differences(parts[0], part):
+            out.append(f"process {i}: {path} = {b!r}, process 0: {a!r}")
+    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _differences(a, b, prefix: str = ""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            yield from _differences(a.get(k), b.get(k), f"{prefix}{'.' if prefix else ''}{k}")
+    elif a != b:
+        yield prefix or "value", a, b
 
 
 def agreed_steps(todo: list, rows: int) -> tuple[list[list], int]:
@@ -254,7 +319,9 @@ class ShardedSampler:
 __all__ = [
     "ShardedBatch",
     "ShardedSampler",
+    "agree",
     "agreed_steps",
+    "disagreements",
     "allgather_json",
     "batch_mesh",
     "initialize_distributed",

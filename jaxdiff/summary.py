@@ -11,8 +11,8 @@ import numpy as np
 
 from jaxdiff import data as jdata
 from jaxdiff.metrics.lpips import variant_name
-from jaxdiff.metrics.per_image import METRICS, stats
-from jaxdiff.workdir import FIGURE, SUMMARY_JSON, SUMMARY_MD, image_path, read_png
+from jaxdiff.metrics.per_image import DIGITS, METRICS, stats
+from jaxdiff.workdir import FIGURE, SUMMARY_JSON, SUMMARY_MD, dumps, image_path, read_png
 
 
 def summarize(exp, names, skipped, store, cfg, compile_seconds, wall_seconds) -> dict:
@@ -33,6 +33,8 @@ def summarize(exp, names, skipped, store, cfg, compile_seconds, wall_seconds) ->
         "num_images": len(recs),
         "skipped": skipped,
         "diverged": [r["image"] for r in diverged],
+        # reconstructions equal to the truth: PSNR +inf (null in the JSON), out of the PSNR mean
+        "exact": [r["image"] for r in healthy if r.get("exact")],
         # headline means over the images that stayed finite; `diverged` names the others
         "metrics": {k: stats([r["metrics"][k] for r in healthy]) for k in METRICS},
         "seconds_per_image": stats([r["seconds"] for r in recs]),
@@ -44,6 +46,28 @@ def summarize(exp, names, skipped, store, cfg, compile_seconds, wall_seconds) ->
     }
 
 
+def headline(s: dict) -> str:
+    """One line for the console: the means with the digits they carry (DIGITS), the exact
+    reconstructions counted, FID/KID or why they are missing."""
+    m = s["metrics"]
+    parts = []
+    for k, unit in (("psnr", " dB"), ("ssim", ""), ("lpips", "")):
+        mean = m[k]["mean"]
+        parts.append(f"{k.upper()} {'n/a' if mean is None else f'{mean:.{DIGITS[k]}f}{unit}'}")
+    exact = s.get("exact") or []
+    if exact:
+        parts[0] += f" (+{len(exact)} exact, PSNR inf, not in the mean)"
+    sm = s.get("set_metrics") or {}
+    if sm.get("missing"):
+        fid = sm["missing"]
+    else:
+        fid = ", ".join(
+            f"{k.upper()} {'n/a' if sm.get(k) is None else f'{sm[k]:{fmt}}'}"
+            for k, fmt in (("fid", ".2f"), ("kid", ".4g"))
+        )
+    return f"{s['method']}/{s['task']}: {s['num_images']} images, {', '.join(parts)}; {fid}"
+
+
 def _fmt(stat: dict, digits: int = 3) -> str:
     if stat["mean"] is None:
         return "n/a"
@@ -52,7 +76,7 @@ def _fmt(stat: dict, digits: int = 3) -> str:
 
 def write_summary(workdir, s: dict) -> None:
     workdir = pathlib.Path(workdir)
-    jdata.atomic_write_json(workdir / SUMMARY_JSON, s)
+    jdata.atomic_write_text(workdir / SUMMARY_JSON, dumps(s, indent=2) + "\n")
     info = ", ".join(f"{k}={v}" for k, v in s["method_info"].items()) or "-"
     op = s["effective_task"]
     lines = [
@@ -77,6 +101,11 @@ def write_summary(workdir, s: dict) -> None:
     ]
     if s["skipped"]:
         lines.append(f"- skipped (undecodable): {', '.join(sorted(s['skipped']))}")
+    if s.get("exact"):
+        lines.append(
+            f"- exact reconstructions (equal to the truth: PSNR +inf, left out of the PSNR mean, "
+            f"in the others): {len(s['exact'])} of {s['num_images']}: {s['exact']}"
+        )
     if s["diverged"]:
         lines.append(
             f"- diverged (NaN/Inf, frozen at the last finite value; not in the means above): "

@@ -182,7 +182,7 @@ def run_sweep(
     cfg["sweep"] = axes  # part of the fingerprint: a restart must sweep the same values
     lead = jax.process_index() == 0
     with WorkdirLock(workdir) if lead else contextlib.nullcontext():
-        store = ResultStore(workdir, cfg, write=lead)
+        store = ResultStore(workdir, cfg, write=lead, command="sweep")
         job = _Sweep(config, workdir, exp, local, output_stems(names), points, store)
         job.images(progress)
         result = summarize(exp, axes, points, names, skipped, store, metric, cfg)

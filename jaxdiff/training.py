@@ -28,6 +28,7 @@ from jaxdiff import photos
 from jaxdiff.diffusion import gaussian, losses
 from jaxdiff.diffusion.schedule import Schedule, schedule_from_meta
 from jaxdiff.models import build_model, param_count
+from jaxdiff.workdir import claim, config_dict
 
 Params = Any
 
@@ -268,8 +269,8 @@ def train(config, workdir, max_minutes: float | None = None, log=logging.info, m
     """Train to ``config.train.num_steps`` (resuming from the newest checkpoint in ``workdir``);
     returns ``(run, state, history)``."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     run = Run(config, model)
+    claim(workdir, "train", config_dict(config))  # before anything is written there
     tc = config.train
     mngr = checkpoint_manager(workdir, tc.max_to_keep)
     state = run.init_state()

@@ -1,6 +1,7 @@
 """A run's folder: what is in it, the record of finished images, and the lock.
 
-    workdir/config.json         the full config (a restart must match it, else it refuses)
+    workdir/config.json         the command and full config (a restart must match, else it
+                                refuses: `claim`)
     workdir/results.jsonl       one line per finished image: image, index, seed, metrics, seconds
     workdir/images/NAME_truth.png, NAME_measurement.png, NAME_recon.png
     workdir/summary.json, summary.md, figure.png (jaxdiff.summary)
@@ -13,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import pathlib
 
@@ -38,13 +40,28 @@ def config_dict(config) -> dict:
     return json.loads(json.dumps(config.to_dict(), default=str))
 
 
-def fingerprint(cfg: dict) -> str:
+def fingerprint(cfg: dict, ignore: tuple[str, ...] = ()) -> str:
+    """A hash of what decides the results: the config without the entries that do not
+    (_NOT_FINGERPRINTED, the set-level metrics, and the dotted keys `ignore`)."""
+    cfg = _without(cfg, ignore)
     kept = {k: v for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
     if not kept.get("image_list"):  # added later: an empty one leaves old fingerprints alone
         kept.pop("image_list", None)
     if isinstance(kept.get("metrics"), dict):
         kept["metrics"] = {k: v for k, v in kept["metrics"].items() if k not in SET_METRIC_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without(cfg: dict, dotted: tuple[str, ...]) -> dict:
+    cfg = json.loads(json.dumps(cfg))
+    for key in dotted:
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return cfg
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -62,42 +79,90 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+# What each command may change on a rerun of the same folder without changing its results.
+IGNORED = {
+    "reproduce": (),
+    "sweep": (),
+    "demo": ("workers", "ddpm_samples"),
+    "train": ("train.num_steps", "train.log_every", "train.eval_every", "train.ckpt_every",
+              "train.max_to_keep"),
+}  # fmt: skip
+# Folders written before config.json named its command: what each command leaves there.
+_LEGACY_SIGNS = (("sweep.json", "sweep"), ("checkpoints", "train"), ("ddpm_samples.png", "demo"))
+
+
+def claim(workdir, command: str, cfg: dict, *, write: bool | None = None) -> None:
+    """Make `workdir` the folder of one experiment, `command` with `cfg`, before anything is
+    written there: a folder holding another command's results, or this command's with another
+    config, is refused (ConfigError, one line naming the difference); an empty or new folder,
+    or one of this very experiment (a resume), gets its config.json. Every command that writes
+    a workdir (reproduce, sweep, demo, train) calls this first. Under several processes they
+    first agree on `cfg` (jaxdiff.sharding.agree); only the first writes (`write`: None = the
+    first process)."""
+    import jax
+
+    from jaxdiff.sharding import agree
+
+    agree({"config": cfg})
+    write = jax.process_index() == 0 if write is None else write
+    d = pathlib.Path(workdir)
+    ignore = IGNORED.get(command, ())
+    fp = fingerprint(cfg, ignore)
+    old_command, old = _owner(d)
+    if old_command is not None and old_command != command:
+        raise ConfigError(
+            f"{d} holds the results of `{old_command}`, not `{command}`; use a new --workdir "
+            f"for the {command} (nothing was written)"
+        )
+    if old is not None and old.get("fingerprint") != fp:
+        changes = "; ".join(_diff(_without(old.get("config", {}), ignore), _without(cfg, ignore)))
+        raise ConfigError(
+            f"{d} holds {command} results of a different config ({changes or 'unknown'}); "
+            "use a new --workdir or delete this one"
+        )
+    if write:
+        d.mkdir(parents=True, exist_ok=True)
+        jdata.atomic_write_json(d / CONFIG, {"command": command, "fingerprint": fp, "config": cfg})
+
+
+def _owner(d: pathlib.Path) -> tuple[str | None, dict | None]:
+    """(the command whose results `d` holds or None, its config.json or None)."""
+    if (d / CONFIG).is_file():
+        old = _read_json(d / CONFIG)
+        return str(old.get("command", "reproduce")), old  # reproduce wrote the first ones
+    for name, command in _LEGACY_SIGNS:
+        if (d / name).exists():
+            return command, None
+    if (d / RESULTS).is_file():
+        return "an unknown command", None
+    return None, None
+
+
 class ResultStore:
     """results.jsonl + config.json of a workdir; refuses a workdir made by another config.
 
     `write=False` (every process but the first of a multi-process run): the same checks, and
     nothing written."""
 
-    def __init__(self, workdir, cfg: dict, write: bool = True):
+    def __init__(self, workdir, cfg: dict, write: bool = True, command: str = "reproduce"):
         self.dir = pathlib.Path(workdir)
         self.write = write
         if write:
             self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / CONFIG
-        fp = fingerprint(cfg)
-        if path.exists():
-            old = _read_json(path)
-            if old.get("fingerprint") != fp:
-                changes = "; ".join(_diff(old.get("config", {}), cfg)) or "unknown"
-                raise ValueError(
-                    f"{self.dir} holds results of a different config ({changes}); "
-                    "use a new --workdir or delete this one"
-                )
-        if write:
-            jdata.atomic_write_json(path, {"fingerprint": fp, "config": cfg})
+        claim(self.dir, command, cfg, write=write)
         self.records: dict[str, dict] = {}
         results = self.dir / RESULTS
         if results.exists():
             for n, line in enumerate(results.read_text().splitlines(), 1):
                 if line.strip():
                     try:
-                        rec = json.loads(line)
-                        self.records[rec["image"]] = rec
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        rec = json_safe(check_record(json.loads(line)))
+                    except (json.JSONDecodeError, ValueError) as e:
                         raise ConfigError(
                             f"{results}: line {n} is not a result record ({e}); move the file "
                             "away to recompute every image"
                         ) from None
+                    self.records[rec["image"]] = rec
 
     def done(self, name: str, index: int, digest: str | None = None) -> bool:
         """Finished, for this very image: same name, folder position and (when recorded)
@@ -112,11 +177,63 @@ class ResultStore:
             self.records[rec["image"]] = rec
         if not self.write:
             return
-        lines = [json.dumps(r, sort_keys=True) for r in self.ordered()]
+        lines = [dumps(r) for r in self.ordered()]
         jdata.atomic_write_text(self.dir / RESULTS, "\n".join(lines) + "\n")
 
     def ordered(self) -> list[dict]:
         return sorted(self.records.values(), key=lambda r: (r["index"], r["image"]))
+
+
+# A result record's entries and their JSON types (metrics: numbers, or null where not finite).
+_RECORD_TYPES = {"image": str, "index": int, "seed": int}
+
+
+def check_record(rec) -> dict:
+    """`rec` if it is a result record (the driver's: `metrics`; the sweep's: `points`, each with
+    its `metrics`), else ValueError naming the missing or mistyped entry."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"a {type(rec).__name__}, not an object")
+    kinds = {**_RECORD_TYPES, **({"points": list} if "points" in rec else {"metrics": dict})}
+    for key, kind in kinds.items():
+        if key not in rec:
+            raise ValueError(f"no {key!r}")
+        if not isinstance(rec[key], kind) or isinstance(rec[key], bool):
+            raise ValueError(f"{key!r} is {rec[key]!r}, not {kind.__name__}")
+    metrics = [("metrics", rec["metrics"])] if "metrics" in rec else []
+    for i, point in enumerate(rec.get("points", [])):
+        if not isinstance(point, dict) or not isinstance(point.get("metrics"), dict):
+            raise ValueError(f"points[{i}] has no 'metrics' object")
+        metrics.append((f"points[{i}].metrics", point["metrics"]))
+    for where, values in metrics:
+        for key, v in values.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise ValueError(f"{where}.{key} is {v!r}, not a number")
+    return rec
+
+
+def json_safe(obj):
+    """`obj` with every non-finite float as null (JSON has no Infinity or NaN). A result
+    record's PSNR of +inf (a reconstruction equal to the truth) also sets `"exact": true`,
+    so it is counted and stated (summary.py), not silently left out."""
+    if isinstance(obj, dict):
+        out = {k: json_safe(v) for k, v in obj.items()}
+        m = obj.get("metrics")
+        if isinstance(m, dict) and m.get("psnr") == math.inf:
+            out["exact"] = True
+        return out
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps(obj, **kw) -> str:
+    """The one way results are written: valid JSON (non-finite floats as null, see json_safe;
+    allow_nan=False makes any other one an error, not a bare `Infinity`)."""
+    return json.dumps(
+        json_safe(obj), sort_keys=True, allow_nan=False, default=jdata.json_default, **kw
+    )
 
 
 def _read_json(path) -> dict:

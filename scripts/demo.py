@@ -16,7 +16,6 @@ jaxdiff/demo.py.
 from __future__ import annotations
 
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxdiff import cli, config_lib, demo
@@ -35,7 +34,6 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "show progress bars")
 
 def main(argv):
     cli.no_positional_args(argv)
-    absl_logging.set_verbosity(absl_logging.WARNING)
     result = demo.run_demo(_CONFIG.value, _WORKDIR.value, _PROGRESS.value)
     print(demo.describe(result, _CONFIG.value, _WORKDIR.value))
 

@@ -12,7 +12,9 @@ workdir skips the finished images. See jaxdiff/runs.py.
 Several processes (GPU hosts, a TPU pod slice, local CPU processes): start the same command in
 every process with --distributed (auto-detected on Cloud TPU, SLURM and Open MPI) or with
 --coordinator=HOST:PORT --num_processes=N --process_id=I; each process runs its share of the
-images on its devices and the first writes the results.
+images on its devices and the first writes the results. The processes agree on the config, the
+model and the image listing before the first image, or all stop naming the difference; every
+wait between them is bounded by --distributed_timeout (seconds).
 
 Exit status: 0 done; 2 a bad config or input (one line naming it; --debug for the traceback),
 nothing written; 3 done, but some images diverged (named on stdout, kept out of the means).
@@ -20,11 +22,9 @@ nothing written; 3 done, but some images diverged (named on stdout, kept out of 
 
 from __future__ import annotations
 
-import json
 import sys
 
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxdiff import cli
@@ -38,38 +38,22 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (re-use it to resume)")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
-_DEBUG = flags.DEFINE_bool("debug", False, "show the traceback of an error")
 cli.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_DIVERGED = 3
 
 
 def main(argv):
     cli.no_positional_args(argv)
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
     cli.initialize_distributed()
     from jaxdiff import runs
-    from jaxdiff.errors import JaxdiffError
+    from jaxdiff import summary as summaries
 
-    try:
-        summary = runs.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
-    except (JaxdiffError, ValueError, KeyError, FileNotFoundError, json.JSONDecodeError) as e:
-        if _DEBUG.value:
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"reproduce: error: {msg}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+    summary = runs.run(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
     if not cli.is_lead():
         return
-    m = summary["metrics"]
-    sm = summary.get("set_metrics") or {}
-    fid = sm.get("missing") or f"FID {sm.get('fid')}, KID {sm.get('kid')}"
-    print(
-        f"{summary['method']}/{summary['task']}: {summary['num_images']} images, "
-        f"PSNR {m['psnr']['mean']}, SSIM {m['ssim']['mean']}, LPIPS {m['lpips']['mean']}; "
-        f"{fid}; results in {_WORKDIR.value}/summary.md"
-    )
+    print(f"{summaries.headline(summary)}; results in {_WORKDIR.value}/summary.md")
     if summary["diverged"]:
         print(
             f"{len(summary['diverged'])} of {summary['num_images']} images diverged (NaN/Inf; "

@@ -20,7 +20,6 @@ jaxdiff/sweep.py. Several processes: as scripts.reproduce
 from __future__ import annotations
 
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxdiff import cli, sweep
@@ -44,7 +43,6 @@ flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 def main(argv):
     cli.no_positional_args(argv)
-    absl_logging.set_verbosity(absl_logging.WARNING)
     cli.initialize_distributed()
     axes = sweep.parse_sweeps(_SWEEP.value)
     r = sweep.run_sweep(

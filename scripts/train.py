@@ -50,7 +50,7 @@ def main(argv):
 
 
 def console() -> None:
-    cli.run(main)
+    cli.run(main, info_logs=True)  # the training progress is absl INFO lines
 
 
 if __name__ == "__main__":

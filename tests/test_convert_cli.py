@@ -80,7 +80,7 @@ def test_diffusers_pipeline_layout_reads_scheduler(fixtures_dir, tmp_path, capsy
     sched = {"_class_name": "DDPMScheduler", "beta_end": 0.03, "variance_type": "fixed_large"}
     (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
     (pipe / "model_index.json").write_text("{}")
-    assert run(pipe, "--out", tmp_path / "out") == 1
+    assert run(pipe, "--out", tmp_path / "out") == 2
     assert f"pass {pipe / 'unet'}" in capsys.readouterr().err
     assert run(pipe / "unet", "--out", tmp_path / "out") == 0
     meta = json.loads((tmp_path / "out" / "jaxdiff.json").read_text())
@@ -221,7 +221,7 @@ def test_module_entry_point(fixtures_dir, tmp_path):
 
 def _fails(capsys, tmp_path, *argv, match):
     out = tmp_path / "out"
-    assert run(*argv, "--out", out) == 1
+    assert run(*argv, "--out", out) == 2
     err = capsys.readouterr().err
     assert err.startswith("convert_weights: error: ") and match in err, err
     assert not out.exists()
@@ -296,10 +296,10 @@ def test_existing_out_needs_force(fixtures_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert run(fixtures_dir / "diffusers_tiny", "--out", out) == 1
+    assert run(fixtures_dir / "diffusers_tiny", "--out", out) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
     assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
-    assert run(fixtures_dir / "diffusers_tiny", "--out", out, "--force") == 1  # not a checkpoint
+    assert run(fixtures_dir / "diffusers_tiny", "--out", out, "--force") == 2  # not a checkpoint
     assert os.listdir(out) == ["keep.txt"]
     shutil.rmtree(out)
     assert run(fixtures_dir / "diffusers_tiny", "--out", out) == 0
@@ -324,7 +324,7 @@ def test_failure_mid_conversion_leaves_no_dir(fixtures_dir, tmp_path, capsys, mo
         assert run(*argv) == 130
         assert capsys.readouterr().err.strip().endswith("interrupted (SIGINT); nothing written")
     else:
-        assert run(*argv) == 1
+        assert run(*argv) == 2
         assert "disk full" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
 

@@ -25,10 +25,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(workdir, model, data, timeout=600, script="reproduce", extra=()):
+def _two_processes(
+    workdir, model, data, timeout=600, script="reproduce", extra=(), per_process=((), ()),
+    check=True,
+):  # fmt: skip
     """`python -m scripts.reproduce` (or `script`) as processes 0 and 1 of 2, one CPU device
     each, batch 2: one image per device and step, as in the one-process run (8 emulated
-    devices, batch 2 rounded to 8), so the per-device programs match."""
+    devices, batch 2 rounded to 8), so the per-device programs match. `per_process`: flags of
+    process 0 and of process 1 only; check=False: return (returncode, stdout, stderr) each."""
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     cmd = [
@@ -48,7 +52,7 @@ def _two_processes(workdir, model, data, timeout=600, script="reproduce", extra=
     ]
     procs = [
         subprocess.Popen(
-            [*cmd, f"--process_id={i}"],
+            [*cmd, *per_process[i], f"--process_id={i}"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -65,6 +69,8 @@ def _two_processes(workdir, model, data, timeout=600, script="reproduce", extra=
             for q in procs:
                 q.kill()
             raise
+    if not check:
+        return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
     for i, (p, (_, err)) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{err[-3000:]}"
     # what the processes printed, without the CPU collectives' own connection line
@@ -133,3 +139,59 @@ def test_two_process_sweep_equals_one(tmp_path, tiny_model, image_dir):  # noqa:
             assert r2[k]["mean"] == pytest.approx(r1[k]["mean"], rel=1e-5), (r1["value"], k)
     lines = (tmp_path / "two" / RESULTS).read_text().splitlines()
     assert len(lines) == 3  # every image once, with every value's metrics
+
+
+@pytest.mark.slow  # ~10-20 s: two processes start and load the model (the comparison: below)
+def test_processes_started_differently_stop_before_the_first_image(tmp_path, tiny_model, image_dir):  # noqa: F811
+    """--config.sampler.respacing=3 on one process and 4 on the other: both stop with one line
+    naming the difference, nothing written (each used to run its own config, exit 0)."""
+    out = _two_processes(
+        tmp_path / "w", tiny_model, image_dir, timeout=300, check=False,
+        per_process=((), ("--config.sampler.respacing=4",)),
+    )  # fmt: skip
+    for rc, _, err in out:
+        last = err.strip().splitlines()[-1]
+        assert rc == 2, err[-2000:]
+        assert last.startswith("reproduce: error: the processes were started differently")
+        assert "process 1: config.sampler.respacing = '4', process 0: '3'" in last, last
+    assert not (tmp_path / "w" / RESULTS).exists()
+
+
+def test_disagreements_name_the_process_and_the_entry():
+    from jaxdiff.sharding import disagreements
+
+    same = {"config": {"seed": 0, "sampler": {"respacing": "3"}}, "model": "ab", "data": "3 images"}
+    assert disagreements([same, same, same]) == []
+    other = {**same, "config": {"seed": 0, "sampler": {"respacing": "4"}}, "data": "2 images"}
+    assert disagreements([same, same, other]) == [
+        "process 2: config.sampler.respacing = '4', process 0: '3'",
+        "process 2: data = '2 images', process 0: '3 images'",
+    ]
+    many = [{"k": i} for i in range(8)]
+    assert disagreements(many)[-1] == "... 3 more"
+
+
+def test_every_wait_is_bounded_and_a_failed_connection_names_the_process(monkeypatch):
+    """--distributed_timeout reaches jax.distributed.initialize (connecting, heartbeats,
+    shutdown); a coordinator that never answers is one DistributedError naming this process."""
+    import jax
+
+    from jaxdiff import sharding
+
+    seen = {}
+
+    def fake_initialize(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out\nC++ stack ...")
+
+    monkeypatch.setattr(jax.distributed, "initialize", fake_initialize)
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    with pytest.raises(sharding.DistributedError) as e:
+        sharding.initialize_distributed(
+            timeout=7, coordinator_address="localhost:1", num_processes=2, process_id=1
+        )
+    assert seen["initialization_timeout"] == seen["shutdown_timeout_seconds"] == 7
+    assert seen["heartbeat_timeout_seconds"] == 7
+    msg = str(e.value)
+    assert msg.startswith("process 1 of 2: the processes did not all connect to localhost:1")
+    assert "within 7 s (DEADLINE_EXCEEDED: Barrier timed out)" in msg and "\n" not in msg

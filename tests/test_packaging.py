@@ -61,7 +61,7 @@ def test_an_unknown_config_name_is_an_error_listing_the_known(elsewhere, value, 
     with pytest.raises(SystemExit) as e:
         cli.run(lambda argv: None, ["prog", f"--config={value}"])
     assert e.value.code == 2
-    assert capsys.readouterr().err.startswith(f"prog: --config={value}: no file")
+    assert capsys.readouterr().err.startswith(f"prog: error: --config={value}: no file")
 
 
 def test_config_path_finds_the_files_the_commands_need():

@@ -201,3 +201,156 @@ def test_batch_size_moves_a_result_by_float32_rounding_only(tiny_model):
     diff = np.abs(one - four)
     # measured: max 1.7e-5, mean 9e-7 (enough to flip a few 8-bit pixels by 1/255)
     assert diff.max() < 2e-4 and diff.mean() < 1e-5
+
+
+# --- a workdir belongs to one experiment ---------------------------------------------------------
+COMMANDS = ("reproduce", "sweep", "demo", "train")
+
+
+@pytest.mark.parametrize("first", COMMANDS)
+@pytest.mark.parametrize("second", COMMANDS)
+def test_a_workdir_refuses_another_command(tmp_path, first, second):
+    """Every pair: the folder of one command is refused by another (one line naming both), by
+    the same command with another config (naming the difference), resumed by the same."""
+    from jaxdiff.workdir import CONFIG, claim
+
+    cfg = {"seed": 0, "sampler": {"respacing": "3"}}
+    claim(tmp_path, first, cfg)
+    before = (tmp_path / CONFIG).read_text()
+    if first == second:
+        claim(tmp_path, second, cfg)  # a resume
+        with pytest.raises(ConfigError, match=r"sampler.respacing: '3' -> '4'"):
+            claim(tmp_path, second, {"seed": 0, "sampler": {"respacing": "4"}})
+    else:
+        with pytest.raises(ConfigError, match=f"results of `{first}`, not `{second}`"):
+            claim(tmp_path, second, cfg)
+    assert (tmp_path / CONFIG).read_text() == before
+
+
+def test_folders_written_before_the_claim_are_recognised(tmp_path):
+    from jaxdiff.workdir import claim
+
+    old = tmp_path / "reproduce"  # config.json without a command: the driver wrote it
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"fingerprint": "x", "config": {}}))
+    with pytest.raises(ConfigError, match="results of `reproduce`, not `sweep`"):
+        claim(old, "sweep", {})
+    sweep = tmp_path / "sweep"  # a sweep's files without config.json
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    (sweep / RESULTS).write_text("{}\n")
+    with pytest.raises(ConfigError, match="results of `sweep`, not `reproduce`"):
+        claim(sweep, "reproduce", {})
+    assert (sweep / RESULTS).read_text() == "{}\n"
+
+
+def test_a_sweep_does_not_overwrite_a_reproduce_workdir(tmp_path, tiny_model, two_images):
+    """The reported loss: `sweep` pointed at a `reproduce` workdir replaced its results.jsonl;
+    now it stops before writing, and `reproduce` stops on a sweep's folder."""
+    from jaxdiff.sweep import run_sweep
+    from jaxdiff.workdir import claim, config_dict
+
+    c = _cfg(tiny_model, two_images)
+    run(c, tmp_path / "w", progress=False)
+    before = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="results of `reproduce`, not `sweep`"):
+        run_sweep(c, tmp_path / "w", "scale", [0.5, 1.0], progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()} == before
+    # a sweep's folder, the same sweep with other values, and reproduce on it
+    claim(tmp_path / "s", "sweep", {**config_dict(c), "sweep": {"scale": [0.5, 2.0]}})
+    with pytest.raises(ConfigError, match="sweep.scale"):
+        run_sweep(c, tmp_path / "s", "scale", [0.5, 1.0], progress=False)
+    with pytest.raises(ConfigError, match="results of `sweep`, not `reproduce`"):
+        run(c, tmp_path / "s", progress=False)
+
+
+def test_demo_and_train_claim_their_workdir(tmp_path, tiny_model):
+    from configs import train_demo
+    from jaxdiff.demo import run_demo
+    from jaxdiff.training import train
+    from jaxdiff.workdir import claim
+    from tests.test_demo import tiny_demo
+
+    claim(tmp_path / "r", "reproduce", {})
+    with pytest.raises(ConfigError, match="results of `reproduce`, not `demo`"):
+        run_demo(tiny_demo(tiny_model), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match="results of `reproduce`, not `train`"):
+        train(train_demo.get_config("tiny"), tmp_path / "r", log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.json"]
+
+
+# --- results are valid JSON; a bad record names its file and line --------------------------------
+def test_an_exact_reconstruction_is_counted_and_written_as_valid_json(tmp_path):
+    from types import SimpleNamespace
+
+    from jaxdiff.summary import headline, summarize, write_summary
+    from jaxdiff.workdir import ResultStore, json_safe
+
+    def no_constants(x):
+        raise ValueError(f"not JSON: {x}")
+
+    store = ResultStore(tmp_path, {"seed": 0})
+    recs = [
+        {"image": "a.png", "index": 0, "seed": 0, "seconds": 1.0, "diverged_at": -1,
+         "metrics": {"psnr": 30.123456, "ssim": 0.9, "lpips": 0.1}},
+        {"image": "b.png", "index": 1, "seed": 0, "seconds": 1.0, "diverged_at": -1,
+         "metrics": {"psnr": float("inf"), "ssim": 1.0, "lpips": 0.0}},
+    ]  # fmt: skip
+    store.add([json_safe(r) for r in recs])
+    lines = [json.loads(ln, parse_constant=no_constants) for ln in open(tmp_path / RESULTS)]
+    assert lines[1]["metrics"]["psnr"] is None and lines[1]["exact"] is True
+    exp = SimpleNamespace(
+        method=SimpleNamespace(name="m", kind="k", info={}),
+        task={"name": "t", "operator": "o", "operator_config": {}, "noise": "gaussian",
+              "sigma": 0.05, "length_scale": 1.0, "image_size": 32},
+        model_dir="model", meta={}, image_size=32,
+    )  # fmt: skip
+    s = summarize(exp, ["a.png", "b.png"], {}, store, {"sampler": {"hparams": {}},
+                  "metrics": {"lpips_net": "vgg"}}, 0.0, 1.0)  # fmt: skip
+    assert s["exact"] == ["b.png"] and s["metrics"]["psnr"]["n"] == 1
+    assert s["metrics"]["ssim"]["n"] == 2  # the exact image counts in the other metrics
+    write_summary(tmp_path, s)
+    json.loads((tmp_path / "summary.json").read_text(), parse_constant=no_constants)
+    assert "exact reconstructions" in (tmp_path / "summary.md").read_text()
+    line = headline(s)  # the digits the metrics carry, not 16
+    assert "PSNR 30.12 dB (+1 exact" in line and "SSIM 0.950" in line, line
+    # a results.jsonl of older runs, with a bare Infinity, is read and rewritten as valid JSON
+    (tmp_path / RESULTS).write_text(json.dumps(recs[1]) + "\n")
+    assert "Infinity" in (tmp_path / RESULTS).read_text()
+    store = ResultStore(tmp_path, {"seed": 0})
+    store.add([])
+    json.loads((tmp_path / RESULTS).read_text(), parse_constant=no_constants)
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ('{"image": "a.png", "index": 0, "seed": 0}', "no 'metrics'"),
+        ('{"image": "a.png", "index": "0", "seed": 0, "metrics": {}}', "'index' is '0', not int"),
+        ('{"image": "a.png", "index": 0, "seed": 0, "metrics": {"lpips": "x"}}', "metrics.lpips"),
+        ("[1, 2]", "a list, not an object"),
+    ],
+)
+def test_a_bad_result_line_names_its_file_and_line(tmp_path, line, match):
+    from jaxdiff.workdir import ResultStore
+
+    ResultStore(tmp_path, {"seed": 0})
+    good = '{"image": "b.png", "index": 1, "seed": 0, "metrics": {"psnr": 1.0}}'
+    (tmp_path / RESULTS).write_text(good + "\n" + line + "\n")
+    with pytest.raises(
+        ConfigError, match=rf"results.jsonl: line 2 is not a result record .*{match}"
+    ):
+        ResultStore(tmp_path, {"seed": 0})
+
+
+def test_task_settings_are_checked_against_the_operator():
+    from configs import dps
+    from jaxdiff.runs import validate_config
+
+    c = dps.get_config("sr2")
+    c.task.operator = "motion_blur"  # sr2's `factor` is left over
+    with pytest.raises(ConfigError, match="task.operator_config.factor: not a setting of"):
+        validate_config(c)
+    c.task.operator = "warp"
+    with pytest.raises(ConfigError, match="task.operator='warp'"):
+        validate_config(c)

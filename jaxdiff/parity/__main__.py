@@ -7,7 +7,8 @@ max abs / relative error, per step for trajectories, pass/fail). Dispatch on the
 `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
 in the sidecar is converted from beside the fixture when it is there.
-Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage.
+Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage (a missing file, a file
+name of no known fixture kind: one line on stderr).
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ def main(argv=None) -> int:
     parser.add_argument("--float64", action="store_true", help="replay in float64 (x64 mode)")
     parser.add_argument("--traceback", action="store_true", help="print tracebacks of errors")
     args = parser.parse_args(argv)
+    for name in args.files:  # bad input: one line, status 2, before any replay
+        path = pathlib.Path(name)
+        problem = None if path.is_file() else "no such file"
+        if problem is None:
+            try:
+                route(path)
+            except ValueError as e:
+                problem = str(e).removeprefix(f"{path}: ")
+        if problem:
+            print(f"{parser.prog}: error: {path}: {problem}", file=sys.stderr)
+            return 2
     ok = True
     for name in args.files:
         path = pathlib.Path(name)

@@ -1,0 +1,194 @@
+"""Every console command ends bad input with one line `PROG: error: ...` on stderr and exit
+status 2, whether the error is found while the flags and config files are parsed or later:
+reproduce, sweep, table, demo, train, benchmark (absl, through jaxdiff.cli.run), convert and
+parity (argparse). Several bad inputs of one absl command run in one subprocess (each script
+defines its flags in the process-wide absl registry), through `cli.run(main, argv)`."""
+
+# ruff: noqa: F811 (pytest fixtures imported from test_reproduce)
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_reproduce import REPO, tiny_model  # noqa: F401
+
+_DRIVER = """
+import contextlib, importlib, io, json, sys
+from absl import flags
+from jaxdiff import cli
+name, cases = sys.argv[1], json.loads(sys.argv[2])
+mod = importlib.import_module(f"scripts.{name}")
+out = []
+for argv in cases:
+    for flag in [f for f in flags.FLAGS if f.startswith("config.")]:  # the last config's keys
+        delattr(flags.FLAGS, flag)
+    flags.FLAGS.unparse_flags()
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            sys.argv = [f"{name}.py", *argv]  # config_flags reads the overrides there
+            cli.run(mod.main, list(sys.argv))
+        except SystemExit as e:
+            code = e.code
+    out.append([code, err.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def _absl_command(name: str, cases: list[list[str]]) -> list[tuple[int, str]]:
+    r = subprocess.run(
+        [sys.executable, "-c", _DRIVER, name, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={"JAX_PLATFORMS": "cpu", **__import__("os").environ},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [tuple(x) for x in json.loads(r.stdout.strip().splitlines()[-1])]
+
+
+def _one_line(prog: str, code: int, err: str, *expected: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: "), err
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+@pytest.fixture
+def busy_port():
+    """A port with a listener on it: what process 0's coordinator would collide with."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_reproduce_bad_input(tmp_path, busy_port):
+    w = f"--workdir={tmp_path / 'w'}"
+    dist = ["--config=configs/dps.py:box", w, "--num_processes=2"]
+    cases = {
+        # config-file errors raised while absl parses the flags
+        "configs/ddrm.py: 'sr8'": ["--config=configs/ddrm.py:sr8", w],
+        "task 'motion_blur' has no operator in SVD form": [
+            "--config=configs/ddrm.py:motion_blur",
+            w,
+        ],
+        "scal": ["--config=configs/dps.py:box", "--config.sampler.hparams.scal=1", w],
+        "unknown config 'nope.py'": ["--config=nope.py", w],
+        # a preset's leftover operator setting, named before any work
+        "task.operator_config.factor: not a setting of operator 'motion_blur'": [
+            "--config=configs/dps.py:sr2",
+            "--config.task.operator=motion_blur",
+            w,
+        ],
+        # what can be checked before jax.distributed.initialize
+        f"port {busy_port} is in use": [
+            *dist,
+            f"--coordinator=localhost:{busy_port}",
+            "--process_id=0",
+        ],
+        "--process_id=2 must be in [0, 2)": [*dist, "--coordinator=localhost:1", "--process_id=2"],
+        "must be HOST:PORT": [*dist, "--coordinator=localhost", "--process_id=0"],
+        "unexpected arguments": ["--config=configs/dps.py:box", w, "extra"],
+    }
+    for (expected, _), (code, err) in zip(
+        cases.items(), _absl_command("reproduce", [*cases.values()])
+    ):
+        _one_line("reproduce", code, err, expected)
+    assert not (tmp_path / "w").exists()
+
+
+def test_sweep_bad_input(tmp_path):
+    w = f"--workdir={tmp_path / 'w'}"
+    cases = {
+        "values must be numbers": [
+            "--config=configs/dps.py:box",
+            "--sweep=eta:0.5,1,eta_b:0.5",
+            w,
+        ],
+        "--sweep must be NAME:V1,V2": ["--config=configs/dps.py:box", "--sweep=scale", w],
+        "configs/ddrm.py: 'sr8'": ["--config=configs/ddrm.py:sr8", "--sweep=eta:0.5", w],
+    }
+    for (expected, _), (code, err) in zip(cases.items(), _absl_command("sweep", [*cases.values()])):
+        _one_line("sweep", code, err, expected)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "prog, expected, argv",
+    [
+        ("table", "/nonexistent: no summary.json", ["/nonexistent"]),
+        ("demo", "metods", ["--config.metods=dps", "--workdir=WORK"]),
+        ("train", "'nope' (in 'nope') fits no key", ["--config=configs/train_demo.py:nope",
+                                                     "--workdir=WORK"]),
+        ("benchmark", "invalid literal for int()", ["--batch=x", "--out=WORK/b.json"]),
+    ],
+)  # fmt: skip
+def test_table_demo_train_benchmark_bad_input(tmp_path, prog, expected, argv):
+    argv = [a.replace("WORK", str(tmp_path / "w")) for a in argv]
+    ((code, err),) = _absl_command(prog, [argv])
+    _one_line(prog, code, err, expected)
+    assert not (tmp_path / "w").exists()
+
+
+def test_convert_and_parity_bad_input(tmp_path, capsys):
+    from convert_weights.cli import main as convert
+    from jaxdiff.parity.__main__ import main as parity
+
+    assert convert([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("convert_weights: error: "), err
+    assert not (tmp_path / "out").exists()
+    assert parity([str(tmp_path / "missing.npz")]) == 2
+    assert parity([str(__import__("pathlib").Path(__file__))]) == 2  # no fixture kind
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("python -m jaxdiff.parity: error: ") for e in err)
+    assert "missing.npz: no such file" in err[0] and "unknown fixture kind" in err[1]
+
+
+def test_a_broken_checkpoint_is_the_last_line_and_no_log_noise(tmp_path, tiny_model):
+    """The real command line (os._exit after the line): a checkpoint whose params are gone
+    ends in one line, the last on stderr; no traceback, no INFO log of absl or orbax."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    shutil.rmtree(model / "params" / "ocdbt.process_0")
+    (model / "params" / "manifest.ocdbt").unlink()
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(f"{REPO}/tests/fixtures/op_image0_astronaut.png", data)
+    r = subprocess.run(
+        [sys.executable, "-m", "scripts.reproduce", "--config=configs/dps.py:box",
+         f"--config.model={model}", f"--config.data={data}", f"--workdir={tmp_path / 'w'}",
+         "--noprogress"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert lines[-1].startswith("reproduce: error: ") and "cannot restore" in lines[-1]
+    assert "Traceback" not in r.stderr and "Event loop" not in r.stderr
+    assert not [ln for ln in lines if re.match(r"I\d{4} ", ln)], r.stderr  # absl INFO lines
+    assert not (tmp_path / "w").exists()
+
+
+def test_library_info_logs_are_dropped_and_the_commands_own_kept():
+    import logging
+
+    from jaxdiff.cli import _quiet_libraries
+
+    def record(path, level=logging.INFO):
+        return logging.LogRecord("absl", level, path, 1, "m", (), None)
+
+    assert not _quiet_libraries(record("/x/site-packages/orbax/checkpoint/checkpoint_manager.py"))
+    assert not _quiet_libraries(record("/x/site-packages/jax/_src/xla_bridge.py"))
+    assert _quiet_libraries(record("/x/site-packages/orbax/a.py", logging.WARNING))
+    assert _quiet_libraries(record("/repo/jaxdiff/training.py"))  # train's progress lines
