@@ -16,7 +16,14 @@ import sys
 
 from absl import app, flags
 
-from jaxdiff import config_lib
+from jaxdiff import compile_cache, config_lib
+
+flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    "folder of the persistent XLA compilation cache, or 'off' (default: $"
+    f"{compile_cache.ENV}, else the user's cache folder: jaxdiff/compile_cache.py)",
+)
 
 
 def run(main, argv=None) -> None:
@@ -28,7 +35,16 @@ def run(main, argv=None) -> None:
         print(f"{os.path.basename(argv[0])}: {e}", file=sys.stderr)
         sys.exit(2)
     _help_for(main.__module__)
-    app.run(main, argv=argv)
+    app.run(_with_compilation_cache(main), argv=argv)
+
+
+def _with_compilation_cache(main):
+    def wrapped(argv):
+        compile_cache.enable(flags.FLAGS.compilation_cache)
+        return main(argv)
+
+    wrapped.__module__ = main.__module__
+    return wrapped
 
 
 def _help_for(module_name: str) -> None:

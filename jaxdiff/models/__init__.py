@@ -25,9 +25,10 @@ MODELS.register("adm")(adm)
 MODELS.register("unet2d")(unet2d)
 
 
-def build_model(arch: str, model_config: dict, dtype=jnp.float32) -> nn.Module:
-    """The Flax module for `arch` ("adm" / "unet2d"); `dtype` is the compute dtype."""
-    return MODELS.get(arch).build(model_config, dtype=dtype)
+def build_model(arch: str, model_config: dict, dtype=jnp.float32, remat: str = "none") -> nn.Module:
+    """The Flax module for `arch` ("adm" / "unet2d"); `dtype` is the compute dtype, `remat` the
+    rematerialisation of its blocks (models.remat.REMAT_MODES: memory against recomputation)."""
+    return MODELS.get(arch).build(model_config, dtype=dtype, remat_mode=remat)
 
 
 def abstract_params(arch: str, model_config: dict) -> dict:

@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdiff.models import remat
 from jaxdiff.models.layers import (
     TORCH_INIT,
     GroupNorm,
@@ -216,20 +217,23 @@ class Blocks(nn.Module):
     config: tuple
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"  # remat.REMAT_MODES
 
     def resnet(self, out, name, scale=1.0):
         cfg = dict(self.config)
         shift = cfg["resnet_time_scale_shift"] == "scale_shift"
         groups, eps, p = cfg["norm_num_groups"], cfg["norm_eps"], cfg["dropout"]
         pdt = self.param_dtype
-        return ResnetBlock2D(out, groups, eps, shift, scale, p, self.dtype, pdt, name=name)
+        block = ResnetBlock2D(out, groups, eps, shift, scale, p, self.dtype, pdt, name=name)
+        return lambda h, emb, det: remat.call(block, self.remat, h, emb, deterministic=det)
 
     def attn(self, ch, name, groups="resnet", scale=1.0):
         cfg = dict(self.config)
         groups = cfg["norm_num_groups"] if groups == "resnet" else groups
         hd = cfg["attention_head_dim"] or ch
         eps, pdt = cfg["norm_eps"], self.param_dtype
-        return Attention(hd, groups, eps, scale, self.dtype, pdt, name=name)
+        block = Attention(hd, groups, eps, scale, self.dtype, pdt, name=name)
+        return lambda h: remat.call(block, self.remat, h)
 
 
 class DownBlock(Blocks):
@@ -350,9 +354,9 @@ class UNet2D(nn.Module):
         return conv3x3(cfg["out_channels"], "conv_out", wdt, pdt)(h)
 
 
-def build(model_config: dict, dtype: Dtype = jnp.float32) -> UNet2D:
+def build(model_config: dict, dtype: Dtype = jnp.float32, remat_mode: str = "none") -> UNet2D:
     cfg = normalize_config(model_config)
-    return UNet2D(tuple(sorted(cfg.items())), dtype=dtype)
+    return UNet2D(tuple(sorted(cfg.items())), dtype=dtype, remat=remat.check_remat(remat_mode))
 
 
 def example_inputs(model_config: dict, batch: int = 1):
