@@ -89,6 +89,10 @@ def main(argv=None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if "components" in meta:  # a diffusers pipeline folder: one sub-folder per component
+        parts = [f"{n} ({c.get('architecture', 'files')})" for n, c in meta["components"].items()]
+        print(f"wrote {Path(args.out).absolute()}: {meta['pipeline']}: {', '.join(parts)}")
+        return 0
     if meta["architecture"] == "fid_inception":
         print(
             f"wrote {Path(args.out).absolute()}: FID InceptionV3, {meta['num_parameters']:,} "
@@ -96,10 +100,11 @@ def main(argv=None) -> int:
             f"with --config.metrics.inception={args.out}"
         )
         return 0
+    variance = meta["diffusion"].get("variance_type")
     print(
         f"wrote {Path(args.out).absolute()}: {meta['architecture']}, "
         f"{meta['num_parameters']:,} parameters from {meta['source']['file']} "
-        f"({meta['source']['format']}), variance {meta['diffusion']['variance_type']}"
+        f"({meta['source']['format']})" + (f", variance {variance}" if variance else "")
     )
     return 0
 

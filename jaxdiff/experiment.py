@@ -29,15 +29,19 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.diffusion import schedule_from_meta
+from jaxdiff.errors import ConfigError
 from jaxdiff.operators import get_noise, get_operator
 from jaxdiff.samplers import SAMPLERS, get_sampler
+from jaxdiff.samplers.base import Range, check_range
 
 log = logging.getLogger("jaxdiff.experiment")
 
 DEMO_PRIOR = pathlib.Path(__file__).parent / "assets" / "demo_prior"
 NOISE_SIGMA = "noise_sigma"  # the pipeline's own traced hyperparameter: the measurement noise std
+NOISE_SIGMA_RANGE = Range.parse("[0, 2]")  # on the [-1, 1] scale; 0 = y = Ax
 
 # Operator-config keys that are lengths in pixels (scaled with the image size) and how.
 _LENGTHS = {
@@ -157,6 +161,7 @@ def _sampler_method(config, model, meta, operator, noise, image_shape) -> Method
     sample = make(
         model_fn(model), schedule, operator=operator, noise=noise, image_shape=image_shape, **opts
     )
+    make.check_hparams(dict(sc.hparams), f"{name} (sampler.hparams)")  # before any compile
     hp = {k: float(v) for k, v in dict(sc.hparams).items()}
     # A sampler that assumes a measurement sigma (Score-ALD, Tweedie) gets the task's, traced, so
     # it follows a noise_sigma sweep; an explicit sampler.hparams.sigma overrides it.
@@ -234,6 +239,27 @@ class Experiment:
         h[NOISE_SIGMA] = float(self.task.get("sigma", 0.0))
         return h
 
+    def check_hparams(self, values: dict, where: str = "sweep") -> None:
+        """Values for the traced hyperparameters (scalars, or a sweep's sequences) against their
+        names and declared ranges: a ConfigError naming the first bad value, before compiling."""
+        values = dict(values)
+        sigma = values.pop(NOISE_SIGMA, None)
+        if sigma is not None:
+            if self.task["noise"] != "gaussian":
+                raise ConfigError(
+                    f"{where}: {NOISE_SIGMA} sets the std of Gaussian measurement noise, but the "
+                    f"task's noise is {self.task['noise']!r}"
+                )
+            for v in np.ravel(np.asarray(sigma, np.float64)):
+                check_range(where, NOISE_SIGMA, v, NOISE_SIGMA_RANGE)
+        if self.method.kind == "sampler":
+            SAMPLERS.get(self.method.name).check_hparams(values, f"{where} ({self.method.name})")
+        elif values:
+            raise ConfigError(
+                f"{where}: {sorted(values)} not traced hyperparameter(s) of "
+                f"{self.method.name}; traced: {NOISE_SIGMA}"
+            )
+
     def program_key(self) -> str:
         """What the compiled pipeline depends on: the config without the data, seed, counts,
         outputs and traced hyperparameter values, plus the architecture and schedule (the
@@ -283,10 +309,13 @@ def build(config, *, loaded=None) -> Experiment:
         model_dir, model, params, meta = loaded
     size = model_image_size(meta)
     task = scale_task(config.task.to_dict(), size)
+    if task["noise"] == "clean":  # y = Ax: the preset's sigma is not applied, nor assumed
+        task["sigma"] = 0.0
     shape = (size, size, 3)
     operator = get_operator(task["operator"], image_shape=shape, **task["operator_config"])
     if task["noise"] == "gaussian":
         noise = get_noise("gaussian", sigma=task["sigma"])
+        check_range("task", "sigma", task["sigma"], NOISE_SIGMA_RANGE)
     elif task["noise"] == "poisson":
         noise = get_noise("poisson", rate=task.get("rate", 1.0))
     else:

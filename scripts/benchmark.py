@@ -33,10 +33,25 @@ _REMAT_MEMORY = flags.DEFINE_bool(
     "remat_memory", True, "also compile gradient methods with remat=True (memory)"
 )
 _OUT = flags.DEFINE_string("out", "benchmark.json", "where the JSON goes")
+_LATENT = flags.DEFINE_integer(
+    "latent",
+    0,
+    "instead: the SD-1.5-sized UNet and VAE at this latent size (jaxdiff/latent_benchmark.py)",
+)
+_TORCH_PYTHON = flags.DEFINE_string(
+    "torch_python", None, "with --latent: an interpreter with torch + diffusers for the same cases"
+)
 
 
 def main(argv):
     cli.no_positional_args(argv)
+    if _LATENT.value:
+        from jaxdiff import latent_benchmark
+
+        out = latent_benchmark.run(
+            _LATENT.value, int(_BATCH.value[0]), _REPEATS.value, _TORCH_PYTHON.value
+        )
+        return _write(out)
     out = benchmark.run_benchmark(
         _ARCH.value,
         _SAMPLERS.value,
@@ -52,6 +67,10 @@ def main(argv):
             f"{row['model']} b={row['batch']} {row['dtype']}: {row['sampler']} / ddpm per NFE ="
             f" {row['ratio_to_ddpm']:.2f} (min), {row['ratio_to_ddpm_median']:.2f} (median)"
         )
+    _write(out)
+
+
+def _write(out: dict) -> None:
     path = pathlib.Path(_OUT.value)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -1,14 +1,19 @@
-"""Sweep one traced hyperparameter: every value over every image in ONE compiled call.
+"""Sweep traced hyperparameters: every value over every image in ONE compiled call.
 
     python -m scripts.sweep --config=configs/dps.py:box --sweep=scale:0.1,0.3,1,3 --workdir=OUT
+    python -m scripts.sweep --config=configs/ddrm.py:box --sweep=eta:0.5,0.85,1 \
+        --sweep=eta_b:0.5,1 --workdir=OUT            (a grid: every pair, still one compile)
     python -m scripts.sweep --config=configs/score_ald.py:box --sweep=weight:0.3,1,3 ...
     python -m scripts.sweep --config=configs/sdedit.py:gaussian_blur --sweep=t0:0.2,0.4,0.6 ...
     python -m scripts.sweep --config=configs/dps.py:sr4 --sweep=noise_sigma:0.01,0.05,0.1 ...
 
-Writes into --workdir: sweep.md / sweep.csv / sweep.json (mean and std of each metric per value,
-the best value by --metric), sweep.png (metric vs value, best marked), sweep_grid.png (the
-reconstructions side by side), results.jsonl (one line per value and image) and
-images/NAME_VALUE.png. See jaxdiff/sweep.py. Several processes: as scripts.reproduce
+Names and values are checked before anything compiles (traced hyperparameters only, each value
+inside the method's declared range, finite, given once). Writes into --workdir: results.jsonl
+(one line per finished image, every point's metrics; written per batch, so a rerun with the same
+--workdir resumes), sweep.md / sweep.csv / sweep.json (mean and std of each metric per point over
+the images that stayed finite, diverged images counted, the best point by --metric, flagged when
+at the edge of the swept range), sweep.png, sweep_grid.png and images/NAME_LABEL.png. See
+jaxdiff/sweep.py. Several processes: as scripts.reproduce
 (--distributed, or --coordinator / --num_processes / --process_id).
 """
 
@@ -22,7 +27,9 @@ from jaxdiff import cli, sweep
 from jaxdiff.metrics.per_image import METRICS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/dps.py:box")
-_SWEEP = flags.DEFINE_string("sweep", None, "NAME:V1,V2,... e.g. scale:0.1,0.3,1,3")
+_SWEEP = flags.DEFINE_multi_string(
+    "sweep", None, "NAME:V1,V2,... e.g. scale:0.1,0.3,1,3; repeat for a grid over their product"
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
 _METRIC = flags.DEFINE_enum("metric", "lpips", list(METRICS), "the metric that picks the best")
 _PROGRESS = flags.DEFINE_bool("progress", True, "show a progress bar")
@@ -34,9 +41,9 @@ def main(argv):
     cli.no_positional_args(argv)
     absl_logging.set_verbosity(absl_logging.WARNING)
     cli.initialize_distributed()
-    name, values = sweep.parse_sweep(_SWEEP.value)
+    axes = sweep.parse_sweeps(_SWEEP.value)
     r = sweep.run_sweep(
-        _CONFIG.value, _WORKDIR.value, name, values, metric=_METRIC.value, progress=_PROGRESS.value
+        _CONFIG.value, _WORKDIR.value, axes, metric=_METRIC.value, progress=_PROGRESS.value
     )
     if not cli.is_lead():
         return

@@ -120,9 +120,12 @@ def test_diverged_images_are_named_and_kept_out_of_the_means(
     tiny_model,
     two_images,
 ):
+    from jaxdiff.experiment import build
+
     c = _cfg(tiny_model, two_images)
-    c.sampler.hparams.scale = 1e39  # inf in float32: the first step is non-finite
-    s = run(c, tmp_path / "w", progress=False)
+    exp = build(c)  # past the config's range check: inf in float32, the first step non-finite
+    exp.method.hparams["scale"] = 1e39
+    s = run(c, tmp_path / "w", exp=exp, progress=False)
     assert sorted(s["diverged"]) == ["img.png", "other.png"]
     assert s["metrics"]["psnr"]["n"] == 0 and s["metrics"]["psnr"]["mean"] is None
     assert "diverged" in (tmp_path / "w" / "summary.md").read_text()
@@ -154,10 +157,10 @@ def test_command_line_errors_are_one_line_with_exit_2(tmp_path, two_images):
 @pytest.mark.slow
 def test_a_run_with_diverged_images_exits_3_after_writing_everything(tmp_path, two_images):
     r = _reproduce(
-        "--config=configs/dps.py:box",
+        "--config=configs/score_ald.py:box",  # the top of its weight range, 20 steps
         f"--config.data={two_images}",
-        "--config.sampler.respacing=2",
-        "--config.sampler.hparams.scale=1e39",
+        "--config.sampler.respacing=20",
+        "--config.sampler.hparams.weight=100",
         f"--workdir={tmp_path / 'w'}",
     )
     assert r.returncode == 3, r.stderr

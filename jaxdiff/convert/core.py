@@ -49,7 +49,7 @@ DDPM_SCHEDULER_DEFAULTS = {
 
 @dataclass(frozen=True)
 class Source:
-    architecture: str  # "adm" | "unet2d"
+    architecture: str  # "adm" | "unet2d" | "pipeline" | "component" (convert/pipeline.py)
     weights: Path  # the file whose tensors are converted (and hashed)
     folder: Path | None = None  # diffusers model folder
 
@@ -60,6 +60,14 @@ def detect_source(src) -> Source:
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
     if src.is_dir():
+        from jaxdiff.convert import pipeline
+
+        if pipeline.is_pipeline(
+            src
+        ):  # model_index.json: every component, jaxdiff/convert/latent.py
+            return Source("pipeline", src / pipeline.PIPELINE_INDEX, src)
+        if pipeline.component_converter(src) is not None:  # a class with its own converter
+            return Source("component", src, src)
         if not (src / "config.json").is_file():
             hint = ""
             if (src / "unet" / "config.json").is_file():
@@ -225,6 +233,18 @@ def convert(
     if kind not in (None, "diffusion", fid_inception.ARCHITECTURE):
         raise ValueError(f"unknown --kind {kind!r}; known: diffusion, fid_inception")
     source = detect_source(src)
+    if source.architecture in ("pipeline", "component"):
+        from jaxdiff.convert import pipeline
+
+        if preset is not None or config is not None or key is not None or kind is not None:
+            raise ValueError(
+                f"{src}: --preset/--config/--key/--kind apply to single checkpoint files; a "
+                "diffusers folder brings its own config.json"
+            )
+        options = dict(force=force, progress=progress, allow_large_weights=allow_large_weights)
+        if source.architecture == "pipeline":
+            return pipeline.convert_pipeline(source.folder, out, **options)
+        return pipeline.convert_component(source.folder, out, **options)
     if kind == fid_inception.ARCHITECTURE and source.architecture != "adm":
         raise NotFIDInceptionError(f"{src}: a diffusers folder, not the FID Inception .pth")
     if source.architecture == "adm":

@@ -16,13 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.models import adm, unet2d
+from jaxdiff.models import adm, autoencoder, clip, sd_unet, unet2d
 from jaxdiff.registry import Registry
 
 # name -> module with build(model_config, dtype) and example_inputs(model_config)
 MODELS: Registry = Registry("model architecture")
 MODELS.register("adm")(adm)
 MODELS.register("unet2d")(unet2d)
+MODELS.register("sd_unet")(sd_unet)  # diffusers UNet2DConditionModel (Stable Diffusion)
+MODELS.register("autoencoder_kl")(autoencoder.KL)  # diffusers AutoencoderKL (SD first stage)
+MODELS.register("vq_model")(autoencoder.VQ)  # diffusers VQModel (LDM first stage)
+MODELS.register("clip_text")(clip)  # transformers CLIPTextModel (Stable Diffusion's text)
 
 
 def build_model(arch: str, model_config: dict, dtype=jnp.float32, remat: str = "none") -> nn.Module:

@@ -5,7 +5,8 @@ and offers, so the driver, the demo, the sweep, the table and the benchmark list
 `SAMPLERS` instead of hard-coded tuples, and nothing is sniffed from signatures:
 
     @register_sampler("ddrm", needs=("operator", "linear", "svd", "measurement"),
-                      hparams={"eta": 0.85, "eta_b": 1.0}, nfe=per_step)
+                      hparams={"eta": 0.85, "eta_b": 1.0}, nfe=per_step,
+                      ranges={"eta": "[0, 1]", "eta_b": "[0, 1]"})
     def make_ddrm(model_fn, schedule, *, operator, noise, defaults, loop, **options):
         ...
         return sample      # sample(params, key, y, op_params, hparams, replay, valid)
@@ -17,18 +18,27 @@ calls the factory. The factory receives `defaults` (the traced hparams' defaults
 call by the sample function's `hparams`) and `loop` (`LoopOptions`), and builds its sample
 function from `initial_x`, `predict_x0` (common.py) and `chain` (below), so that a method file
 holds its update alone.
+
+Every traced hyperparameter declares its valid range (`ranges`, interval notation: "[0, 1]",
+"(0, 10]", alternatives joined by "|" for a sentinel: "-1 | [0, 999]"), so a config or a sweep
+value outside it is refused by name before anything compiles (`SamplerSpec.check_hparams`), and
+the range's edges are what the tests run every method at. Values traced inside the scan are
+still watched by the loop's NaN guard.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxdiff.errors import ConfigError
 from jaxdiff.registry import Registry
 from jaxdiff.samplers.common import SampleResult
 from jaxdiff.samplers.loop import run_chain
@@ -47,6 +57,62 @@ class LoopOptions(NamedTuple):
     keep_trajectory: bool = False
     snapshot_every: int = 0
     progress_every: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A hyperparameter's valid values: intervals and single values, written as declared
+    ("[0, 1]", "(0, 10]", "-1 | [0, 999]"); NaN is never inside."""
+
+    text: str
+    parts: tuple  # ((lo, hi, lo_open, hi_open), ...)
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        parts = []
+        for part in (p.strip() for p in str(text).split("|")):
+            if part[:1] in "[(" and part[-1:] in "])" and "," in part:
+                lo, hi = (float(v) for v in part[1:-1].split(","))
+                if not lo <= hi:
+                    raise ValueError(f"range {text!r}: {lo} > {hi}")
+                parts.append((lo, hi, part[0] == "(", part[-1] == ")"))
+            else:
+                v = float(part)  # a single allowed value (a sentinel such as -1)
+                parts.append((v, v, False, False))
+        return cls(str(text), tuple(parts))
+
+    def __contains__(self, value) -> bool:
+        """Compared in float32, the precision the program runs at (0.01 is inside [0.01, 1]
+        whether it arrives as a Python float or a float32)."""
+        v, f = float(value), np.float32
+        if math.isnan(v):
+            return False
+        return any(
+            (f(lo) < f(v) if lo_open else f(lo) <= f(v))
+            and (f(v) < f(hi) if hi_open else f(v) <= f(hi))
+            for lo, hi, lo_open, hi_open in self.parts
+        )
+
+    def edges(self) -> list[float]:
+        """The extreme values inside: each end, or just inside an open end (the tests run every
+        method there)."""
+        out = []
+        for lo, hi, lo_open, hi_open in self.parts:
+            for end, is_open, inward in ((lo, lo_open, 1.0), (hi, hi_open, -1.0)):
+                if math.isinf(end):
+                    continue
+                if is_open:
+                    width = hi - lo if math.isfinite(hi - lo) else max(abs(end), 1.0)
+                    end = end + inward * width * 1e-3
+                if end not in out:
+                    out.append(end)
+        return out
+
+
+def check_range(where: str, name: str, value, rng: Range) -> None:
+    """One clear line naming the value and the range."""
+    if value not in rng:
+        raise ConfigError(f"{where}: {name}={float(value):g} is outside its valid range {rng.text}")
 
 
 def per_step(num_steps: int, options: dict) -> int:
@@ -74,6 +140,21 @@ class SamplerSpec:
     grad: bool = False
     doc: str = ""
     bounds: dict = dataclasses.field(default_factory=dict)
+    ranges: dict = dataclasses.field(default_factory=dict)
+
+    def check_hparams(self, values: dict, where: str | None = None) -> None:
+        """Concrete hyperparameter values (scalars or sequences: a sweep's) against the declared
+        names and ranges; a ConfigError naming the first bad one. None (a default the factory
+        fills) passes."""
+        where = where or self.name
+        unknown = sorted(set(values) - set(self.hparams))
+        if unknown:
+            known = ", ".join(sorted(self.hparams)) or "none"
+            raise ConfigError(f"{where}: unknown hyperparameter(s) {unknown}; known: {known}")
+        for name, value in values.items():
+            for v in _scalars(value):
+                if v is not None:
+                    check_range(where, name, v, self.ranges[name])
 
     def __call__(self, model_fn, schedule, *, operator=None, noise=None, **kwargs):
         check_operator(self, operator)
@@ -97,6 +178,16 @@ class SamplerSpec:
 
     def num_evaluations(self, num_steps: int, options: dict | None = None) -> int:
         return int(self.nfe(int(num_steps), dict(options or {})))
+
+
+def _concrete(value) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _scalars(value) -> list:
+    if value is None:
+        return [None]
+    return [float(v) for v in np.ravel(np.asarray(value))] if _concrete(value) else []
 
 
 def check_operator(spec: SamplerSpec, operator) -> None:
@@ -139,18 +230,34 @@ def register_sampler(
     nfe: Callable[[int, dict], int] = per_step,
     grad: bool = False,
     bounds: dict | None = None,
+    ranges: dict | None = None,
 ):
-    """Register `make` under `name` with its declared needs, traced hparams and cost."""
+    """Register `make` under `name` with its declared needs, traced hparams (each with its
+    valid range) and cost."""
     unknown = set(needs) - NEEDS
     if unknown:
         raise ValueError(
             f"sampler {name!r}: unknown needs {sorted(unknown)}; known {sorted(NEEDS)}"
         )
+    ranges = {k: Range.parse(v) for k, v in (ranges or {}).items()}
+    if set(ranges) != set(hparams or {}):
+        raise ValueError(
+            f"sampler {name!r}: declare the range of every traced hparam: hparams "
+            f"{sorted(hparams or {})}, ranges {sorted(ranges)}"
+        )
 
     def add(make):
         doc = getattr(sys.modules.get(make.__module__), "__doc__", None) or make.__doc__ or ""
         spec = SamplerSpec(
-            name, make, frozenset(needs), dict(hparams or {}), nfe, grad, doc, dict(bounds or {})
+            name,
+            make,
+            frozenset(needs),
+            dict(hparams or {}),
+            nfe,
+            grad,
+            doc,
+            dict(bounds or {}),
+            ranges,
         )
         SAMPLERS.register(name)(spec)
         return make

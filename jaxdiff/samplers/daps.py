@@ -73,6 +73,9 @@ def _check_vp_schedule(schedule, beta_min: float, beta_d: float, m: int) -> None
     "daps",
     needs=("operator", "measurement"),
     hparams={"lr": 1e-4, "tau": 0.01, "lr_min_ratio": 0.01},
+    # the Langevin step is stable while lr |A|^2 / tau^2 stays below ~2 (official: lr 1e-4 with
+    # tau 0.01): a larger lr needs a larger tau; beyond, the loop's NaN guard marks the images
+    ranges={"lr": "(0, 0.01]", "tau": "[0.01, 10]", "lr_min_ratio": "(0, 1]"},
     nfe=_nfe,
 )
 def make_daps(

@@ -21,7 +21,7 @@ from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import predict_x0, resolve_hparams, resolve_image_shape
 
 
-@register_sampler("ddim", hparams={"eta": 0.0})
+@register_sampler("ddim", hparams={"eta": 0.0}, ranges={"eta": "[0, 1]"})
 def make_ddim(
     model_fn,
     schedule,

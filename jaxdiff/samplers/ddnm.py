@@ -44,7 +44,7 @@ from jaxdiff.samplers.common import (
 NEEDS = ("operator", "linear", "svd", "measurement")
 
 
-@register_sampler("ddnm", needs=NEEDS, hparams={"eta": 0.85})
+@register_sampler("ddnm", needs=NEEDS, hparams={"eta": 0.85}, ranges={"eta": "[0, 1]"})
 def make_ddnm(model_fn, schedule, *, operator=None, noise=None, defaults, loop, **options):
     """DDNM (the paper's Algorithm 1, `ddnm_diffusion`): exact range-space replacement.
 
@@ -55,7 +55,12 @@ def make_ddnm(model_fn, schedule, *, operator=None, noise=None, defaults, loop, 
     return _make("ddnm", False, model_fn, schedule, operator, noise, defaults, loop, **options)
 
 
-@register_sampler("ddnm_plus", needs=NEEDS, hparams={"eta": 0.85, "sigma": None})
+@register_sampler(
+    "ddnm_plus",
+    needs=NEEDS,
+    hparams={"eta": 0.85, "sigma": None},
+    ranges={"eta": "[0, 1]", "sigma": "[0, 2]"},
+)
 def make_ddnm_plus(model_fn, schedule, *, operator=None, noise=None, defaults, loop, **options):
     """DDNM+ (`ddnm_plus_diffusion`): the range-space correction and the noise scaled per
     singular value for noisy y. hparams: eta, sigma (the paper's sigma_y, the noise std on y's

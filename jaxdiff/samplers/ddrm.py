@@ -49,6 +49,7 @@ from jaxdiff.samplers.common import (
     "ddrm",
     needs=("operator", "linear", "svd", "measurement"),
     hparams={"eta": 0.85, "eta_b": 1.0, "sigma": None},
+    ranges={"eta": "[0, 1]", "eta_b": "[0, 1]", "sigma": "[0, 2]"},
 )
 def make_ddrm(
     model_fn,
@@ -110,7 +111,9 @@ def make_ddrm(
             x0 = (x - eps * jnp.sqrt(1 - at)) / jnp.sqrt(at)  # no clamp (the official form)
             sn = jnp.sqrt(1 - at_next) / jnp.sqrt(at_next)
             std = sn * eta
-            tilde = jnp.sqrt(sn**2 - std**2)
+            # the official sqrt(sn^2 - std^2), floored: at eta = 1 it is 0 there (exact torch
+            # arithmetic), while XLA's fused float32 form can round it below 0 (NaN at step 0)
+            tilde = jnp.sqrt(jnp.maximum(sn**2 - std**2, 0))
             v0 = svd.Vt(op_params, x0)
             ve = svd.Vt(op_params, eps)
             base = v0 + tilde * ve + std * z["full"]

@@ -105,6 +105,13 @@ def _drawer(repeats: int):
     "diffpir",
     needs=("operator", "linear", "measurement"),
     hparams={"lambda_": 1.0, "zeta": 0.1, "eta": 0.0, "guidance_scale": 1.0, "sigma": None},
+    ranges={
+        "lambda_": "(0, 100]",
+        "zeta": "[0, 1]",
+        "eta": "[0, 1]",
+        "guidance_scale": "[0, 100]",
+        "sigma": "[0, 2]",
+    },
     nfe=_nfe,
 )
 def make_diffpir(

@@ -33,7 +33,13 @@ from jaxdiff.samplers.common import (
 )
 
 
-@register_sampler("dps", needs=("operator", "measurement"), hparams={"scale": 1.0}, grad=True)
+@register_sampler(
+    "dps",
+    needs=("operator", "measurement"),
+    hparams={"scale": 1.0},
+    ranges={"scale": "[0, 100]"},
+    grad=True,
+)
 def make_dps(
     model_fn,
     schedule,

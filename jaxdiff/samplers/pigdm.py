@@ -51,6 +51,7 @@ FORMS = ("noisy", "pinv")
     "pigdm",
     needs=("operator", "linear", "measurement"),
     hparams={"eta": 1.0, "scale": 1.0, "sigma": None},
+    ranges={"eta": "[0, 1]", "scale": "[0, 100]", "sigma": "[0, 2]"},
     grad=True,
 )
 def make_pigdm(

@@ -108,6 +108,12 @@ def pseudo_inverse(operator, init, image_shape, where: str):
     "reddiff",
     needs=("operator", "measurement"),
     hparams={"grad_term_weight": 0.25, "obs_weight": 1.0, "lr": 0.1, "sigma_x0": 0.0},
+    ranges={
+        "grad_term_weight": "[0, 10]",
+        "obs_weight": "[0, 100]",
+        "lr": "(0, 10]",
+        "sigma_x0": "[0, 1]",
+    },
 )
 def make_reddiff(
     model_fn,

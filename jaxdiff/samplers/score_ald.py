@@ -37,6 +37,7 @@ from jaxdiff.samplers.common import (
     "score_ald",
     needs=("operator", "measurement"),
     hparams={"weight": 1.0, "sigma": None},
+    ranges={"weight": "[0, 100]", "sigma": "[0, 2]"},
     grad=False,
 )
 def make_score_ald(

@@ -40,6 +40,7 @@ def _sdedit_nfe(num_steps: int, options: dict) -> int:
     "sdedit",
     needs=("guide", "measurement"),
     hparams={"t0": 0.5},
+    ranges={"t0": "(0, 1]"},
     nfe=_sdedit_nfe,
     bounds={"t0": "max_t0"},
 )

@@ -25,6 +25,8 @@ from jaxdiff.samplers.common import (
     "tweedie",
     needs=("guide", "measurement"),
     hparams={"sigma": None, "t": None},
+    # -1: not given (sigma from the noise model; t from sigma)
+    ranges={"sigma": "-1 | [0, 2]", "t": "-1 | [0, inf)"},
     nfe=lambda num_steps, options: 1,
 )
 def make_tweedie(
