@@ -1,14 +1,14 @@
 """Time each sampler per network evaluation, compile separate (scripts/benchmark.py).
 
-Per (arch, batch, dtype) every method is compiled first, then the calls are interleaved
-(`repeats` rounds of one call each) and the minimum is reported beside the median: on a shared
-machine the other jobs' load hits every method alike, and the minimum is the least disturbed. Per
-method: compile seconds, seconds per call / per image / per NFE, images/s, XLA's compiled temporary
-memory per image for each block-rematerialisation mode asked for (`remat`: models/remat.py),
-whether the hand-written VJPs were traced (`custom_vjp`: models/fused.py), peak device memory
-where the backend reports it, and the model FLOPs per NFE from XLA's cost analysis (a forward; a forward plus
-its VJP for gradient methods). `ratios` give each method's seconds per NFE over DDPM's from the
-same run (DPS / DDPM is the gradient's overhead; docs/performance.md).
+Per (arch, batch, dtype) every method is compiled first, then the calls are interleaved (`repeats`
+rounds of one call each) and the minimum is reported beside the median: on a shared machine the
+other jobs' load hits every method alike, and the minimum is the least disturbed. Per method:
+compile seconds, seconds per call / per image / per NFE, images/s, XLA's compiled temporary memory
+per image for each block-rematerialisation mode asked for (`remat`: models/remat.py), whether the
+hand-written VJPs were traced (`custom_vjp`: models/fused.py), peak device memory where the backend
+reports it, and the model FLOPs per NFE from XLA's cost analysis (a forward; a forward plus its VJP
+for gradient methods). `ratios` give each method's seconds per NFE over DDPM's from the same run
+(DPS / DDPM is the gradient's overhead; docs/performance.md).
 """
 
 from __future__ import annotations

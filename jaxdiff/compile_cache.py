@@ -1,13 +1,13 @@
 """The persistent compilation cache of the command-line tools: a second run of the same command
-reuses the compiled programs instead of compiling them again (6-15 s per program on a CPU, far
-more on accelerators for the big presets).
+reuses the compiled programs instead of compiling them again (6-15 s per program on a CPU, far more
+on accelerators for the big presets).
 
-On by default for the commands (`jaxdiff.cli.run` calls `enable()` before any compile) in the
-user's cache folder: `xla/` under jaxdiff's cache root ($JAXDIFF_CACHE_DIR, else
-$XDG_CACHE_HOME/jaxdiff, else ~/.cache/jaxdiff; the FID reference features live there too).
-The environment variable JAXDIFF_COMPILATION_CACHE moves it (a folder) or turns it off (`off`, `0`, `false`,
-`no`); the commands' `--compilation_cache` flag does the same. Library users who want it call
-`enable()` themselves: importing jaxdiff changes no JAX setting.
+On by default for the commands (`jaxdiff.cli.run` calls `enable()` before any compile) in the user's
+cache folder: `xla/` under jaxdiff's cache root ($JAXDIFF_CACHE_DIR, else $XDG_CACHE_HOME/jaxdiff,
+else ~/.cache/jaxdiff; the FID reference features live there too). The environment variable
+JAXDIFF_COMPILATION_CACHE moves it (a folder) or turns it off (`off`, `0`, `false`, `no`); the
+commands' `--compilation_cache` flag does the same. Library users who want it call `enable()`
+themselves: importing jaxdiff changes no JAX setting.
 """
 
 from __future__ import annotations
