@@ -267,8 +267,9 @@ def remat_ratios(results: list[dict]) -> list[dict]:
                 continue
             if "seconds_per_call" not in base:
                 continue
-            mem, mem0 = r.get("compiled_temp_bytes_per_image"), base.get(
-                "compiled_temp_bytes_per_image"
+            mem, mem0 = (
+                r.get("compiled_temp_bytes_per_image"),
+                base.get("compiled_temp_bytes_per_image"),
             )
             rows.append(
                 {

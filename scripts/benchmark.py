@@ -31,7 +31,9 @@ _REPEATS = flags.DEFINE_integer(
     "repeats", 3, "interleaved timed rounds after the warm-up (min and median)"
 )
 _CUSTOM_VJP = flags.DEFINE_enum(
-    "custom_vjp", "auto", ["auto", "on", "off"],
+    "custom_vjp",
+    "auto",
+    ["auto", "on", "off"],
     "the hand-written VJPs of models/fused.py: auto (on for CPU only), or forced on / off",
 )
 _REMAT = flags.DEFINE_list(

@@ -30,9 +30,7 @@ MODELS.register("clip_text")(clip)  # transformers CLIPTextModel (Stable Diffusi
 REMAT_ARCHS = ("adm", "unet2d")  # the architectures with block rematerialisation (models/remat.py)
 
 
-def build_model(
-    arch: str, model_config: dict, dtype=jnp.float32, remat: str = "none"
-) -> nn.Module:
+def build_model(arch: str, model_config: dict, dtype=jnp.float32, remat: str = "none") -> nn.Module:
     """The Flax module for `arch` (MODELS); `dtype` is the compute dtype, `remat` the
     rematerialisation of its blocks (models.remat.REMAT_MODES: memory against recomputation;
     the ADM and diffusers UNets take it)."""
