@@ -286,6 +286,35 @@ def remat_ratios(results: list[dict]) -> list[dict]:
     return rows
 
 
+def markdown_table(run: dict) -> str:
+    """A benchmark JSON as the markdown table of docs/performance.md: one row per result."""
+    dev = run["device"]
+    head = (
+        f"Device: {dev['kind']} ({dev['platform']}, {dev['count']} device(s)); "
+        f"jax {run['versions']['jax']}.\n\n"
+        "| model | method | batch | dtype | custom VJP | remat | compile s | ms / NFE / image "
+        "| images / s | temp MiB / image | peak MiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in run["results"]:
+        common = (
+            f"| {r.get('model', r['arch'])} | {r['sampler']} | {r['batch']} | {r['dtype']} "
+            f"| {'on' if r.get('custom_vjp') else 'off'} | {r.get('remat', 'none')} "
+        )
+        if "error" in r:
+            rows.append(common + f"| failed: {r['error'].splitlines()[0][:80]} |||||")
+            continue
+        mem, peak = r.get("compiled_temp_bytes_per_image"), r.get("peak_device_bytes")
+        mem_text = f"{mem / 2**20:.0f}" if mem else ""
+        peak_text = f"{peak / 2**20:.0f}" if peak else ""
+        rows.append(
+            common + f"| {r['compile_seconds']:.1f} | {r['seconds_per_nfe'] * 1e3:.2f} "
+            f"| {r['images_per_second']:.3f} | {mem_text} | {peak_text} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
 def result_line(r: dict) -> str:
     """One method's figures on one line (the progress the benchmark prints)."""
     remat = r.get("remat", "none")
