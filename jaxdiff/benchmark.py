@@ -1,13 +1,14 @@
 """Time each sampler per network evaluation, compile separate (scripts/benchmark.py).
 
-Per (arch, batch, dtype) every method is compiled first, then the calls are interleaved
-(`repeats` rounds of one call each) and the minimum is reported beside the median: on a shared
-machine the other jobs' load hits every method alike, and the minimum is the least disturbed. Per
-method: compile seconds, seconds per call / per image / per NFE, images/s, XLA's compiled temporary
-memory per image (for gradient methods also with `remat=True`), peak device memory where the
-backend reports it, and the model FLOPs per NFE from XLA's cost analysis (a forward; a forward plus
-its VJP for gradient methods). `ratios` give each method's seconds per NFE over DDPM's from the
-same run (DPS / DDPM is the gradient's overhead; docs/performance.md).
+Per (arch, batch, dtype) every method is compiled first, then the calls are interleaved (`repeats`
+rounds of one call each) and the minimum is reported beside the median: on a shared machine the
+other jobs' load hits every method alike, and the minimum is the least disturbed. Per method:
+compile seconds, seconds per call / per image / per NFE, images/s, XLA's compiled temporary memory
+per image for each block-rematerialisation mode asked for (`remat`: models/remat.py), whether the
+hand-written VJPs were traced (`custom_vjp`: models/fused.py), peak device memory where the backend
+reports it, and the model FLOPs per NFE from XLA's cost analysis (a forward; a forward plus its VJP
+for gradient methods). `ratios` give each method's seconds per NFE over DDPM's from the same run
+(DPS / DDPM is the gradient's overhead; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion import schedule_from_meta
-from jaxdiff.models import build_model, load_pretrained, model_fn, param_count
+from jaxdiff.models import build_model, fused, load_pretrained, model_fn, param_count
 from jaxdiff.operators import get_noise, get_operator
 from jaxdiff.samplers import SAMPLERS, batched, get_sampler
 
@@ -135,13 +136,15 @@ def image_size(config: dict) -> int:
     return int(config.get("image_size", config.get("sample_size")))
 
 
-def compile_method(arch, config, diffusion, params, name, batch, dtype, steps, **options):
+def compile_method(
+    arch, config, diffusion, params, name, batch, dtype, steps, remat="none", **options
+):
     """(compiled, args, schedule, model) of one method's batched sample function on task_for's
     task, `steps` respaced steps; traced now, so module-level switches (fused.USE_CUSTOM_VJP)
     read at this call are the ones compiled in."""
     size = image_size(config)
     compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    model = build_model(arch, config, dtype=compute)
+    model = build_model(arch, config, dtype=compute, remat=remat)
     op, noise = task_for(size)
     schedule = schedule_from_meta(diffusion, respacing=str(steps))
     make = get_sampler(name)
@@ -158,41 +161,38 @@ def compile_method(arch, config, diffusion, params, name, batch, dtype, steps, *
 
 def bench_group(
     arch, config, diffusion, params, names, batch: int, dtype: str, *, steps: int, repeats: int,
-    remat_memory: bool, log: Callable[[str], None] = lambda line: None,
+    remat_modes: Sequence[str] = ("none",), log: Callable[[str], None] = lambda line: None,
 ) -> list[dict]:  # fmt: skip
-    """Compile every method, then time them interleaved (see the module docstring); `log`
-    gets a line as each compile starts and ends and as each timed round starts."""
+    """Compile every (method, remat mode), then time them interleaved (see the module
+    docstring); `log` gets a line as each compile starts and ends and as each timed round
+    starts."""
     size = image_size(config)
     entries = []
-    for i, name in enumerate(names):
+    runs = [(name, mode) for name in names for mode in remat_modes]
+    for i, (name, mode) in enumerate(runs):
         r = {"arch": arch, "image_size": size, "sampler": name, "batch": batch, "dtype": dtype}
-        log(f"  [{i + 1}/{len(names)}] {name} b={batch} {dtype}: compiling ...")
+        r.update(remat=mode, custom_vjp=fused.custom_vjp_enabled())
+        name_at = f"  [{i + 1}/{len(runs)}] {name}" + ("" if mode == "none" else f" remat={mode}")
+        log(f"{name_at} b={batch} {dtype}: compiling ...")
         try:
             t0 = time.perf_counter()
             compiled, args, schedule, model = compile_method(
-                arch, config, diffusion, params, name, batch, dtype, steps
+                arch, config, diffusion, params, name, batch, dtype, steps, remat=mode
             )
             r["compile_seconds"] = round(time.perf_counter() - t0, 3)
             jax.block_until_ready(compiled(*args))  # warm-up
         except Exception as err:  # noqa: BLE001 - one method's failure must not end the run
             r["error"] = f"{type(err).__name__}: {err}"
             r["traceback"] = traceback.format_exc()  # in the JSON; one line on the console
-            log(f"  [{i + 1}/{len(names)}] {name}: failed ({r['error'].splitlines()[0]})")
+            log(f"{name_at}: failed ({r['error'].splitlines()[0]})")
             entries.append((r, None, None))
             continue
-        log(f"  [{i + 1}/{len(names)}] {name}: compiled in {r['compile_seconds']:.1f} s")
+        log(f"{name_at}: compiled in {r['compile_seconds']:.1f} s")
         spec = SAMPLERS.get(name)
         r["nfe"] = nfe_of(name, schedule.num_steps, {})
         r["grad"] = bool(getattr(spec, "grad", False))
         r["compiled_temp_bytes"] = temp_bytes(compiled)
         r["compiled_temp_bytes_per_image"] = (r["compiled_temp_bytes"] or 0) // batch or None
-        if r["grad"] and remat_memory:
-            remat, *_ = compile_method(
-                arch, config, diffusion, params, name, batch, dtype, steps, remat=True
-            )
-            r["compiled_temp_bytes_remat"] = temp_bytes(remat)
-            r["compiled_temp_bytes_per_image_remat"] = (temp_bytes(remat) or 0) // batch or None
-            del remat
         r["network_flops_per_nfe"] = network_flops(model, params, size, with_grad=r["grad"])
         entries.append((r, compiled, args))
     times = {id(r): [] for r, c, _ in entries if c is not None}
@@ -227,13 +227,14 @@ def bench_group(
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Each method's seconds per NFE over DDPM's in the same (model, batch, dtype) group."""
+    """Each method's seconds per NFE over DDPM's in the same (model, batch, dtype, remat)
+    group."""
     rows = []
     for base in results:
         if base["sampler"] != "ddpm" or "seconds_per_nfe" not in base:
             continue
         for r in results:
-            same = all(r[k] == base[k] for k in ("model", "batch", "dtype"))
+            same = all(r.get(k) == base.get(k) for k in ("model", "batch", "dtype", "remat"))
             if not same or r is base or "seconds_per_nfe" not in r:
                 continue
             rows.append(
@@ -241,6 +242,7 @@ def ratios(results: list[dict]) -> list[dict]:
                     "model": r["model"],
                     "batch": r["batch"],
                     "dtype": r["dtype"],
+                    "remat": r.get("remat", "none"),
                     "sampler": r["sampler"],
                     "seconds_per_nfe": r["seconds_per_nfe"],
                     "ddpm_seconds_per_nfe": base["seconds_per_nfe"],
@@ -252,13 +254,77 @@ def ratios(results: list[dict]) -> list[dict]:
     return rows
 
 
+def remat_ratios(results: list[dict]) -> list[dict]:
+    """Each rematerialised run against the same method without remat (same model, batch,
+    dtype): step time and compiled temporary memory per image, both as ratios."""
+    rows = []
+    for r in results:
+        if r.get("remat", "none") == "none" or "seconds_per_call" not in r:
+            continue
+        for base in results:
+            keys = ("model", "batch", "dtype", "sampler")
+            if base.get("remat") != "none" or any(base.get(k) != r.get(k) for k in keys):
+                continue
+            if "seconds_per_call" not in base:
+                continue
+            mem, mem0 = (
+                r.get("compiled_temp_bytes_per_image"),
+                base.get("compiled_temp_bytes_per_image"),
+            )
+            rows.append(
+                {
+                    **{k: r[k] for k in keys},
+                    "remat": r["remat"],
+                    "time_ratio": r["seconds_per_call"] / base["seconds_per_call"],
+                    "time_ratio_median": r["seconds_per_call_median"]
+                    / base["seconds_per_call_median"],
+                    "temp_bytes_per_image": mem,
+                    "temp_bytes_per_image_none": mem0,
+                    "memory_ratio": mem / mem0 if mem and mem0 else None,
+                }
+            )
+    return rows
+
+
+def markdown_table(run: dict) -> str:
+    """A benchmark JSON as the markdown table of docs/performance.md: one row per result."""
+    dev = run["device"]
+    head = (
+        f"Device: {dev['kind']} ({dev['platform']}, {dev['count']} device(s)); "
+        f"jax {run['versions']['jax']}.\n\n"
+        "| model | method | batch | dtype | custom VJP | remat | compile s | ms / NFE / image "
+        "| images / s | temp MiB / image | peak MiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in run["results"]:
+        common = (
+            f"| {r.get('model', r['arch'])} | {r['sampler']} | {r['batch']} | {r['dtype']} "
+            f"| {'on' if r.get('custom_vjp') else 'off'} | {r.get('remat', 'none')} "
+        )
+        if "error" in r:
+            rows.append(common + f"| failed: {r['error'].splitlines()[0][:80]} |||||")
+            continue
+        mem, peak = r.get("compiled_temp_bytes_per_image"), r.get("peak_device_bytes")
+        mem_text = f"{mem / 2**20:.0f}" if mem else ""
+        peak_text = f"{peak / 2**20:.0f}" if peak else ""
+        rows.append(
+            common + f"| {r['compile_seconds']:.1f} | {r['seconds_per_nfe'] * 1e3:.2f} "
+            f"| {r['images_per_second']:.3f} | {mem_text} | {peak_text} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
 def result_line(r: dict) -> str:
     """One method's figures on one line (the progress the benchmark prints)."""
-    head = f"  {r['sampler']:9s} b={r['batch']:<3d} {r['dtype']:8s}"
+    remat = r.get("remat", "none")
+    head = f"  {r['sampler']:9s} b={r['batch']:<3d} {r['dtype']:8s} remat={remat:6s}"
     if "error" in r:
         return f"{head} {r['error']}"
+    mem = r.get("compiled_temp_bytes_per_image")
+    mem_text = f"  temp {mem / 2**20:7.0f} MiB/img" if mem else ""
     return (
-        f"{head} compile {r['compile_seconds']:6.1f}s  NFE {r['nfe']:4d}"
+        f"{head} compile {r['compile_seconds']:6.1f}s  NFE {r['nfe']:4d}{mem_text}"
         f"  {r['seconds_per_nfe'] * 1e3:9.1f} ms/NFE/img"
         f" (median {r['seconds_per_nfe_median'] * 1e3:9.1f})"
         f"  {r['images_per_second']:8.3f} img/s"
@@ -272,18 +338,22 @@ def run_benchmark(
     dtypes: Sequence[str],
     steps: int,
     repeats: int,
-    remat_memory: bool,
+    remat_modes: Sequence[str] = ("none",),
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Every (arch, dtype, batch) group of `samplers` (default: every registered one), each
-    result `log`ged as it comes; the JSON's content: device, host, versions, results, ratios."""
+    """Every (arch, dtype, batch) group of `samplers` (default: every registered one) in each
+    of `remat_modes`, each result `log`ged as it comes; the JSON's content: device, host,
+    versions, results, ratios (to DDPM), remat_ratios (to remat none)."""
     import flax
     import jaxlib
+
+    from jaxdiff.models.remat import check_remat
 
     names = list(samplers or SAMPLERS.names())
     unknown = [n for n in names if n not in SAMPLERS]
     if unknown:
         raise KeyError(f"unknown sampler(s) {unknown}; known: {SAMPLERS.names()}")
+    remat_modes = [check_remat(m) for m in remat_modes]
     results = []
     for name in archs:
         arch, config, diffusion, params = load_arch(name)
@@ -292,7 +362,7 @@ def run_benchmark(
             for batch in batches:
                 group = bench_group(
                     arch, config, diffusion, params, names, int(batch), dtype, steps=steps,
-                    repeats=repeats, remat_memory=remat_memory, log=log,
+                    repeats=repeats, remat_modes=remat_modes, log=log,
                 )  # fmt: skip
                 for r in group:
                     r["model"] = name
@@ -311,4 +381,5 @@ def run_benchmark(
         "repeats": repeats,
         "results": results,
         "ratios": ratios(results),
+        "remat_ratios": remat_ratios(results),
     }

@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jaxdiff import config_lib
+from jaxdiff import compile_cache, config_lib
 from jaxdiff.errors import JaxdiffError
 
 EXIT_BAD_INPUT = 2
@@ -30,6 +30,12 @@ EXIT_BAD_INPUT = 2
 BAD_INPUT = (JaxdiffError, ValueError, KeyError, OSError, app.UsageError, flags.Error)
 
 flags.DEFINE_bool("debug", False, "show the traceback of an error (default: one line)")
+flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    "folder of the persistent XLA compilation cache, or 'off' (default: $"
+    f"{compile_cache.ENV}, else the user's cache folder: jaxdiff/compile_cache.py)",
+)
 
 
 def run(main, argv=None, *, info_logs: bool = False) -> None:
@@ -65,6 +71,7 @@ def run(main, argv=None, *, info_logs: bool = False) -> None:
 
     def guarded(args):
         try:
+            compile_cache.enable(flags.FLAGS.compilation_cache)
             return main(args)
         except BAD_INPUT as e:
             if flags.FLAGS.debug:

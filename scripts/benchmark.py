@@ -18,6 +18,7 @@ import pathlib
 from absl import flags
 
 from jaxdiff import benchmark, cli
+from jaxdiff.models import fused
 
 _ARCH = flags.DEFINE_list(
     "arch", ["tiny"], "tiny | demo | ffhq256 | imagenet256_uncond | a checkpoint dir"
@@ -29,8 +30,14 @@ _STEPS = flags.DEFINE_integer("steps", 10, "respaced sampling steps per call")
 _REPEATS = flags.DEFINE_integer(
     "repeats", 3, "interleaved timed rounds after the warm-up (min and median)"
 )
-_REMAT_MEMORY = flags.DEFINE_bool(
-    "remat_memory", True, "also compile gradient methods with remat=True (memory)"
+_CUSTOM_VJP = flags.DEFINE_enum(
+    "custom_vjp",
+    "auto",
+    ["auto", "on", "off"],
+    "the hand-written VJPs of models/fused.py: auto (on for CPU only), or forced on / off",
+)
+_REMAT = flags.DEFINE_list(
+    "remat", ["none"], "block rematerialisation modes to compare: none, blocks (models/remat.py)"
 )
 _OUT = flags.DEFINE_string("out", "benchmark.json", "where the JSON goes")
 _LATENT = flags.DEFINE_integer(
@@ -52,6 +59,8 @@ def main(argv):
             _LATENT.value, int(_BATCH.value[0]), _REPEATS.value, _TORCH_PYTHON.value
         )
         return _write(out)
+    if _CUSTOM_VJP.value != "auto":
+        fused.USE_CUSTOM_VJP = _CUSTOM_VJP.value == "on"
     out = benchmark.run_benchmark(
         _ARCH.value,
         _SAMPLERS.value,
@@ -59,13 +68,20 @@ def main(argv):
         _DTYPE.value,
         _STEPS.value,
         _REPEATS.value,
-        _REMAT_MEMORY.value,
+        _REMAT.value,
         log=lambda line: print(line, flush=True),
     )
     for row in out["ratios"]:
         print(
             f"{row['model']} b={row['batch']} {row['dtype']}: {row['sampler']} / ddpm per NFE ="
             f" {row['ratio_to_ddpm']:.2f} (min), {row['ratio_to_ddpm_median']:.2f} (median)"
+        )
+    for row in out["remat_ratios"]:
+        mem = row["memory_ratio"]
+        print(
+            f"{row['model']} b={row['batch']} {row['dtype']} {row['sampler']}: remat={row['remat']}"
+            f" / none: step time x{row['time_ratio']:.2f}"
+            + (f", temp memory per image x{mem:.2f}" if mem else "")
         )
     _write(out)
 

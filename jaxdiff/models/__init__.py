@@ -27,11 +27,18 @@ MODELS.register("sd_unet")(sd_unet)  # diffusers UNet2DConditionModel (Stable Di
 MODELS.register("autoencoder_kl")(autoencoder.KL)  # diffusers AutoencoderKL (SD first stage)
 MODELS.register("vq_model")(autoencoder.VQ)  # diffusers VQModel (LDM first stage)
 MODELS.register("clip_text")(clip)  # transformers CLIPTextModel (Stable Diffusion's text)
+REMAT_ARCHS = ("adm", "unet2d")  # the architectures with block rematerialisation (models/remat.py)
 
 
-def build_model(arch: str, model_config: dict, dtype=jnp.float32) -> nn.Module:
-    """The Flax module for `arch` ("adm" / "unet2d"); `dtype` is the compute dtype."""
-    return MODELS.get(arch).build(model_config, dtype=dtype)
+def build_model(arch: str, model_config: dict, dtype=jnp.float32, remat: str = "none") -> nn.Module:
+    """The Flax module for `arch` (MODELS); `dtype` is the compute dtype, `remat` the
+    rematerialisation of its blocks (models.remat.REMAT_MODES: memory against recomputation;
+    the ADM and diffusers UNets take it)."""
+    if remat == "none":
+        return MODELS.get(arch).build(model_config, dtype=dtype)
+    if arch not in REMAT_ARCHS:
+        raise ValueError(f"remat={remat!r}: only the {', '.join(REMAT_ARCHS)} networks take it")
+    return MODELS.get(arch).build(model_config, dtype=dtype, remat_mode=remat)
 
 
 def abstract_params(arch: str, model_config: dict) -> dict:

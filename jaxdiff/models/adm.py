@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdiff.models import remat
 from jaxdiff.models.layers import (
     GroupNorm,
     attention,
@@ -113,7 +114,11 @@ class ResBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, emb, deterministic=True):
+    def __call__(self, x, emb, skip=None, *, deterministic=True):
+        # The decoder's skip connection is joined here, inside the (rematerialised) block, so
+        # the concatenation is recomputed rather than kept.
+        if skip is not None:
+            x = jnp.concatenate([x, skip], axis=-1)
         dt, pdt, out = self.dtype, self.param_dtype, self.out_channels
         h = GroupNorm(dtype=dt, param_dtype=pdt, name="in_layers_0")(x, silu=True)
         if self.up:
@@ -190,6 +195,7 @@ class ADMUNet(nn.Module):
     config: tuple  # normalize_config(...) as sorted (key, value) pairs: hashable
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"  # remat.REMAT_MODES
 
     @nn.compact
     def __call__(self, x, t, y=None, *, train: bool = False):
@@ -199,14 +205,18 @@ class ADMUNet(nn.Module):
         det = not train
 
         def res(out, name, **kw):
-            return ResBlock(
+            block = ResBlock(
                 out, cfg["use_scale_shift_norm"], dropout=cfg["dropout"], dtype=dt,
                 param_dtype=pdt, name=name, **kw,
             )  # fmt: skip
+            return lambda h, emb, det, *skip: remat.call(
+                block, self.remat, h, emb, *skip, deterministic=det
+            )
 
         def attn(ch, name, key="num_heads"):
             heads = _heads(cfg, ch, key)
-            return AttentionBlock(heads, cfg["use_new_attention_order"], dt, pdt, name=name)
+            block = AttentionBlock(heads, cfg["use_new_attention_order"], dt, pdt, name=name)
+            return lambda h: remat.call(block, self.remat, h)
 
         if x.ndim != 4 or x.shape[-1] != cfg["in_channels"]:
             raise ValueError(f"adm: x must be (B, H, W, {cfg['in_channels']}), got {x.shape}")
@@ -253,9 +263,8 @@ class ADMUNet(nn.Module):
         idx = 0
         for level, mult in reversed(list(enumerate(mults))):
             for i in range(nrb + 1):
-                h = jnp.concatenate([h, hs.pop()], axis=-1)
                 ch = int(mult * mc)
-                h = res(ch, f"output_blocks_{idx}_0")(h, emb, det)
+                h = res(ch, f"output_blocks_{idx}_0")(h, emb, det, hs.pop())
                 sub = 1
                 if ds in attn_ds:
                     h = attn(ch, f"output_blocks_{idx}_1", "num_heads_upsample")(h)
@@ -274,9 +283,9 @@ class ADMUNet(nn.Module):
         return conv3x3(cfg["out_channels"], "out_2", wdt, pdt, zero=True)(h)
 
 
-def build(model_config: dict, dtype: Dtype = jnp.float32) -> ADMUNet:
+def build(model_config: dict, dtype: Dtype = jnp.float32, remat_mode: str = "none") -> ADMUNet:
     cfg = normalize_config(model_config)
-    return ADMUNet(tuple(sorted(cfg.items())), dtype=dtype)
+    return ADMUNet(tuple(sorted(cfg.items())), dtype=dtype, remat=remat.check_remat(remat_mode))
 
 
 def example_inputs(model_config: dict, batch: int = 1):

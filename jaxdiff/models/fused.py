@@ -20,12 +20,14 @@ docs/performance.md has the profile behind each one. In short, for the gradient 
 
 The forward values are computed by the same expressions as the plain ops (`group_norm_reference`
 and the autodiff versions below), so outputs and gradients agree to float rounding
-(tests/test_models_fused.py). `USE_CUSTOM_VJP = False` restores XLA's own transposes (A/B timing).
+(tests/test_models_fused.py). They are on by default on XLA:CPU only (`custom_vjp_enabled`);
+`USE_CUSTOM_VJP` or $JAXDIFF_CUSTOM_VJP forces either (A/B timing).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -35,8 +37,28 @@ from jax import lax
 
 Dtype = Any
 
-USE_CUSTOM_VJP = True
-"""Module switch read at trace time; False traces the plain ops (for benchmarks and tests)."""
+USE_CUSTOM_VJP: bool | None = None
+"""Module switch read at trace time: True / False force the hand-written VJPs on / off (the
+benchmark's A/B, tests); None chooses by `custom_vjp_enabled()`."""
+CUSTOM_VJP_ENV = "JAXDIFF_CUSTOM_VJP"
+
+
+def custom_vjp_enabled() -> bool:
+    """Whether the hand-written VJPs are traced: USE_CUSTOM_VJP when set, else $JAXDIFF_CUSTOM_VJP
+    (`on` / `off` / `auto`), else auto: on for XLA:CPU, where they were measured to help (the
+    module docstring), off elsewhere. On GPU / TPU XLA's own transposes go to cuDNN and the
+    convolution units, and the explicit kernel flip behind an optimization barrier may cost more
+    than it saves; until measured there, XLA's own are used."""
+    if USE_CUSTOM_VJP is not None:
+        return bool(USE_CUSTOM_VJP)
+    setting = os.environ.get(CUSTOM_VJP_ENV, "auto").strip().lower()
+    if setting in ("1", "on", "true", "yes"):
+        return True
+    if setting in ("0", "off", "false", "no"):
+        return False
+    if setting != "auto":
+        raise ValueError(f"{CUSTOM_VJP_ENV}={setting!r}: expected on, off or auto")
+    return jax.default_backend() == "cpu"
 
 
 def wide(dtype: Dtype) -> Dtype:
@@ -88,7 +110,7 @@ _conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 def conv2d(x, w, strides=(1, 1), padding=((0, 0), (0, 0))):
     """lax.conv_general_dilated on NHWC/HWIO; stride 1 with the explicit-kernel VJP."""
     strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
-    if USE_CUSTOM_VJP and strides == (1, 1):
+    if custom_vjp_enabled() and strides == (1, 1):
         return _conv_same(x, w, padding)
     return _conv_plain(x, w, strides, padding)
 
@@ -148,7 +170,7 @@ _upsample_fused.defvjp(_upsample_fwd, _upsample_bwd)
 
 def upsample_nearest2x(x: jnp.ndarray) -> jnp.ndarray:
     """F.interpolate(scale_factor=2, mode='nearest') on NHWC."""
-    return _upsample_fused(x) if USE_CUSTOM_VJP else _upsample_plain(x)
+    return _upsample_fused(x) if custom_vjp_enabled() else _upsample_plain(x)
 
 
 def _avg_pool_plain(x):
@@ -187,7 +209,7 @@ _avg_pool_fused.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 
 def avg_pool2x(x: jnp.ndarray) -> jnp.ndarray:
     """F.avg_pool2d(kernel_size=2, stride=2) on NHWC (odd sizes floor, like PyTorch)."""
-    return _avg_pool_fused(x) if USE_CUSTOM_VJP else _avg_pool_plain(x)
+    return _avg_pool_fused(x) if custom_vjp_enabled() else _avg_pool_plain(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,5 +307,5 @@ def group_norm(
     compute them."""
     cfg = (int(num_groups), float(epsilon), jnp.dtype(dtype), bool(silu), scale_shift is not None)
     mod = tuple(scale_shift) if scale_shift is not None else ()
-    fn = _group_norm_fused if USE_CUSTOM_VJP else group_norm_reference
+    fn = _group_norm_fused if custom_vjp_enabled() else group_norm_reference
     return fn(cfg, x, gamma, beta, mod)

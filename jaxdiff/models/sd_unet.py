@@ -213,7 +213,7 @@ class DownBlock(Levels):
         cfg = dict(self.config)
         out, skips = cfg["block_out_channels"][self.level], []
         for j in range(cfg["layers_per_block"][self.level]):
-            h = self.resnet(out, f"resnets_{j}")(h, emb, det)
+            h = self.resnet(out, f"resnets_{j}")(h, emb, deterministic=det)
             if self.has_attention:
                 h = self.transformer(self.level, f"attentions_{j}")(h, context)
             skips.append(h)
@@ -238,7 +238,7 @@ class UpBlock(Levels):
         out = cfg["block_out_channels"][self.level]
         for j in range(cfg["layers_per_block"][self.level] + 1):
             h = jnp.concatenate([h, skips.pop()], axis=-1)
-            h = self.resnet(out, f"resnets_{j}")(h, emb, det)
+            h = self.resnet(out, f"resnets_{j}")(h, emb, deterministic=det)
             if self.has_attention:
                 h = self.transformer(self.level, f"attentions_{j}")(h, context)
         if self.add_upsample:
@@ -253,9 +253,9 @@ class MidBlock(Levels):
     def __call__(self, h, emb, context, det=True):
         cfg = dict(self.config)
         ch, scale, last = cfg["block_out_channels"][-1], cfg["mid_block_scale_factor"], -1
-        h = self.resnet(ch, "resnets_0", scale)(h, emb, det)
+        h = self.resnet(ch, "resnets_0", scale)(h, emb, deterministic=det)
         h = self.transformer(len(cfg["block_out_channels"]) + last, "attentions_0")(h, context)
-        return self.resnet(ch, "resnets_1", scale)(h, emb, det)
+        return self.resnet(ch, "resnets_1", scale)(h, emb, deterministic=det)
 
 
 def _conv(features, kernel, name, dtype, param_dtype):

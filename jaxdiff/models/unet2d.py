@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdiff.models import remat
 from jaxdiff.models.layers import (
     TORCH_INIT,
     GroupNorm,
@@ -131,7 +132,9 @@ class ResnetBlock2D(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, temb, deterministic=True):
+    def __call__(self, x, temb, skip=None, *, deterministic=True):
+        if skip is not None:  # the decoder's skip joined inside the (rematerialised) block
+            x = jnp.concatenate([x, skip], axis=-1)
         dt, pdt, out = self.dtype, self.param_dtype, self.out_channels
         gn = dict(num_groups=self.groups, epsilon=self.eps, dtype=dt, param_dtype=pdt)
         h = conv3x3(out, "conv1", dt, pdt)(GroupNorm(**gn, name="norm1")(x, silu=True))
@@ -216,20 +219,25 @@ class Blocks(nn.Module):
     config: tuple
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"  # remat.REMAT_MODES
 
     def resnet(self, out, name, scale=1.0):
         cfg = dict(self.config)
         shift = cfg["resnet_time_scale_shift"] == "scale_shift"
         groups, eps, p = cfg["norm_num_groups"], cfg["norm_eps"], cfg["dropout"]
         pdt = self.param_dtype
-        return ResnetBlock2D(out, groups, eps, shift, scale, p, self.dtype, pdt, name=name)
+        block = ResnetBlock2D(out, groups, eps, shift, scale, p, self.dtype, pdt, name=name)
+        return lambda h, emb, det, *skip: remat.call(
+            block, self.remat, h, emb, *skip, deterministic=det
+        )
 
     def attn(self, ch, name, groups="resnet", scale=1.0):
         cfg = dict(self.config)
         groups = cfg["norm_num_groups"] if groups == "resnet" else groups
         hd = cfg["attention_head_dim"] or ch
         eps, pdt = cfg["norm_eps"], self.param_dtype
-        return Attention(hd, groups, eps, scale, self.dtype, pdt, name=name)
+        block = Attention(hd, groups, eps, scale, self.dtype, pdt, name=name)
+        return lambda h: remat.call(block, self.remat, h)
 
 
 class DownBlock(Blocks):
@@ -264,8 +272,7 @@ class UpBlock(Blocks):
     @nn.compact
     def __call__(self, h, skips, emb, det=True):
         for j in range(dict(self.config)["layers_per_block"] + 1):
-            h = jnp.concatenate([h, skips.pop()], axis=-1)
-            h = self.resnet(self.out_channels, f"resnets_{j}")(h, emb, det)
+            h = self.resnet(self.out_channels, f"resnets_{j}")(h, emb, det, skips.pop())
             if self.has_attention:
                 h = self.attn(self.out_channels, f"attentions_{j}")(h)
         if self.add_upsample:
@@ -296,13 +303,14 @@ class UNet2D(nn.Module):
     config: tuple  # normalize_config(...) as sorted (key, value) pairs: hashable
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"  # remat.REMAT_MODES
 
     @nn.compact
     def __call__(self, x, t, y=None, *, train: bool = False):
         cfg = dict(self.config)
         dt, pdt, wdt, det = self.dtype, self.param_dtype, wide(self.dtype), not train
         boc, n_levels = cfg["block_out_channels"], len(cfg["block_out_channels"])
-        blocks = dict(config=self.config, dtype=dt, param_dtype=pdt)
+        blocks = dict(config=self.config, dtype=dt, param_dtype=pdt, remat=self.remat)
 
         if x.ndim != 4 or x.shape[-1] != cfg["in_channels"]:
             raise ValueError(f"unet2d: x must be (B, H, W, {cfg['in_channels']}), got {x.shape}")
@@ -350,9 +358,9 @@ class UNet2D(nn.Module):
         return conv3x3(cfg["out_channels"], "conv_out", wdt, pdt)(h)
 
 
-def build(model_config: dict, dtype: Dtype = jnp.float32) -> UNet2D:
+def build(model_config: dict, dtype: Dtype = jnp.float32, remat_mode: str = "none") -> UNet2D:
     cfg = normalize_config(model_config)
-    return UNet2D(tuple(sorted(cfg.items())), dtype=dtype)
+    return UNet2D(tuple(sorted(cfg.items())), dtype=dtype, remat=remat.check_remat(remat_mode))
 
 
 def example_inputs(model_config: dict, batch: int = 1):
