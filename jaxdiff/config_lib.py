@@ -143,6 +143,10 @@ def base_config(task: str = "box") -> ml_collections.ConfigDict:
     c.task = tasks.get_task(task)
 
     c.model = "demo"  # converted checkpoint folder (python -m convert_weights), or "demo"
+    # block rematerialisation of the network (jaxdiff/models/remat.py): "blocks" recomputes each
+    # block's activations in the backward pass (about 0.6x the gradient methods' memory per
+    # image); changes no number
+    c.remat = "none"
     c.data = "demo"  # image folder, or "demo" (the demo prior's held-out photos)
     c.num_images = 0  # the first N images of the folder (sorted by name); 0 = all
     # a named list of jaxdiff.images, e.g. "ffhq_dps_1k" (the DPS paper's FFHQ split)

@@ -37,6 +37,7 @@ from jaxdiff.errors import ConfigError
 from jaxdiff.operators import get_noise, get_operator
 from jaxdiff.samplers import SAMPLERS, get_sampler
 from jaxdiff.samplers.base import Range, check_range
+from jaxdiff.samplers.loop import progress_interval
 
 log = logging.getLogger("jaxdiff.experiment")
 
@@ -144,7 +145,7 @@ def measurement_as_image(y, image_shape, resize: str = "cubic"):
     return y
 
 
-def _sampler_method(config, model, meta, operator, noise, image_shape) -> Method:
+def _sampler_method(config, model, meta, operator, noise, image_shape, progress=False) -> Method:
     from jaxdiff.models import model_fn
 
     name = config.method
@@ -158,6 +159,8 @@ def _sampler_method(config, model, meta, operator, noise, image_shape) -> Method
     if "sigma" in opts:
         raise ValueError("sampler.options.sigma: set sampler.hparams.sigma instead (traced)")
     make = get_sampler(name)
+    if progress:  # about 50 host callbacks per pass (samplers/loop.py)
+        opts.setdefault("progress_every", progress_interval(schedule.num_steps))
     if "guide" in make.needs:  # SDEdit, Tweedie: start from an image made from the measurement
         opts.setdefault("guide", lambda op_params, y: measurement_as_image(y, image_shape))
     sample = make(
@@ -298,15 +301,16 @@ class Experiment:
         return one
 
 
-def build(config, *, loaded=None) -> Experiment:
+def build(config, *, loaded=None, progress: bool = False) -> Experiment:
     """Everything a run needs, from a config (see jaxdiff.config_lib.base_config).
 
-    `loaded=(model_dir, model, params, meta)` reuses an already loaded model (the demo)."""
+    `loaded=(model_dir, model, params, meta)` reuses an already loaded model (the demo);
+    `progress` adds a per-step progress bar from inside the sampler's scan."""
     if loaded is None:
         from jaxdiff.models import load_pretrained
 
         model_dir = resolve_model_dir(config.model)
-        model, params, meta = load_pretrained(model_dir)
+        model, params, meta = load_pretrained(model_dir, remat=config.get("remat", "none"))
     else:
         model_dir, model, params, meta = loaded
     size = model_image_size(meta)
@@ -326,7 +330,7 @@ def build(config, *, loaded=None) -> Experiment:
     if name == "measurement":
         method = _measurement_method(shape)
     elif name in SAMPLERS:
-        method = _sampler_method(config, model, meta, operator, noise, shape)
+        method = _sampler_method(config, model, meta, operator, noise, shape, progress)
     else:
         try:
             method = _baseline_method(config, operator, float(task.get("sigma", 0.0)), shape)

@@ -150,21 +150,6 @@ def _cell(s, fid: bool = False, lpips_in_cell: bool = False) -> str:
     return " / ".join(out)
 
 
-def summary_line(s: dict) -> str:
-    """One run's headline with the digits the table carries (never 16-digit floats)."""
-    m = s["metrics"]
-    parts = [
-        f"{k.upper()} {'n/a' if m[k]['mean'] is None else format(m[k]['mean'], f'.{DIGITS[k]}f')}"
-        for k in METRICS
-    ]
-    sm = _set_metrics(s)
-    if sm.get("fid") is not None:
-        parts.append(f"FID {sm['fid']:.2f}, KID {sm['kid']:.4f}")
-    else:
-        parts.append(sm.get("missing") or sm.get("note") or "FID/KID n/a")
-    return f"{s['method']}/{s['task']}: {s['num_images']} images, " + ", ".join(parts)
-
-
 def markdown(t: dict) -> str:
     cells = t["cells"]
     head = "| method | " + " | ".join(t["tasks"]) + " |"

@@ -26,6 +26,7 @@ import numpy as np
 from jaxdiff import data as jdata
 from jaxdiff.errors import ConfigError
 from jaxdiff.experiment import Experiment, build
+from jaxdiff.exports import write_results_csv
 from jaxdiff.images import Images, decode, list_entries, load_share
 from jaxdiff.metrics.distribution import (
     MISSING,
@@ -126,7 +127,8 @@ def run(
     t_start = time.perf_counter()
     validate_config(config)
     cfg = config_dict(config)
-    exp = exp or build(config)  # model, task, method, respacing: errors before any write
+    # model, task, method, respacing: errors before any write
+    exp = exp or build(config, progress=progress)
     image_list = config.get("image_list", "")
     if images is None:
         local, names, skipped = load_share(
@@ -161,6 +163,7 @@ def run(
             truth = decode([by_name[n] for n in names], exp.image_size)
         summary["set_metrics"] = _set_metrics(config, workdir, exp, truth, scorer, job)
         write_summary(workdir, summary)
+        write_results_csv(workdir)  # one row per image, beside results.jsonl
         if config.output.save_images and config.output.figure_images:
             shown = store.ordered()[: config.output.figure_images]
             write_figure(workdir, [r["image"] for r in shown], job.stems)

@@ -60,6 +60,8 @@ def headline(s: dict) -> str:
     sm = s.get("set_metrics") or {}
     if sm.get("missing"):
         fid = sm["missing"]
+    elif sm.get("fid") is None and sm.get("note"):  # e.g. "not computable: 1 image"
+        fid = f"FID/KID {sm['note']}"
     else:
         fid = ", ".join(
             f"{k.upper()} {'n/a' if sm.get(k) is None else f'{sm[k]:{fmt}}'}"

@@ -169,7 +169,8 @@ def run_sweep(
         raise ConfigError(f"--metric {metric!r}: known {', '.join(METRICS)}")
     validate_config(config)  # as the driver: seed, counts, metrics
     config = prepare_config(config, axes)
-    exp = exp or build(config)  # also checks the config's own hparams against their ranges
+    # also checks the config's own hparams against their ranges
+    exp = exp or build(config, progress=progress)
     exp.check_hparams(axes, "--sweep")
     points = grid_points(axes)
     workdir = pathlib.Path(workdir)

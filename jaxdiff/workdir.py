@@ -31,7 +31,7 @@ CONFIG, RESULTS, SUMMARY_JSON, SUMMARY_MD, FIGURE = (
     "figure.png",
 )
 # Config entries that do not change any image's result: a restart may change them.
-_NOT_FINGERPRINTED = ("num_images", "batch_size", "output")
+_NOT_FINGERPRINTED = ("num_images", "batch_size", "output", "remat")  # remat: memory only
 # metrics.* entries of the set-level FID/KID (computed at the end of every run, never per image)
 SET_METRIC_KEYS = ("inception", "fid_sqrtm", "kid_subsets", "kid_subset_size", "reference_stats")
 

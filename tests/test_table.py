@@ -202,12 +202,14 @@ def test_tensorboard_logging_of_a_run(tmp_path, monkeypatch):
         exports.tensorboard_writer(tmp_path / "tb")
 
 
-def test_summary_line_prints_the_digits_of_the_table(tmp_path):
+def test_the_headline_prints_the_digits_of_the_table(tmp_path):
+    from jaxdiff.summary import headline
+
     run = _fake_run(tmp_path, "dps", "box", 20.123456789, 0.71234567, 0.21234567)
     s = json.loads((run / SUMMARY_JSON).read_text())
     s["set_metrics"] = {"fid": 65.9712345, "kid": 0.0123456789}
-    assert report.summary_line(s) == (
-        "dps/box: 2 images, PSNR 20.12, SSIM 0.712, LPIPS 0.212, FID 65.97, KID 0.0123"
+    assert headline(s) == (
+        "dps/box: 2 images, PSNR 20.12 dB, SSIM 0.712, LPIPS 0.212; FID 65.97, KID 0.01235"
     )
     s["set_metrics"] = {"fid": None, "kid": None, "note": "not computable: 1 image"}
-    assert report.summary_line(s).endswith("LPIPS 0.212, not computable: 1 image")
+    assert headline(s).endswith("LPIPS 0.212; FID/KID not computable: 1 image")

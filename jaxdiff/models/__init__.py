@@ -82,13 +82,13 @@ def check_params(arch: str, model_config: dict, params, what: str = "params") ->
 
 
 def load_pretrained(
-    path, dtype=None, *, preset: str | None = None, config=None
+    path, dtype=None, *, preset: str | None = None, config=None, remat: str = "none"
 ) -> tuple[nn.Module, dict, dict]:
     """(model, params, meta) from a folder written by `convert_weights` (jaxdiff.checkpoint), or
     from a checkpoint not converted yet: a guided-diffusion `.pt`/`.pth`/`.bin` or a diffusers
     UNet2DModel folder, converted in memory with the converter's checks (jaxdiff.convert), where
     `preset` / `config` are the converter's --preset / --config (for an ADM file whose network
-    the weights alone do not determine; the error says so).
+    the weights alone do not determine; the error says so). `remat` is build_model's.
 
     The parameter tree is checked against the architecture in the sidecar, so a folder whose
     weights and config disagree fails here with every mismatching name, not inside a sampler.
@@ -109,7 +109,7 @@ def load_pretrained(
         )
     config = meta["model_config"]
     check_params(arch, config, params, what=str(path))
-    model = build_model(arch, config, dtype=jnp.float32 if dtype is None else dtype)
+    model = build_model(arch, config, dtype=jnp.float32 if dtype is None else dtype, remat=remat)
     return model, params, meta
 
 
