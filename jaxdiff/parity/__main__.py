@@ -2,7 +2,8 @@
 
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
-`<method>_*.npz` -> parity.<method> (ddpm, dps, ddim, ddrm, ddnm, pigdm, reddiff, diffpir, daps),
+`<method>_*.npz` -> parity.<method> (ddpm, dps, ddim, ddrm, ddnm, pigdm, reddiff, diffpir, daps,
+dmps),
 `fid*.npz` -> parity.fid, `operators*.npz` -> parity.operators, `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
 in the sidecar is converted from beside the fixture when it is there.
@@ -32,6 +33,7 @@ ROUTES = (
     ("reddiff_*.npz", "reddiff"),
     ("diffpir_*.npz", "diffpir"),
     ("daps_*.npz", "daps"),
+    ("dmps_*.npz", "dmps"),
     ("fid*.npz", "fid"),
     ("operators*.npz", "operators"),
     ("*_io.npz", "models"),

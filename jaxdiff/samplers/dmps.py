@@ -63,7 +63,8 @@ def make_dmps(
 
     y in the operator's output layout (`operator.svd.y_shape`). replay: {"x_T": (H,W,C),
     "noise": (K,H,W,C)} (the last step's draw is multiplied by zero). The trajectory records
-    x0_hat, eps, x_prev (the ancestral sample) and score (g above, at the point it is taken).
+    x0_hat, eps, mean, log_variance, x_prev (the ancestral sample) and score (g above, at the
+    point it is taken).
     """
     svd = operator.svd
     shape = resolve_image_shape(image_shape, operator, None, "dmps")
@@ -106,7 +107,14 @@ def make_dmps(
             x_prev = ancestral(pmv, k, z)
             g = score(x_prev if official else x, abar_t[k])
             x_next = x_prev + scale * g * step_t[k]
-            record = {"x0_hat": pmv["x0"], "eps": pmv["eps"], "x_prev": x_prev, "score": g}
+            record = {
+                "x0_hat": pmv["x0"],
+                "eps": pmv["eps"],
+                "mean": pmv["mean"],
+                "log_variance": pmv["log_variance"],
+                "x_prev": x_prev,
+                "score": g,
+            }
             return x_next.astype(dtype), state, record
 
         return chain(step, x_T, steps, key=k_loop, replay=replay, loop=loop, label="dmps")
