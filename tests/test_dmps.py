@@ -38,7 +38,10 @@ def _check(r):
 def test_parity(fixtures_dir, name):
     """Every recorded state of the official chain (x_t, x_prev, x0_hat, score, eps) per step
     within the README's rule (3x the reference's float32-vs-float64 level)."""
-    _check(_replay(fixtures_dir, name))
+    r = _replay(fixtures_dir, name)
+    _check(r)
+    if name == "dmps_deblur_gauss":  # chaotic: checked step by step from the reference's inputs
+        assert "x_t_teacher_forced" in r["arrays"] and r["chain_beyond_float32_horizon"]
 
 
 @pytest.mark.slow

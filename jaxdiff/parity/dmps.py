@@ -9,7 +9,11 @@ feeds x_T and the per-step draws back, and compares every recorded state per ste
 
 Rule per array (tests/fixtures/dmps/README.txt): |got - ref| <= atol + rtol * max|ref| with
 atol = 3x the reference's own float32-vs-float64 difference (sidecar "f64_replay"), rtol = 2e-6
-(float32 rounding of the largest entry), and never looser than 1e-3 * max(1, max|ref|).
+(float32 rounding of the largest entry), and never looser than 1e-3 * max(1, max|ref|). Where
+the reference's own float32 chain already leaves that cap on some state (3x its float64 level
+above it: a chaotic chain, e.g. deblurring at 10 steps), no float32 port can follow the whole
+chain; every state is then checked one step at a time from the reference's own input state and
+draw (`teacher_forced`) within the cap, and the whole-chain errors are reported, not gating.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion import make_schedule
+from jaxdiff.diffusion.schedule import Schedule
 from jaxdiff.operators import official_svd as off
 from jaxdiff.parity.common import model_anchor, nchw_to_nhwc, report, sidecar
 from jaxdiff.parity.ddpm import load_model, run_dtype
@@ -30,6 +35,16 @@ from jaxdiff.samplers import batched, get_sampler
 RTOL = 2e-6  # float32 rounding of the largest entry
 CAP = 1e-3  # never looser than CAP * max(1, max|ref|)
 ATOL_OP = 1e-5  # operator probes (|values| ~ 1-10)
+# fixture array -> trajectory record of the dmps sampler
+CHAIN = {
+    "x_t": "x",
+    "x_prev": "x_prev",
+    "x0_hat": "x0_hat",
+    "score": "score",
+    "eps": "eps",
+    "mean": "mean",
+    "log_variance": "log_variance",
+}
 
 
 def rule(got, want, f64_level: float = 0.0, per_step: bool = False) -> dict:
@@ -133,36 +148,50 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         fn, params, _ = load_model(
             model_anchor(npz_path, "adm_tiny"), model_dir, "adm_tiny", jdtype
         )
-        sample = get_sampler("dmps")(
-            fn, sched, operator=op, image_shape=shape, dtype=jdtype, keep_trajectory=True,
-            official=True, clip_denoised=bool(dc.get("clip_denoised", True)),
-            scale=scale, sigma=sigma,
-        )  # fmt: skip
-        sw = lambda a: np.swapaxes(np.asarray(a), 0, 1)  # noqa: E731  (T, B) <-> (B, T)
-        rep = {
-            "x_T": jnp.asarray(x_T, jdtype),
-            "noise": jnp.asarray(sw(nchw_to_nhwc(npz["noise"])), jdtype),
-        }
-        keys = jax.random.split(jax.random.key(0), b)
         y = jnp.asarray(npz["y"], jdtype)
-        res = jax.jit(batched(sample, shared_op_params=True))(params, keys, y, op_params, None, rep)
+        keys = jax.random.split(jax.random.key(0), b)
+        sw = lambda a: np.swapaxes(np.asarray(a), 0, 1)  # noqa: E731  (T, B) <-> (B, T)
+        noise = sw(nchw_to_nhwc(npz["noise"]))  # (B, T, H, W, C)
+
+        def run(schedule, start, draws):
+            sample = get_sampler("dmps")(
+                fn, schedule, operator=op, image_shape=shape, dtype=jdtype,
+                keep_trajectory=True, official=True, scale=scale, sigma=sigma,
+                clip_denoised=bool(dc.get("clip_denoised", True)),
+            )  # fmt: skip
+            rep = {"x_T": jnp.asarray(start, jdtype), "noise": jnp.asarray(draws, jdtype)}
+            return jax.jit(batched(sample, shared_op_params=True))(
+                params, keys, y, op_params, None, rep
+            )
+
+        res = run(sched, x_T, noise)
         traj = jax.tree.map(sw, res.trajectory)
+        want = {name: nchw_to_nhwc(npz[name]) for name in CHAIN}
+        # where the reference's own float32 chain already leaves the cap on some state (a
+        # chaotic chain), every state is checked one step at a time from the reference's inputs
+        beyond = [n for n in CHAIN if 3 * level(n) > CAP * max(1.0, np.abs(want[n]).max())]
+        forced = teacher_forced(run, sched, x_T, want["x_t"], noise) if beyond else None
+        beyond = list(CHAIN) if beyond else []
         x0 = jnp.asarray(nchw_to_nhwc(npz["x0"]), jdtype)
         y_clean = jax.vmap(lambda x: svd.H(op_params, x))(x0)
     arrays["y_clean"] = rule(y_clean, npz["y_clean"], level("y") / 3)
     arrays["y"] = rule(npz["y_clean"] + sigma * npz["y_noise"], npz["y"])
-    ref = {
-        "x_t": ("x", npz["x_t"]),
-        "x_prev": ("x_prev", npz["x_prev"]),
-        "x0_hat": ("x0_hat", npz["x0_hat"]),
-        "score": ("score", npz["score"]),
-        "eps": ("eps", npz["eps"]),
-        "mean": ("mean", npz["mean"]),
-        "log_variance": ("log_variance", npz["log_variance"]),
-    }
-    for name, (key, want) in ref.items():
-        arrays[name] = rule(traj[key], nchw_to_nhwc(want), level(name), per_step=True)
-    arrays["sample"] = rule(res.x0, nchw_to_nhwc(npz["sample"]), level("x_t"))
+    horizon = {}
+    for name, key in CHAIN.items():
+        cmp = rule(traj[key], want[name], level(name), per_step=True)
+        if name in beyond:
+            horizon[name] = cmp
+            # the one-entry schedule of the last step lacks the variance that step 0's clipped
+            # log variance borrows from step 1 (unused there: no noise at the last step)
+            cut = slice(None, -1) if name == "log_variance" else slice(None)
+            tf = rule(forced[key][cut], want[name][cut], per_step=True)
+            tf["tol"] = CAP * max(1.0, tf["max_abs_ref"])
+            tf["pass"] = bool(tf["max_abs_err"] <= tf["tol"])
+            arrays[f"{name}_teacher_forced"] = tf
+        else:
+            arrays[name] = cmp
+    if "x_t" not in beyond:
+        arrays["sample"] = rule(res.x0, nchw_to_nhwc(npz["sample"]), level("x_t"))
     extra = {
         "dtype": dtype,
         "task": task,
@@ -171,8 +200,30 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         "scale": scale,
         "sigma": sigma,
         "diverged_at": np.asarray(res.diverged_at).tolist(),
+        # whole-chain comparisons of the arrays past the float32 horizon (not gating)
+        "chain_beyond_float32_horizon": horizon,
     }
     return report(npz_path, "dmps", arrays, **extra)
+
+
+def teacher_forced(run, sched, x_T, x_t_ref, noise) -> dict:
+    """Every step run alone from the reference's own input state (x_T, then x_t[i - 1]) with its
+    draw: a chain on the two-entry schedule [abar_{k-1}, abar_k] (or [abar_0]), whose last
+    entry's tables equal the full schedule's at k. Returns the step records, (T, B, ...)."""
+    n = sched.num_steps
+    records = []
+    for i in range(n):
+        k = n - 1 - i
+        idx = [k - 1, k] if k > 0 else [k]
+        sub = Schedule(
+            sched.alphas_cumprod[idx], sched.timestep_map[idx], sched.num_train_timesteps,
+            sched.variance_type, sched.convention, sched.train_alphas_cumprod,
+        )  # fmt: skip
+        start = x_T if i == 0 else x_t_ref[i - 1]
+        draws = np.repeat(noise[:, i : i + 1], len(idx), axis=1)
+        step = run(sub, start, draws).trajectory
+        records.append(jax.tree.map(lambda a: np.asarray(a)[:, 0], step))
+    return jax.tree.map(lambda *a: np.stack(a), *records)
 
 
 def _exact(got, want) -> dict:
