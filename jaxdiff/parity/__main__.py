@@ -2,9 +2,9 @@
 
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
-`<method>_*.npz` -> parity.<method> (ddpm, dps, ddim, ddrm, ddnm, pigdm, reddiff, diffpir, daps),
-`fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` -> parity.operators,
-`*_io.npz` -> parity.models.
+`<method>_*.npz` -> parity.<method> (ddpm, dps, ddim, ddrm, ddnm, pigdm, reddiff, diffpir, daps,
+dmps), `fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` ->
+parity.operators, `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
 in the sidecar is converted from beside the fixture when it is there.
 Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage (a missing file, a file
@@ -34,6 +34,7 @@ ROUTES = (
     ("reddiff_*.npz", "reddiff"),
     ("diffpir_*.npz", "diffpir"),
     ("daps_*.npz", "daps"),
+    ("dmps_*.npz", "dmps"),
     ("fid*.npz", "fid"),
     ("latent*.npz", "latent"),
     ("operators*.npz", "operators"),

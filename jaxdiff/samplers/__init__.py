@@ -28,6 +28,7 @@ from jaxdiff.samplers import (  # noqa: F401
     ddpm,
     ddrm,
     diffpir,
+    dmps,
     dps,
     pigdm,
     reddiff,
