@@ -10,7 +10,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 TREE = ("README.md", "setup.py", "jaxdiff", "configs", "scripts", "tests", "docs")
 TREE += ("convert_weights",)
 SUFFIXES = {".py", ".md", ".ipynb", ".txt", ".toml", ".cfg", ".yaml", ".json"}
-SKIP = ("jaxdiff/assets/",)  # the demo prior's checkpoint files, written by orbax
+SKIP = (
+    "jaxdiff/assets/",  # the demo prior's checkpoint files, written by orbax
+    "tests/fixtures/latent/sd_tiny/tokenizer/",  # the CLIP vocabulary: words, not prose
+)
 # An upstream repository's issue ("DPS issue #6", "wyhuai/DDNM issue #12") carries '#'; this
 # project's own tracker does not belong in its docs, nor who wrote what, nor where.
 FORBIDDEN = {
