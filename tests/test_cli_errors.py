@@ -111,7 +111,7 @@ def test_reproduce_bad_input(tmp_path, busy_port):
 def test_sweep_bad_input(tmp_path):
     w = f"--workdir={tmp_path / 'w'}"
     cases = {
-        "values must be numbers": [
+        "one hyperparameter per --sweep": [
             "--config=configs/dps.py:box",
             "--sweep=eta:0.5,1,eta_b:0.5",
             w,

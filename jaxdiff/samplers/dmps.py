@@ -45,6 +45,9 @@ CLIP = 1e-16  # the official np.clip of alpha and alpha-bar to [1e-16, 1 - 1e-16
     "dmps",
     needs=("operator", "linear", "svd", "measurement"),
     hparams={"scale": 1.75, "sigma": None},
+    # scale 0 is the unguided prior; sigma is the measurement noise on the [-1, 1] scale, as
+    # for the other methods that take it
+    ranges={"scale": "[0, 100]", "sigma": "[0, 2]"},
 )
 def make_dmps(
     model_fn,
