@@ -198,7 +198,7 @@ def test_config_presets():
         c = cfg.get_config(name)
         assert (c.method, c.sampler.respacing, c.sampler.hparams.eta) == (
             "ddnm_plus",
-            "skip100",
+            "ddnm100",
             0.85,
         )
         assert c.sampler.options.official is False
