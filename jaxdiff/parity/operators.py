@@ -276,3 +276,33 @@ def replay(npz_path, model_dir=None, n_keys: int = N_KEYS, blur_methods=("fft", 
     if not arrays:
         arrays["nothing_compared"] = _check(False, arrays=sorted(names))
     return report(npz_path, "operators", arrays)
+
+
+def reddiff_operator(fx: Fixture, deg: str, shape, b: int):
+    """The official RED-diff / PiGDM H_function of `deg` (utils/degredations.py) from the stored
+    pieces: (official_svd.OfficialOperator, op_params with a leading batch axis b or {} when
+    shared, project_observed: the in2 branch). H_pinv passes a zero singular's coordinate
+    through (pinv_zero="pass")."""
+    import re
+
+    from jaxdiff.operators import official_svd as off
+
+    shape = tuple(shape)
+    if deg.startswith("in2"):
+        mask = fx.nhwc("mask").astype(np.float32)[:b]
+        return off.OfficialOperator(off.OfficialMaskedInpainting(shape)), {"mask": mask}, True
+    if deg.startswith("inp"):
+        params = index_sets(fx, shape)
+        n_kept = params["kept_indices"].shape[-1]
+        svd = off.OfficialInpainting(shape, n_kept, interleaved=False, pinv_zero="pass")
+        return off.OfficialOperator(svd), {k: v[:b] for k, v in params.items()}, False
+    pieces = [fx[k] for k in ("U_small", "V_small", "singulars_small")]
+    if deg.startswith("deblur"):
+        u, v, s = pieces
+        svd = off.OfficialDeblurring(shape, u, v, s, fx["perm"], tiled=True, pinv_zero="pass")
+        return off.OfficialOperator(svd), {}, False
+    m = re.fullmatch(r"sr(\d+)", deg)
+    if m:
+        svd = off.OfficialSuperResolution(shape, int(m.group(1)), *pieces, pinv_zero="pass")
+        return off.OfficialOperator(svd), {}, False
+    raise ValueError(f"{fx.path}: no official RED-diff operator for deg {deg!r}")
