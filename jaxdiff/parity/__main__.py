@@ -5,7 +5,10 @@ max abs / relative error, per step for trajectories, pass/fail). Dispatch on the
 `<method>_*.npz` -> parity.<method> (ddpm, dps, ddim, ddrm, ddnm, pigdm, reddiff, diffpir, daps),
 `fid*.npz` -> parity.fid, `operators*.npz` -> parity.operators, `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
-in the sidecar is converted from beside the fixture when it is there.
+in the sidecar is converted from beside the fixture when it is there. A .npz that is not a
+trajectory fixture (no replay for its name, or none of its kind's arrays: operator probes beside
+the trajectories) prints a line with "skipped" and the reason, so a whole folder replays with one
+glob. The closing note (stderr) gives, per kind, the worst state (trajectory) error and its rule.
 Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage.
 """
 
@@ -21,6 +24,7 @@ import sys
 import traceback
 
 from jaxdiff.data import json_default
+from jaxdiff.parity.common import NotAFixture
 
 ROUTES = (
     ("ddpm_*.npz", "ddpm"),
@@ -43,6 +47,8 @@ def route(path: pathlib.Path) -> str:
         if fnmatch.fnmatch(path.name, pattern):
             return module
     known = ", ".join(p for p, _ in ROUTES)
+    if path.suffix == ".npz" and path.is_file():
+        raise NotAFixture(f"no replay for this file name (fixture names: {known})")
     raise ValueError(f"{path}: unknown fixture kind (file names: {known})")
 
 
@@ -58,6 +64,24 @@ def run_one(path: pathlib.Path, model_dir: str | None, float64: bool) -> dict:
     return module.replay(path, model_dir, **kwargs)
 
 
+def worst_states(results: list[dict]) -> dict:
+    """Per kind: the trajectory array (compared per step) closest to its tolerance."""
+    worst = {}
+    for r in results:
+        for name, a in r.get("arrays", {}).items():
+            if "per_step_max_abs_err" not in a or "tol" not in a:
+                continue
+            ratio = a["max_abs_err"] / a["tol"] if a["tol"] > 0 else float(a["max_abs_err"] > 0)
+            kind = r.get("kind", "?")
+            if kind not in worst or ratio > worst[kind]["err/tol"]:
+                rule = {k: a[k] for k in ("atol", "rtol", "f64_replay_x3") if k in a}
+                worst[kind] = {
+                    "file": r["file"], "array": name, "max_abs_err": a["max_abs_err"],
+                    "max_rel_err": a.get("max_rel_err"), "tol": a["tol"], "err/tol": ratio, **rule,
+                }  # fmt: skip
+    return worst
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxdiff.parity", description=__doc__)
     parser.add_argument("files", nargs="+", help="fixture .npz files")
@@ -65,17 +89,23 @@ def main(argv=None) -> int:
     parser.add_argument("--float64", action="store_true", help="replay in float64 (x64 mode)")
     parser.add_argument("--traceback", action="store_true", help="print tracebacks of errors")
     args = parser.parse_args(argv)
-    ok = True
+    ok, results = True, []
     for name in args.files:
         path = pathlib.Path(name)
         try:
             result = run_one(path, args.model, args.float64)
+        except NotAFixture as e:
+            print(json.dumps({"file": str(path), "pass": None, "skipped": str(e)}), flush=True)
+            continue
         except Exception as e:  # one line per file, whatever happened
             if args.traceback:
                 traceback.print_exc()
             result = {"file": str(path), "pass": False, "error": f"{type(e).__name__}: {e}"}
         ok &= bool(result.get("pass", False))
+        results.append(result)
         print(json.dumps(result, default=json_default), flush=True)
+    for kind, w in worst_states(results).items():
+        print(f"worst state, {kind}: " + json.dumps(w, default=json_default), file=sys.stderr)
     return 0 if ok else 1
 
 
