@@ -39,6 +39,8 @@ def get_config(arg: str | None = None):
     c.method = "ddnm_plus" if c.task.sigma > 0 else "ddnm"
     c.sampler.respacing = RESPACING
     c.sampler.options.official = False  # True: the official noise step without V^T (parity)
+    c.sampler.options.travel_length = 1  # celeba_hq.yml time_travel: off (repeat 1)
+    c.sampler.options.travel_repeat = 1
     c.sampler.hparams.eta = ETA
     # ddnm_plus: hparams.sigma (the paper's sigma_y) defaults to the task's noise sigma (traced)
     return c

@@ -80,11 +80,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     travel = cfg.get("time_travel", {})
     n_steps = int(travel.get("T_sampling", task.get("num_steps")))
     n_train = int(cfg["diffusion"]["num_diffusion_timesteps"])
-    walk = ddnm_walk(
-        n_steps, n_train, int(travel.get("travel_length", 1)), int(travel.get("travel_repeat", 1))
-    )
-    if any(j > i for i, j in walk):
-        raise ValueError(f"{fx.path}: time travel (travel_repeat > 1) is not in the ddnm sampler")
+    tt = {k: int(travel.get(k, 1)) for k in ("travel_length", "travel_repeat")}
+    walk = ddnm_walk(n_steps, n_train, tt["travel_length"], tt["travel_repeat"])
+    up = np.array([j > i for i, j in walk])  # time-travel pairs: no model call, NaN rows
     sigma_y = float(fx["sigma_y"])
     x_T = fx.nhwc("x_T")
     b, shape = x_T.shape[0], x_T.shape[1:]
@@ -97,9 +95,14 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         )
         fx.exact("t", [i for i, _ in walk])
         fx.exact("t_next", [j for _, j in walk])
-        for name, table in (("at", "alphas_cumprod"), ("at_next", "alphas_cumprod_prev")):
-            fx.check(name, sched.tables[table][::-1].astype(np.float32), 1e-6)
-        sigma_t = np.sqrt(1 - sched.tables["alphas_cumprod_prev"][::-1])
+        fx.exact("travel", up)
+        abar = dict(zip(sched.timestep_map, sched.tables["alphas_cumprod"]))
+        abar[-1] = 1.0
+        at = np.where(up, np.nan, [abar[i] for i, _ in walk]).astype(np.float32)
+        at_next = np.array([abar[j] for _, j in walk], np.float32)
+        fx.check("at", at, 1e-6)
+        fx.check("at_next", at_next, 1e-6)
+        sigma_t = np.where(up, np.nan, np.sqrt(1 - at_next.astype(np.float64)))
         fx.check("sigma_t", sigma_t, 1e-6)
         eta = float(fx["eta"])
         fx.check("c1", sigma_t * eta, 1e-6)  # the DDIM noise / eps weights of ddnm_diffusion
@@ -110,6 +113,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         op = off.OfficialOperator(svd, op_params)
         fn, params, _ = fx.model("adm_tiny", model_dir)
         options = {"official": True, "lambda_singulars": lam_s} if plus else {}
+        options.update(tt if tt["travel_repeat"] > 1 else {})
         hp = {"eta": eta, **({"sigma": sigma_y} if plus else {})}
         sample = get_sampler("ddnm_plus" if plus else "ddnm")(
             fn, sched, operator=op, image_shape=shape, dtype=fx.jdtype, keep_trajectory=True,
@@ -124,7 +128,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         x0 = fx.jnp(fx.nhwc("x0"))
         y_clean = np.asarray(jax.vmap(lambda x: svd.H(op_params, x))(x0))
         if plus:
-            _coefficient_tables(fx, svd, op_params, lam_s, eta, sigma_y, shape)
+            _coefficient_tables(fx, svd, op_params, lam_s, eta, sigma_y, shape, at_next, up)
     small = lambda name: max(1.0, float(np.abs(fx.arrays.get(name, 0)).max()))  # noqa: E731
     fx.check("y_clean", y_clean, rtol=1e-5, scale=small("y_clean"))
     if {"y_clean", "y_noise"} <= set(fx.arrays):
@@ -157,7 +161,7 @@ def _max(levels):
     return None if levels is None else float(np.max(levels))
 
 
-def _coefficient_tables(fx: Fixture, svd, op_params, lam_s, eta, sigma_y, shape) -> None:
+def _coefficient_tables(fx: Fixture, svd, op_params, lam_s, eta, sigma_y, shape, at_next, up):
     """lambda / d1 / d2 per step from the sampler's own function, laid out as the fixture
     stores them (inpainting: every spectral entry; deblur: one per sorted position; SR: one per
     in-patch coefficient; denoising: the scalar factors, NaN where the official code had none)."""
@@ -169,14 +173,15 @@ def _coefficient_tables(fx: Fixture, svd, op_params, lam_s, eta, sigma_y, shape)
         sv = np.asarray(svd.singulars(op_params), np.float32)
         s[: sv.shape[0]] = sv
     inv = np.where(s > 0, 1.0 / np.where(s > 0, s, 1.0), 0.0).astype(np.float32)
-    at_next, dt = fx.jnp(fx["at_next"]), fx.jdtype
+    at_next, dt = fx.jnp(at_next), fx.jdtype
     lam, d1, d2 = jax.vmap(
         lambda an: ddnm_plus_coefficients(
             jnp.asarray(s, dt), jnp.asarray(inv, dt), jnp.sqrt(an),
             jnp.asarray(sigma_y, dt), jnp.sqrt(1 - an), jnp.asarray(eta, dt),
         )
     )(at_next)  # fmt: skip
-    lam, d1, d2 = (np.asarray(a) for a in (lam, d1, d2))
+    # NaN rows: the time-travel pairs, which compute no coefficients
+    lam, d1, d2 = (np.where(up[:, None], np.nan, np.asarray(a)) for a in (lam, d1, d2))
     if "lambda_factor" in fx:  # denoising: scalars; NaN = the branch without a factor
         for name, got in (("lambda_factor", lam[:, 0]), ("noise_factor", d1[:, 0])):
             want = fx.arrays[name]
