@@ -136,6 +136,14 @@ def f64_level(levels: dict | None, name: str):
     return None
 
 
+def f64_max(levels) -> float | None:
+    """The largest recorded float64-replay difference (nulls skipped); None without any."""
+    if levels is None:
+        return None
+    a = np.asarray(levels, np.float64).reshape(-1)
+    return float(np.nanmax(a)) if np.any(np.isfinite(a)) else None
+
+
 def compare(got, want, atol: float = 0.0, rtol: float = 0.0, *, per_step=False, scale=None,
             f64=None) -> dict:  # fmt: skip
     """|got - want| <= atol + rtol * scale, scale = max|want| (or `scale`); with `per_step`, per
@@ -157,7 +165,8 @@ def compare(got, want, atol: float = 0.0, rtol: float = 0.0, *, per_step=False, 
     tol = atol + rtol * np.asarray(scale, np.float64)
     out = {"atol": atol, "rtol": rtol}
     if f64 is not None:
-        floor = 3.0 * np.asarray(f64, np.float64)
+        # null / NaN where the official step computes nothing: no floor there
+        floor = np.nan_to_num(3.0 * np.asarray(f64, np.float64), nan=0.0)
         if floor.ndim and floor.shape[0] != steps:  # per-step levels of another layout
             floor = floor.max()
         tol = np.maximum(tol, floor)

@@ -26,7 +26,7 @@ import numpy as np
 from jaxdiff.diffusion import make_schedule
 from jaxdiff.diffusion.time_grids import ddnm_walk
 from jaxdiff.operators import official_svd as off
-from jaxdiff.parity.common import Fixture, f64_level, swap01
+from jaxdiff.parity.common import Fixture, f64_level, f64_max, swap01
 from jaxdiff.parity.operators import index_sets, svd_probes
 from jaxdiff.samplers import batched, get_sampler
 from jaxdiff.samplers.ddnm import ddnm_plus_coefficients
@@ -155,12 +155,8 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         fx.check("Lambda_noise_out", _flat(traj["noise_term"]), **rule, per_step=True, f64=lvl_x0)
     return fx.report(
         "ddnm", sampler="ddnm_plus" if plus else "ddnm", batch=b, eta=eta, sigma_y=sigma_y,
-        steps=n_steps, reference_f64_replay_max_abs_diff_x_t=_max(lvl_x),
+        steps=n_steps, reference_f64_replay_max_abs_diff_x_t=f64_max(lvl_x),
     )  # fmt: skip
-
-
-def _max(levels):
-    return None if levels is None else float(np.max(levels))
 
 
 def _coefficient_tables(fx: Fixture, svd, op_params, lam_s, eta, sigma_y, shape, at_next, up):

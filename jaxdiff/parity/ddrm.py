@@ -21,7 +21,7 @@ import numpy as np
 from jaxdiff.diffusion import space_timesteps
 from jaxdiff.diffusion.schedule import Schedule
 from jaxdiff.operators import official_svd as off
-from jaxdiff.parity.common import Fixture, f64_level, swap01
+from jaxdiff.parity.common import Fixture, f64_level, f64_max, swap01
 from jaxdiff.parity.operators import index_sets, svd_probes
 from jaxdiff.samplers import batched, get_sampler
 from jaxdiff.samplers.ddrm import initial_state
@@ -130,7 +130,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         rule = {"atol": ATOL_DENO, "rtol": 0.0}
     else:
         rule = {"atol": 0.0, "rtol": RTOL_X, "scale": small("x_t")}
-    fx.check("x_T", init_out["x_T"], **rule, nhwc=True, f64=_first(lvl_x))
+    fx.check("x_T", init_out["x_T"], **rule, nhwc=True, f64=f64_max(lvl_x[:1]) if lvl_x else None)
     for ours, theirs, lvl in (
         ("x", "x_t", lvl_x),
         ("x0_hat", "x0_t", lvl_x0),
@@ -151,14 +151,10 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     fx.skip("betas", "the official cumprod's input (the run uses the stored float32 at)")
     return fx.report(
         "ddrm", batch=b, eta=eta, eta_b=eta_b, sigma_0=sigma_0,
-        reference_f64_replay_max_abs_diff_x_t=max(lvl_x or [0]),
+        reference_f64_replay_max_abs_diff_x_t=f64_max(lvl_x),
     )  # fmt: skip
 
 
 def nhwc_shape(x0) -> tuple:
     """(H, W, C) of the fixture's NCHW images."""
     return tuple(np.moveaxis(np.asarray(x0), -3, -1).shape[1:])
-
-
-def _first(levels):
-    return None if levels is None else np.max(levels[:1])

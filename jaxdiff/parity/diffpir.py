@@ -139,7 +139,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32", teacher: bool = Tru
         lvl = None
     else:  # README pitfall 1: the official float32 prox; 3x its own float64-replay difference
         atol_x = 0.0
-        lvl = max(f64_level(f64, "x_t") + [f64_level(f64, "x_final")])
+        lvl = f64_max([f64_max(f64_level(f64, "x_t")), f64_max(f64_level(f64, "x_final"))])
     x_t_ref = fx.nhwc("x_t")[:kk]
     fx.check("x_t", traj["x"], atol_x, ref=x_t_ref, per_step=True, f64=lvl)
     fx.check("x_final", res.x0, atol_x, nhwc=True, f64=lvl)
@@ -158,7 +158,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32", teacher: bool = Tru
     for name in ("sigma", "sf", "y_clean", "y_noise", "x_final_recovered"):
         fx.skip(name, "the script's own bookkeeping (the run reads y, noise_level_img, kernel, sf)")
     extra = {"batch": b, "steps": int(grid.num_steps)}
-    extra["reference_f32_vs_f64_max_abs_x_t"] = max(f64.get("max_abs_diff_x_t_per_step", [0]))
+    extra["reference_f32_vs_f64_max_abs_x_t"] = f64_max(f64_level(f64, "x_t"))
     return fx.report("diffpir", **extra)
 
 

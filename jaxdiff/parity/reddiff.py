@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.parity.common import Fixture, f64_level, model_name, swap01
+from jaxdiff.parity.common import Fixture, f64_level, f64_max, model_name, swap01
 from jaxdiff.parity.operators import reddiff_operator
 from jaxdiff.parity.pigdm import measurement, reddiff_grid
 from jaxdiff.samplers import batched, get_sampler
@@ -141,6 +141,6 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     extra = {"batch": b, "batch_coupled": coupled, **hp}
     if f64:
         extra["reference_f64_replay_max_abs_diff"] = {
-            k: max(v) for k, v in f64.items() if isinstance(v, list) and v
+            k: f64_max(v) for k, v in f64.items() if isinstance(v, list) and v
         }
     return fx.report("reddiff", **extra)
