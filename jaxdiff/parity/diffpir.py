@@ -28,7 +28,7 @@ import numpy as np
 from jaxdiff.diffusion import make_schedule, respace
 from jaxdiff.operators import get_operator
 from jaxdiff.operators.proximal import CircularBlur, data_prox, p2o
-from jaxdiff.parity.common import Fixture, f64_level, model_name, nchw_to_nhwc, swap01
+from jaxdiff.parity.common import Fixture, f64_level, f64_max, model_name, nchw_to_nhwc, swap01
 from jaxdiff.samplers import batched, get_sampler
 from jaxdiff.samplers.common import predict_x0
 from jaxdiff.samplers.diffpir import initial_state, update
