@@ -174,7 +174,12 @@ def compare(got, want, atol: float = 0.0, rtol: float = 0.0, *, per_step=False, 
     tol = np.broadcast_to(tol, err_k.shape)
     max_abs = float(err_k.max()) if err_k.size else 0.0
     ref_max = float(finite.max()) if want.size else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(
+            tol > 0, err_k / np.where(tol > 0, tol, 1.0), np.where(err_k > 0, np.inf, 0)
+        )
     out.update(
+        max_ratio_to_tol=float(ratio.max()) if ratio.size else 0.0,
         max_abs_err=max_abs,
         max_rel_err=max_abs / ref_max if ref_max > 0 else max_abs,
         tol=float(tol.max()),

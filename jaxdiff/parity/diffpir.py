@@ -146,7 +146,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32", teacher: bool = Tru
     if "x_t_f64replay" in fx:
         atol_f64 = ATOL_F64 if dtype == "float64" else ATOL_X_F64REPLAY
         ref = fx.nhwc("x_t_f64replay")[:kk]
-        fx.check("x_t_f64replay", traj["x"], atol_f64, ref=ref, per_step=True)
+        fx.check(
+            "x_t_f64replay", traj["x"], atol_f64, ref=ref, per_step=True, key="x_t_vs_f64replay"
+        )
     for name in ("noise_psample",):
         fx.skip(name, "p_sample's draw the official loop discards")
     for name in ("img_H_u8", "img_E_u8"):
@@ -177,8 +179,8 @@ def teacher_forced(fx: Fixture, fn, params, sched, op, op_params, y, hp, opts, g
 
     per_step = jax.vmap(jax.vmap(net, in_axes=(0, None)), in_axes=(0, 0))
     eps, x0 = jax.jit(per_step)(x_in, t)
-    fx.check("eps_model", eps, ATOL["eps_model"], nhwc=True, per_step=True)
-    fx.check("x0_model", x0, ATOL["x0_model"], nhwc=True, per_step=True)
+    fx.check("eps_model", eps, ATOL["eps_model"], nhwc=True, per_step=True, key="tf_eps_model")
+    fx.check("x0_model", x0, ATOL["x0_model"], nhwc=True, per_step=True, key="tf_x0_model")
     prox, _ = data_prox(op)
     rho = fx.jnp(fx.arrays["rho_t"][: k - 1])
     x0m = nhwc("x0_model")[: k - 1]
@@ -195,10 +197,11 @@ def teacher_forced(fx: Fixture, fn, params, sched, op, op_params, y, hp, opts, g
         # README pitfall 1: the official float32 prox is ill-conditioned; the float64 prox of
         # the same inputs is the reference (0.2 at step 0, 2e-3 at step 1, 5e-4 after)
         tol = np.array([PROX_F64TF[min(i, 2)] for i in range(k - 1)])
-        fx.check("x0_prox_f64tf", got, 0.0, nhwc=True, per_step=True, f64=tol / 3)
+        fx.check("x0_prox_f64tf", got, 0.0, nhwc=True, per_step=True, f64=tol / 3,
+                 key="tf_x0_prox_vs_f64tf")  # fmt: skip
         fx.skip("x0_prox", "the official float32 prox (README pitfall 1): x0_prox_f64tf is the one")
     else:
-        fx.check("x0_prox", got, ATOL["prox_inpaint"], nhwc=True, per_step=True)
+        fx.check("x0_prox", got, ATOL["prox_inpaint"], nhwc=True, per_step=True, key="tf_x0_prox")
     rows = {
         n: jnp.asarray(
             np.asarray(v[: k - 1]), fx.jdtype if np.asarray(v).dtype.kind == "f" else None
@@ -209,7 +212,7 @@ def teacher_forced(fx: Fixture, fn, params, sched, op, op_params, y, hp, opts, g
     upd = jax.vmap(lambda row, x, x0, z1, z2: update(row, x, x0, z1, z2, hp["zeta"], hp["eta"]))
     got_x = jax.jit(upd)(rows, x_in[: k - 1], x0_eff, nhwc("noise_eta"), nhwc("noise_zeta"))
     ref = nchw_to_nhwc(fx.arrays["x_t"])[: k - 1]
-    fx.check("x_t", got_x, ATOL["update"], ref=ref, per_step=True, key="teacher_forced_update")
+    fx.check("x_t", got_x, ATOL["update"], ref=ref, per_step=True, key="tf_update")
 
 
 def _float_or(v, dtype):
