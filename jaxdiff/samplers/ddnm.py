@@ -194,7 +194,7 @@ def _travel_pairs(name, schedule, travel_length: int, travel_repeat: int):
         return None
     n, t_train = schedule.num_steps, schedule.num_train_timesteps
     walk = ddnm_walk(n, t_train, travel_length, travel_repeat)
-    kept = list(np.asarray(schedule.timestep_map))
+    kept = [int(t) for t in schedule.timestep_map]
     if kept != sorted({t for t, _ in walk}):
         raise ValueError(
             f"{name}: time travel walks DDNM's grid; use respacing 'ddnm{n}' (got {kept[:4]}...)"
