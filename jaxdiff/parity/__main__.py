@@ -2,7 +2,7 @@
 
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
-`<method>_*.npz` -> parity.<method> (ddpm, dps, ddim, ddrm, ddnm, pigdm, reddiff, diffpir, daps),
+`<method>_*.npz` -> parity.<method> (ddpm, dps, ddrm, ddnm, pigdm, reddiff, diffpir, daps),
 `fid*.npz` -> parity.fid, `operators*.npz` -> parity.operators, `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
 in the sidecar is converted from beside the fixture when it is there. A .npz that is not a
@@ -29,7 +29,6 @@ from jaxdiff.parity.common import NotAFixture
 ROUTES = (
     ("ddpm_*.npz", "ddpm"),
     ("dps_*.npz", "dps"),
-    ("ddim_*.npz", "ddim"),
     ("ddrm_*.npz", "ddrm"),
     ("ddnm_*.npz", "ddnm"),
     ("pigdm_*.npz", "pigdm"),
