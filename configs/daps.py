@@ -5,8 +5,8 @@ per task (docs/methods.md).
 
 Sampler (zhangbingliang2019/DAPS at 098df6b: commands/pixel_ffhq.sh = DAPS-1K, the paper's main
 FFHQ setting; configs/sampler/edm_daps.yaml; configs/task/<task>.yaml, group "pixel"):
-200 annealing steps on the EDM poly-7 grid from sigma_max 100 to sigma_min 0.1 (the number of
-steps is the respacing: `sampler.respacing = "200"`, so `--config.sampler.respacing=20` gives a
+200 annealing steps on the EDM poly-7 grid from sigma_max 100 to sigma_min 0.1 (time grid "daps",
+jaxdiff/diffusion/time_grids.py; the number of steps is the respacing: `sampler.respacing = "200"`, so `--config.sampler.respacing=20` gives a
 short run), each with a 5-step Euler solve of the probability-flow ODE down to sigma 0.01 (1000
 network calls) and 100 Langevin steps (tau 0.01, lr_min_ratio 0.01, lr per task below).
 The model is read through EDM's VPPrecond (beta_min 0.1, beta_d 19.9): the linear DDPM schedule.

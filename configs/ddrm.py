@@ -4,7 +4,7 @@ task whose operator has an SVD form (docs/methods.md).
     python -m scripts.reproduce --config=configs/ddrm.py:sr4 --workdir=runs/ddrm_sr4
 
 Sampler (bahjat-kawar/ddrm README commands and paper Sec. 5: `--timesteps 20 --eta 0.85
---etaB 1`): 20 steps on range(0, 1000, 50) ("skip20": runners/diffusion.py skip = 1000 //
+--etaB 1`): 20 steps on range(0, 1000, 50) (grid "ddrm20": runners/diffusion.py skip = 1000 //
 timesteps), eta = 0.85, eta_b = 1.0, no clamp of x0. The measurement std `sigma` is the task's
 (traced, so it follows a noise_sigma sweep); the official `--sigma_0 0.05` is on the [0, 1] scale
 and the runner doubles it, i.e. 0.1 on [-1, 1] (the DPS tasks here use 0.05 on [-1, 1]).
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
             f"operator's spectral basis); SVD tasks: {', '.join(SVD_TASKS)}"
         )
     c.method = "ddrm"
-    c.sampler.respacing = "skip20"  # --timesteps 20: seq = range(0, 1000, 1000 // 20)
+    c.sampler.respacing = "ddrm20"  # --timesteps 20: seq = range(0, 1000, 1000 // 20)
     c.sampler.options.official = False  # parity-only defects (docs/methods.md)
     c.sampler.hparams.eta = 0.85  # --eta 0.85 (etaA = etaC), paper Sec. 5
     c.sampler.hparams.eta_b = 1.0  # --etaB 1 (efficient_generalized_steps default etaB=1)

@@ -5,8 +5,8 @@
 
 Sources: yuanzhi-zhu/DiffPIR main_ddpir_deblur.py / main_ddpir_sisr.py / main_ddpir_inpainting.py
 (commit 111d26e8), the settings each script actually runs (its final experiment loop), and
-configs/{deblur,sisr,inpaint}.yaml. DiffPIR walks its own grid ('quad' skip over noise levels,
-jaxdiff/diffusion/diffpir_schedule.py): `sampler.respacing` only sets its size, iter_num = the
+configs/{deblur,sisr,inpaint}.yaml. DiffPIR walks its own grid (time grid "diffpir", 'quad' skip over noise levels,
+jaxdiff/diffusion/time_grids.py): `sampler.respacing` only sets its size, iter_num = the
 respacing's number of steps (100 for deblurring / SR, 20 for inpainting, as the scripts). The
 official noise level 12.75/255 ([0, 1] units) is 0.1 on [-1, 1]; the tasks here use 0.05 on
 [-1, 1] (DPS). `sigma` is the task's measurement std ([-1, 1] units, traced, filled in by the

@@ -4,7 +4,7 @@ per linear task (docs/methods.md).
     python -m scripts.reproduce --config=configs/pigdm.py:sr4 --workdir=runs/pigdm_sr4
 
 Sampler (NVlabs/RED-diff sample_test.sh / sample_batch.sh, algos/pgdm.py, _configs/algo/pgdm.yaml):
-100 DDIM steps on range(0, 1000, 10) ("skip100"; exp.num_steps=100 in the pgdm lines of
+100 DDIM steps on range(0, 1000, 10) (grid "pigdm100"; exp.num_steps=100 in the pgdm lines of
 sample_test.sh), eta = 1.0 and grad_term_weight (`scale`) = 1.0 (sample_batch.sh ETA / GRAD_WEIGHT,
 the pgdm lines of sample_test.sh), awd = True (_configs/algo/pgdm.yaml), no clamp, the chain started
 from sqrt(abar_T) R y + sqrt(1 - abar_T) z (PGDM.initialize). Guidance form "noisy" (the paper's
@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
             f"guidance needs a linear one ({', '.join(LINEAR_TASKS)})"
         )
     c.method = "pigdm"
-    c.sampler.respacing = "skip100"  # sample_test.sh pgdm: exp.num_steps=100 (start 1000, end 0)
+    c.sampler.respacing = "pigdm100"  # sample_test.sh pgdm: exp.num_steps=100 (start 1000, end 0)
     c.sampler.options.form = "noisy"  # the paper's noisy form; "pinv" is the code's exact one
     c.sampler.options.init = "pinv"  # PGDM.initialize: sqrt(abar_T) H^+ y + sqrt(1 - abar_T) z
     c.sampler.options.project_observed = False  # the "in2"-only hard replacement (parity option)

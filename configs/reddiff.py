@@ -4,7 +4,7 @@ per task (docs/methods.md).
     python -m scripts.reproduce --config=configs/reddiff.py:sr4 --workdir=runs/reddiff_sr4
 
 Sampler (NVlabs/RED-diff, commit 66482f23: algos/reddiff.py, _configs/algo/reddiff.yaml,
-sample_batch.sh, sample_test.sh): 1000 steps on range(0, 1000, 1) ("skip1000": sample_batch.sh
+sample_batch.sh, sample_test.sh): 1000 steps on range(0, 1000, 1) (grid "reddiff1000": sample_batch.sh
 num_steps=1000 for every algorithm, start_step 1000, end_step 0), Adam (betas 0.9 / 0.99) on mu
 started at A^+ y, denoise_term_weight "linear" (reddiff.yaml), the per-image mean
 (`batch_coupled=True` is the code's whole-batch mean: only Adam's eps sees the difference).
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from jaxdiff import config_lib
 
-RESPACING = "skip1000"  # sample_batch.sh num_steps=1000 (start_step 1000, end_step 0)
+# utils/functions.py get_timesteps; sample_batch.sh num_steps=1000 (start_step 1000, end_step 0)
+RESPACING = "reddiff1000"
 # task -> (lr, grad_term_weight, sigma_x0), with the sample_test.sh line each comes from
 SETTINGS = {
     "box": (0.25, 1.0, 0.0),  # noisy inpaint + reddiff + adam (in2_20ff)

@@ -246,6 +246,32 @@ def test_not_a_checkpoint(tmp_path, capsys):
     _fails(capsys, tmp_path, tmp_path / "missing.pt", match="missing.pt: no such file")
 
 
+LFS = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 1672357\n".format("0" * 64)
+
+
+def test_git_lfs_pointer_is_named(fixtures_dir, tmp_path, capsys):
+    """A clone without git-lfs leaves pointer files: one line says so, not 'corrupt'."""
+    (tmp_path / "model.pt").write_text(LFS)
+    err = _fails(capsys, tmp_path, tmp_path / "model.pt", match="model.pt: a Git LFS pointer file")
+    assert "not a PyTorch checkpoint" not in err and len(err.strip().splitlines()) == 1
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    shutil.copy(fixtures_dir / "diffusers_tiny" / "config.json", folder / "config.json")
+    (folder / "diffusion_pytorch_model.safetensors").write_text(LFS)
+    err = _fails(capsys, tmp_path, folder, match="safetensors: a Git LFS pointer file")
+    assert "corrupt" not in err
+
+
+def test_unknown_key_names_the_closest_entries(fixtures_dir, tmp_path, capsys):
+    cfg = fixtures_dir / "adm_tiny.json"
+    err = _fails(
+        capsys, tmp_path, fixtures_dir / "adm_tiny.pt", "--config", cfg,
+        "--key", "out.2.weigth", match="no entry 'out.2.weigth'",
+    )  # fmt: skip
+    assert "closest: ['out.2.weight'" in err
+    assert "input_blocks.0.0.weight" not in err  # not every entry of the flat state dict
+
+
 def test_forbidden_global(tmp_path, capsys):
     marker = tmp_path / "pwned"
     obj = {"w": tensor("0", np.ones(2, np.float32)), "x": Call("os.system", f"touch {marker}")}

@@ -161,6 +161,39 @@ def test_batch_size_invariance_and_one_compile_per_sweep():
     assert not np.allclose(res.x0[1], res.x0[2], atol=1e-3)
 
 
+def test_time_travel_walks_get_schedule_jump():
+    """travel_length 2, travel_repeat 2 on DDNM's 6-step grid: one scan step per pair of the
+    official walk; a travel pair calls no model and re-noises the last x0 to its t_next."""
+    from jaxdiff.diffusion.time_grids import ddnm_walk
+
+    sched = make_schedule(1000, respacing="ddnm6", variance_type="fixed_large")
+    gp = GaussianPrior(SHAPE, sched.train_alphas_cumprod)
+    _, _, op, _, y, _, _ = gaussian_inpainting(0.0)
+    walk = ddnm_walk(6, 1000, 2, 2)
+    up = np.array([j > i for i, j in walk])
+    sample = get_sampler("ddnm")(
+        gp.model_fn, sched, operator=op, travel_length=2, travel_repeat=2, keep_trajectory=True
+    )
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(len(walk), *SHAPE)).astype(np.float32)
+    rep = {"x_T": jnp.asarray(rng.normal(size=SHAPE), jnp.float32), "noise": jnp.asarray(noise)}
+    out = sample(gp.params(), jax.random.key(0), y, op.sample(jax.random.key(1)), replay=rep)
+    traj = jax.tree.map(np.asarray, out.trajectory)
+    assert up.sum() == 4 and traj["x"].shape[0] == len(walk)
+    abar = dict(zip(sched.timestep_map, sched.alphas_cumprod))
+    for p in np.nonzero(up)[0]:
+        a = abar[walk[p][1]]
+        np.testing.assert_allclose(traj["x0"][p], traj["x0"][p - 1])
+        want = np.sqrt(a) * traj["x0"][p] + np.sqrt(1 - a) * noise[p]
+        np.testing.assert_allclose(traj["x"][p], want, rtol=1e-5, atol=1e-5)
+        assert np.isnan(traj["eps"][p]).all()
+    assert np.isfinite(traj["eps"][~up]).all()
+    with pytest.raises(ValueError, match="respacing 'ddnm6'"):
+        get_sampler("ddnm")(
+            gp.model_fn, make_schedule(1000, respacing="6"), operator=op, travel_repeat=2
+        )
+
+
 def test_bad_inputs_are_clear_errors():
     motion = get_operator("motion_blur", image_shape=(8, 8, 1), kernel_size=3)
     with pytest.raises(ValueError, match="ddnm: needs an operator in SVD form.*motion_blur"):
@@ -198,7 +231,7 @@ def test_config_presets():
         c = cfg.get_config(name)
         assert (c.method, c.sampler.respacing, c.sampler.hparams.eta) == (
             "ddnm_plus",
-            "skip100",
+            "ddnm100",
             0.85,
         )
         assert c.sampler.options.official is False

@@ -202,7 +202,7 @@ def test_config_presets():
 
     for task in cfg.SVD_TASKS:
         c = cfg.get_config(task)
-        assert c.method == "ddrm" and c.sampler.respacing == "skip20"
+        assert c.method == "ddrm" and c.sampler.respacing == "ddrm20"
         assert c.sampler.hparams.eta == 0.85 and c.sampler.hparams.eta_b == 1.0
         op = get_operator(c.task.operator, image_shape=(32, 32, 3), **_scaled(c.task))
         assert op.svd is not None

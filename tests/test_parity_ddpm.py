@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdiff.parity import ddpm
+from jaxdiff.parity import common, ddpm
 from jaxdiff.parity.__main__ import main
 
 
@@ -79,8 +79,8 @@ def test_replay_reads_every_setting_from_the_files(fixtures_dir, tmp_path):
     from jaxdiff.diffusion import make_schedule
     from jaxdiff.samplers import batched, get_sampler
 
-    model_dir = ddpm._convert_beside(fixtures_dir / "ddpm_learned_sigma.npz", "adm_tiny")
-    fn, params, _ = ddpm.load_model(fixtures_dir / "x.npz", model_dir, None, jnp.float32)
+    model_dir = common.convert_beside(fixtures_dir / "ddpm_learned_sigma.npz", "adm_tiny")
+    fn, params, _ = common.load_model(fixtures_dir / "x.npz", model_dir, None, jnp.float32)
     sched = make_schedule(1000, respacing="7", variance_type="learned_range")
     x_T = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
     noise = jax.random.normal(jax.random.key(1), (3, 7, 32, 32, 3))

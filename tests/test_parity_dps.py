@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdiff.parity import dps
+from jaxdiff.parity import common, dps
 
 FAST = ["dps_inpaint_box_b2"]  # coupled norm, ADM learned_range, operator from the registry
 SLOW = [
@@ -57,11 +57,10 @@ def test_replay_reads_every_setting_from_the_files(fixtures_dir, tmp_path):
 
     from jaxdiff.diffusion import make_schedule
     from jaxdiff.operators import get_operator
-    from jaxdiff.parity import ddpm
     from jaxdiff.samplers import batched, get_sampler
 
-    model_dir = ddpm._convert_beside(fixtures_dir / "dps_inpaint_box_b2.npz", "adm_tiny")
-    fn, params, _ = ddpm.load_model(fixtures_dir / "x.npz", model_dir, None, jnp.float32)
+    model_dir = common.convert_beside(fixtures_dir / "dps_inpaint_box_b2.npz", "adm_tiny")
+    fn, params, _ = common.load_model(fixtures_dir / "x.npz", model_dir, None, jnp.float32)
     kernel = np.random.default_rng(0).uniform(size=(5, 5)).astype(np.float32)
     kernel /= kernel.sum()
     op = get_operator("blur", image_shape=(32, 32, 3), kernel=kernel, method="direct")

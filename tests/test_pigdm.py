@@ -200,7 +200,7 @@ def test_configs():
                 pigdm_config.get_config(task)
             continue
         c = pigdm_config.get_config(task)
-        assert c.method == "pigdm" and c.sampler.respacing == "skip100"
+        assert c.method == "pigdm" and c.sampler.respacing == "pigdm100"
         assert dict(c.sampler.hparams) == {"eta": 1.0, "scale": 1.0}
         assert c.sampler.options.form == "noisy" and not c.sampler.options.project_observed
     c = ddim_config.get_config("box")

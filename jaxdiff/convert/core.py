@@ -77,14 +77,29 @@ def detect_source(src) -> Source:
             )
         for name in DIFFUSERS_WEIGHTS:
             if (src / name).is_file():
-                return Source("unet2d", src / name, src)
+                return Source("unet2d", refuse_lfs_pointer(src / name), src)
         raise CheckpointError(f"{src}: has config.json but neither of {list(DIFFUSERS_WEIGHTS)}")
     if src.suffix.lower() in ADM_SUFFIXES:
-        return Source("adm", src)
+        return Source("adm", refuse_lfs_pointer(src))
     raise CheckpointError(
         f"{src}: unknown source; expected a guided-diffusion checkpoint "
         f"({', '.join(ADM_SUFFIXES)}) or a diffusers model folder with config.json"
     )
+
+
+LFS_POINTER = b"version https://git-lfs"
+
+
+def refuse_lfs_pointer(path: Path) -> Path:
+    """`path`, unless it is a Git LFS pointer (a small text file standing in for the weights of a
+    clone made without git-lfs), which would otherwise read as a corrupt checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_POINTER))
+    if head == LFS_POINTER:
+        raise CheckpointError(
+            f"{path}: a Git LFS pointer file, not the weights; fetch them (git lfs pull) first"
+        )
+    return path
 
 
 def sha256(path: Path, progress: bool = True) -> str:

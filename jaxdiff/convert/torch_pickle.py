@@ -16,6 +16,7 @@ Storages are read once each, after the pickle, and tensors are numpy views/copie
 from __future__ import annotations
 
 import collections
+import difflib
 import io
 import os
 import pickle
@@ -429,8 +430,14 @@ def select_state_dict(obj, source: str = "checkpoint", key: str | None = None):
         node = obj
         for part in key.split("/"):
             if not isinstance(node, dict) or part not in node:
-                have = list(node) if isinstance(node, dict) else type(node).__name__
-                raise CheckpointError(f"{source}: no entry {key!r} (top-level entries: {have})")
+                if not isinstance(node, dict):
+                    raise CheckpointError(f"{source}: no entry {key!r} (a {type(node).__name__})")
+                names = [str(k) for k in node]
+                close = difflib.get_close_matches(part, names, n=5, cutoff=0.3)
+                raise CheckpointError(
+                    f"{source}: no entry {key!r} among its {len(names)} entries; closest: "
+                    f"{close or names[:5]}"
+                )
             node = node[part]
         found = [(key, node)] if _is_tensor_dict(node) else []
         if not found:

@@ -20,27 +20,16 @@ import dataclasses
 
 import numpy as np
 
-SKIP_TYPES = ("uniform", "quad")
+from jaxdiff.diffusion.time_grids import DIFFPIR_SKIP_TYPES
+from jaxdiff.diffusion.time_grids import diffpir as diffpir_seq
+
+SKIP_TYPES = DIFFPIR_SKIP_TYPES
 
 
 def time_grid(num_train_timesteps: int, iter_num: int, skip_type: str = "quad") -> list[int]:
-    """`seq`: indices into the descending noise levels (0 = noisiest), as the scripts build it."""
-    t, n = int(num_train_timesteps), int(iter_num)
-    if n < 2 or n > t:
-        raise ValueError(f"diffpir: iter_num must be in [2, {t}], got {iter_num!r}")
-    if skip_type == "uniform":
-        skip = t // n
-        seq = [i * skip for i in range(n)]
-        if skip > 1:
-            seq.append(t - 1)
-    elif skip_type == "quad":
-        seq = [int(s) for s in np.sqrt(np.linspace(0, t**2, n))]
-        seq[-1] = seq[-1] - 1
-    else:
-        raise ValueError(f"diffpir: unknown skip_type {skip_type!r}; known: {SKIP_TYPES}")
-    if len(set(seq)) != len(seq):
-        raise ValueError(f"diffpir: skip_type {skip_type!r} with {n} steps repeats a step: {seq}")
-    return seq
+    """`seq`: indices into the descending noise levels (0 = noisiest); the registered grid
+    `time_grids.diffpir`."""
+    return diffpir_seq(iter_num, num_train_timesteps, skip_type)
 
 
 def find_nearest(table, value) -> int:

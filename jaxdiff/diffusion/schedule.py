@@ -15,6 +15,8 @@ import re
 
 import numpy as np
 
+from jaxdiff.diffusion.time_grids import TIME_GRIDS, grid_timesteps
+
 BETA_SCHEDULES = ("linear", "cosine")
 
 
@@ -76,8 +78,9 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     Accepts an int or a string of comma-separated section counts ("250", "10,10,10"), "ddimN"
     (the smallest integer stride giving exactly N steps), "skipN" (range(0, T, T // N): the
     uniform skip of the DDIM, DDRM, DDNM, PiGDM and RED-diff codes, N+1 steps when N does not
-    divide T), and diffusers' spacings "leadingN" / "trailingN" (DDPMScheduler.set_timesteps
-    with steps_offset=0). None or "" keeps every step.
+    divide T), diffusers' spacings "leadingN" / "trailingN" (DDPMScheduler.set_timesteps
+    with steps_offset=0) and a method's official grid "<grid>N" (`time_grids.TIME_GRIDS`:
+    "ddnm12", "ddrm20", "pigdm100", "reddiff1000"). None or "" keeps every step.
     """
     t = _positive_int(num_timesteps, "num_timesteps")
     if section_counts is None or section_counts == "":
@@ -90,12 +93,16 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
         m = re.fullmatch(r"(ddim|skip|leading|trailing)(\d+)", spec)
         if m:
             return _named_spacing(m.group(1), t, int(m.group(2)), section_counts)
+        m = re.fullmatch(r"([a-z_]+?)(\d+)", spec)
+        if m and m.group(1) in TIME_GRIDS:
+            return grid_timesteps(m.group(1), int(m.group(2)), t)
         try:
             counts = [int(c) for c in spec.split(",")]
         except ValueError:
             raise ValueError(
                 f"respacing {section_counts!r}: expected an int, comma-separated section counts "
-                "('250', '10,10,10'), 'ddimN', 'skipN', 'leadingN' or 'trailingN'"
+                "('250', '10,10,10'), 'ddimN', 'skipN', 'leadingN', 'trailingN' or a method's "
+                f"grid '<name>N' ({', '.join(TIME_GRIDS.names())})"
             ) from None
     else:
         raise ValueError(f"respacing must be an int or a string, got {section_counts!r}")

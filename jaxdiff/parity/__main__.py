@@ -2,13 +2,16 @@
 
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
-`<method>_*.npz` -> parity.<method> (ddpm, dps, ddim, ddrm, ddnm, pigdm, reddiff, diffpir, daps,
-dmps), `fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` ->
-parity.operators, `*_io.npz` -> parity.models.
+`<method>_*.npz` -> parity.<method> (ddpm, dps, ddrm, ddnm, pigdm, reddiff, diffpir, daps, dmps),
+`fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` -> parity.operators,
+`*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
-in the sidecar is converted from beside the fixture when it is there.
-Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage (a missing file, a file
-name of no known fixture kind: one line on stderr).
+in the sidecar is converted from beside the fixture when it is there. A .npz that is not a
+trajectory fixture (no replay for its name, or none of its kind's arrays: operator probes beside
+the trajectories) prints a line with "skipped" and the reason, so a whole folder replays with one
+glob. The closing note (stderr) gives, per kind, the worst state (trajectory) error and its rule.
+Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage (a missing file: one line
+on stderr).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import sys
 import traceback
 
 from jaxdiff.data import json_default
+from jaxdiff.parity.common import NotAFixture
 
 ROUTES = (
     ("ddpm_*.npz", "ddpm"),
     ("dps_*.npz", "dps"),
-    ("ddim_*.npz", "ddim"),
     ("ddrm_*.npz", "ddrm"),
     ("ddnm_*.npz", "ddnm"),
     ("pigdm_*.npz", "pigdm"),
@@ -47,6 +50,8 @@ def route(path: pathlib.Path) -> str:
         if fnmatch.fnmatch(path.name, pattern):
             return module
     known = ", ".join(p for p, _ in ROUTES)
+    if path.suffix == ".npz" and path.is_file():
+        raise NotAFixture(f"no replay for this file name (fixture names: {known})")
     raise ValueError(f"{path}: unknown fixture kind (file names: {known})")
 
 
@@ -62,6 +67,27 @@ def run_one(path: pathlib.Path, model_dir: str | None, float64: bool) -> dict:
     return module.replay(path, model_dir, **kwargs)
 
 
+STATES = ("x_t", "mu", "probe_pool3", "out")  # a kind's recorded state (RED-diff: mu)
+
+
+def worst_states(results: list[dict]) -> dict:
+    """Per kind: the state array closest to its tolerance."""
+    worst = {}
+    for r in results:
+        for name, a in r.get("arrays", {}).items():
+            if name not in STATES or "tol" not in a:
+                continue
+            ratio = a["max_abs_err"] / a["tol"] if a["tol"] > 0 else float(a["max_abs_err"] > 0)
+            kind = r.get("kind", "?")
+            if kind not in worst or ratio > worst[kind]["err/tol"]:
+                rule = {k: a[k] for k in ("atol", "rtol", "f64_replay_x3") if k in a}
+                worst[kind] = {
+                    "file": r["file"], "array": name, "max_abs_err": a["max_abs_err"],
+                    "max_rel_err": a.get("max_rel_err"), "tol": a["tol"], "err/tol": ratio, **rule,
+                }  # fmt: skip
+    return worst
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxdiff.parity", description=__doc__)
     parser.add_argument("files", nargs="+", help="fixture .npz files")
@@ -75,22 +101,30 @@ def main(argv=None) -> int:
         if problem is None:
             try:
                 route(path)
+            except NotAFixture:  # a .npz of no replay: "skipped" below, not bad usage
+                pass
             except ValueError as e:
                 problem = str(e).removeprefix(f"{path}: ")
         if problem:
             print(f"{parser.prog}: error: {path}: {problem}", file=sys.stderr)
             return 2
-    ok = True
+    ok, results = True, []
     for name in args.files:
         path = pathlib.Path(name)
         try:
             result = run_one(path, args.model, args.float64)
+        except NotAFixture as e:
+            print(json.dumps({"file": str(path), "pass": None, "skipped": str(e)}), flush=True)
+            continue
         except Exception as e:  # one line per file, whatever happened
             if args.traceback:
                 traceback.print_exc()
             result = {"file": str(path), "pass": False, "error": f"{type(e).__name__}: {e}"}
         ok &= bool(result.get("pass", False))
+        results.append(result)
         print(json.dumps(result, default=json_default), flush=True)
+    for kind, w in worst_states(results).items():
+        print(f"worst state, {kind}: " + json.dumps(w, default=json_default), file=sys.stderr)
     return 0 if ok else 1
 
 

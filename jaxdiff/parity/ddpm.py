@@ -14,76 +14,20 @@ eps where stored) is compared per step.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import pathlib
 import re
-import tempfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion import make_schedule, space_timesteps
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
+from jaxdiff.parity.common import Fixture, compare, compare_exact, nchw_to_nhwc
 from jaxdiff.samplers import batched, get_sampler
 
-ATOL_X = 1e-3  # x_t over the whole trajectory, float32 (fixture README: observed <= 1e-5)
-ATOL_X0 = 5e-3  # x0_hat amplifies eps errors by sqrt(1/abar - 1) (156 at t = 999)
-ATOL_LOGVAR = 1e-3
-ATOL_F64 = 1e-4  # float64 replay vs the float32 reference: the reference's own float32 noise
-
-
-def run_dtype(dtype: str):
-    """Context for a float32 or float64 replay (float64 enables x64 for its duration)."""
-    if dtype == "float64":
-        return jnp.float64, jax.enable_x64(True)
-    if dtype == "float32":
-        return jnp.float32, contextlib.nullcontext()
-    raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-
-
-def load_model(npz_path, model_dir, name: str | None, dtype):
-    """(model_fn, params, meta): from `model_dir`, else by converting `name` found beside the
-    fixture (an ADM `<name>.pt`, with `<name>.json` kwargs when present, or a diffusers folder)
-    into a temporary folder with the converter's Python API."""
-    from jaxdiff.models import load_pretrained
-
-    npz_path = pathlib.Path(npz_path)
-    if model_dir is None:
-        model_dir = _convert_beside(npz_path, name)
-    model, params, meta = load_pretrained(model_dir, dtype=dtype)
-    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
-    return (lambda p, x, t: model.apply({"params": p}, x, t)), params, meta
-
-
-_CONVERTED: dict = {}
-
-
-def _convert_beside(npz_path: pathlib.Path, name: str | None) -> str:
-    if not name:
-        raise FileNotFoundError(f"{npz_path}: the sidecar names no model; pass --model DIR")
-    folder = npz_path.parent
-    pt, sub = folder / f"{name}.pt", folder / name
-    if (sub / "config.json").is_file():
-        src, config = sub, None
-    elif pt.is_file():
-        src = pt
-        kwargs = folder / f"{name}.json"
-        config = kwargs if kwargs.is_file() and "kwargs" in json.loads(kwargs.read_text()) else None
-    else:
-        raise FileNotFoundError(
-            f"{npz_path}: model {name!r} not found beside it ({pt.name} or {name}/config.json); "
-            "pass --model CONVERTED_DIR (python -m convert_weights SRC --out DIR)"
-        )
-    key = (str(src), str(config))
-    if key not in _CONVERTED:
-        from jaxdiff.convert.core import convert
-
-        out = pathlib.Path(tempfile.mkdtemp(prefix="jaxdiff-parity-")) / name
-        convert(src, out, config=config, progress=False)
-        _CONVERTED[key] = str(out)
-    return _CONVERTED[key]
+TRAJECTORY = ("x_t",)
+# fixture README "Tolerances observed": DDPM x_t atol 1e-4 over the whole trajectory;
+# pred_xstart / log_variance atol 2e-3 (x0 amplifies eps errors by sqrt(1/abar - 1), 156 at
+# t = 999); UNet outputs atol 1e-4
+ATOL_X, ATOL_X0, ATOL_EPS = 1e-4, 2e-3, 1e-4
 
 
 def _steps_major(a):
@@ -100,7 +44,7 @@ def _gd_schedule(npz, cfg: dict, variance_type: str):
         variance_type=variance_type,
         respacing=respacing if respacing not in ("", None) else None,
     )
-    checks = {"timestep_map": _exact(sched.timestep_map, kept)}
+    checks = {"timestep_map": compare_exact(sched.timestep_map, kept)}
     for name in ("betas", "alphas_cumprod", "posterior_log_variance_clipped"):
         if name in npz:
             checks[f"schedule_{name}"] = compare(sched.tables[name], npz[name], atol=1e-12)
@@ -142,9 +86,9 @@ def _diffusers_schedule(npz, cfg: dict):
     )
     prev = np.concatenate([kept[::-1][1:], [-1]])
     checks = {
-        "timesteps": _exact(kept[::-1], timesteps),
+        "timesteps": compare_exact(kept[::-1], timesteps),
         # leading/trailing: diffusers' previous timestep is the next kept one (else not a chain)
-        "prev_timesteps": _exact(
+        "prev_timesteps": compare_exact(
             prev, np.where(npz["prev_timesteps"] < 0, -1, npz["prev_timesteps"])
         ),
         "schedule_alphas_cumprod_float32": compare(ours.train_alphas_cumprod, abar, atol=1e-6),
@@ -152,22 +96,14 @@ def _diffusers_schedule(npz, cfg: dict):
     return sched, checks, bool(sc.get("clip_sample", True)), float(sc.get("clip_sample_range", 1))
 
 
-def _exact(got, want) -> dict:
-    got, want = np.asarray(got), np.asarray(want)
-    ok = got.shape == want.shape and bool(np.all(got == want))
-    return {"pass": ok, "got": got.tolist()[:8], "want": want.tolist()[:8]}
-
-
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
-    npz_path = pathlib.Path(npz_path)
-    npz = dict(np.load(npz_path))
-    cfg = sidecar(npz_path)
-    jdtype, ctx = run_dtype(dtype)
-    with ctx, jax.default_matmul_precision("highest"):
+    fx = Fixture.load(npz_path, None, dtype, trajectory=TRAJECTORY)
+    npz, cfg = fx.arrays, fx.config
+    with fx.context():
         if "timestep_map" in npz:
             for flag in ("rescale_timesteps", "predict_xstart", "use_kl"):
                 if cfg.get(flag):
-                    raise ValueError(f"{npz_path}: {flag}=True is not supported")
+                    raise ValueError(f"{fx.path}: {flag}=True is not supported")
             vt = (
                 "learned_range"
                 if cfg.get("learn_sigma")
@@ -181,47 +117,38 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
             m = re.search(r"unet=(\w+)", cfg.get("pipeline", ""))
             name = cfg.get("model") or (m.group(1) if m else None)
         else:
-            raise ValueError(f"{npz_path}: neither a guided-diffusion nor a diffusers trajectory")
+            raise ValueError(f"{fx.path}: neither a guided-diffusion nor a diffusers trajectory")
+        for key, result in checks.items():
+            fx.add(key, result)
+            fx.compared.add(key.removeprefix("schedule_"))
         if clip_range != 1.0:
-            raise ValueError(f"{npz_path}: clip_sample_range {clip_range} (only 1.0 supported)")
-        fn, params, meta = load_model(npz_path, model_dir, name, jdtype)
-        x_T = nchw_to_nhwc(npz["x_T"])
+            raise ValueError(f"{fx.path}: clip_sample_range {clip_range} (only 1.0 supported)")
+        fn, params, meta = fx.model(name, model_dir)
+        x_T = fx.nhwc("x_T")
         b, shape, k = x_T.shape[0], x_T.shape[1:], sched.num_steps
-        noise = nchw_to_nhwc(npz["noise"])
+        noise = fx.nhwc("noise")
         if noise.shape[0] == k - 1:  # diffusers draws nothing at the last step
             noise = np.concatenate([noise, np.zeros_like(noise[:1])])
         if noise.shape[0] != k:
-            raise ValueError(f"{npz_path}: noise has {noise.shape[0]} steps for {k} sampling steps")
+            raise ValueError(f"{fx.path}: noise has {noise.shape[0]} steps for {k} sampling steps")
         sample = get_sampler("ddpm")(
-            fn, sched, image_shape=shape, clip_denoised=clip, dtype=jdtype, keep_trajectory=True
+            fn, sched, image_shape=shape, clip_denoised=clip, dtype=fx.jdtype, keep_trajectory=True
         )
-        replay_in = {
-            "x_T": jnp.asarray(x_T, jdtype),
-            "noise": jnp.asarray(np.swapaxes(noise, 0, 1), jdtype),
-        }
-        res = jax.jit(batched(sample))(
-            params, jax.random.split(jax.random.key(0), b), None, None, None, replay_in
+        rep = {"x_T": fx.jnp(x_T), "noise": fx.jnp(np.swapaxes(noise, 0, 1))}
+        keys = jax.random.split(jax.random.key(0), b)
+        traj = jax.tree.map(
+            _steps_major, jax.jit(batched(sample))(params, keys, None, None, None, rep).trajectory
         )
-        traj = jax.tree.map(np.asarray, res.trajectory)
-    atol_x = ATOL_F64 if dtype == "float64" else ATOL_X
-    arrays = dict(checks)
-    arrays["x_t"] = compare(
-        _steps_major(traj["x"]), nchw_to_nhwc(npz["x_t"]), atol_x, per_step=True
-    )
-    arrays["pred_xstart"] = compare(
-        _steps_major(traj["x0_hat"]), nchw_to_nhwc(npz["pred_xstart"]), ATOL_X0, per_step=True
-    )
-    if "model_output" in npz:
-        arrays["model_output"] = compare(
-            _steps_major(traj["eps"]), nchw_to_nhwc(npz["model_output"]), ATOL_X, per_step=True
-        )
+    f64 = cfg.get("f64_replay_max_abs_diff_x_t_per_step")
+    fx.check("x_t", traj["x"], ATOL_X, nhwc=True, per_step=True, f64=f64)
+    fx.check("pred_xstart", traj["x0_hat"], ATOL_X0, nhwc=True, per_step=True)
+    fx.check("model_output", traj["eps"], ATOL_EPS, nhwc=True, per_step=True)
     if "log_variance" in npz and sched.learned_variance:
         want = nchw_to_nhwc(npz["log_variance"])
         if want.shape[0] != k and want.shape[0] % k == 0:  # recorded more than once: same values
             want = want[:k]
-        arrays["log_variance"] = compare(_steps_major(traj["log_variance"]), want, ATOL_LOGVAR)
-    extra = {"dtype": dtype, "num_steps": k, "batch": b, "variance_type": sched.variance_type}
-    for key in ("f64_replay_max_abs_diff_x_t_per_step",):
-        if key in cfg:
-            extra["reference_" + key] = cfg[key]
-    return report(npz_path, "ddpm", arrays, **extra)
+        fx.check("log_variance", traj["log_variance"], ATOL_X0, ref=want)
+    for name in ("step_index", "prev_timesteps"):
+        if name in npz and name not in fx.compared:
+            fx.skip(name, "the loop's own counter (the kept timesteps are compared)")
+    return fx.report("ddpm", num_steps=k, batch=b, variance_type=sched.variance_type)

@@ -16,8 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.parity.common import compare, model_anchor, nchw_to_nhwc, report
-from jaxdiff.parity.ddpm import load_model, run_dtype
+from jaxdiff.parity.common import (
+    compare,
+    load_model,
+    model_anchor,
+    nchw_to_nhwc,
+    report,
+    run_dtype,
+)
 
 SUFFIX = "_io.npz"
 REL_F32 = 1e-5  # measured 4e-6 (adm_tiny) / 1.6e-6 (diffusers_tiny) of max |out|

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxdiff.data import load_image
 from jaxdiff.operators import get_operator
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
+from jaxdiff.parity.common import Fixture, compare, nchw_to_nhwc, report, sidecar
 
 ATOL_IMAGE = 1e-5  # float32 convolution / resize outputs in [-1, 1]
 ATOL_TABLE = 1e-7  # kernels and Resizer weights (recomputed exactly; any error is a bug)
@@ -39,6 +39,70 @@ def _images(npz, cfg: dict, npz_path: pathlib.Path) -> np.ndarray:
     if missing or not paths:
         raise FileNotFoundError(f"{npz_path}: input images not found: {missing or 'op_image*.png'}")
     return np.stack([load_image(p) for p in paths])
+
+
+def index_sets(fx: Fixture, shape, prefix: str = "") -> dict:
+    """The official Inpainting's kept / missing index arrays, in the stored order (the order the
+    official V and the measurement y = x[kept] follow: missing_indices may be torch.randperm's),
+    checked as the sets the stored mask defines: an (H, W) mask (DDRM / DDNM: pixel p's channel c
+    at 3 p + c) or (C, H, W) per image (RED-diff / PiGDM: channel-major). op_params: int32
+    arrays, a leading batch axis where the fixture has one per image."""
+    kept = np.asarray(fx[f"{prefix}kept_indices"])
+    missing = np.asarray(fx[f"{prefix}missing_indices"])
+    if f"{prefix}mask" in fx:
+        mask = np.asarray(fx[f"{prefix}mask"])
+        if mask.ndim == 2:
+            from jaxdiff.operators.official_svd import inpainting_indices
+
+            want = inpainting_indices(mask)
+            masks = [(want["kept_indices"], want["missing_indices"])]
+        else:
+            flat = mask.reshape(-1, int(np.prod(shape)))
+            masks = [(np.nonzero(m != 0)[0], np.nonzero(m == 0)[0]) for m in flat]
+        kept_b, missing_b = kept.reshape(-1, kept.shape[-1]), missing.reshape(-1, missing.shape[-1])
+        for name, got, k in (
+            (f"{prefix}kept_indices", kept_b, 0),
+            (f"{prefix}missing_indices", missing_b, 1),
+        ):
+            sets = np.stack([np.sort(g) for g in got])
+            want_sets = np.stack([np.sort(m[k]) for m in masks[: len(got)]])
+            fx.exact(name, sets, ref=want_sets)
+    return {
+        "kept_indices": np.asarray(kept, np.int32),
+        "missing_indices": np.asarray(missing, np.int32),
+    }
+
+
+def svd_probes(fx: Fixture, svd, op_params, shape) -> None:
+    """The official operator's SVD pieces on the stored probes (DDNM names them A_*, DDRM H_*),
+    within 1e-5 * max(1, max|ref|)."""
+    if "probe_x" not in fx:
+        return
+    from jaxdiff.operators.official_svd import from_flat, to_flat
+
+    flat_x, py = fx.jnp(fx["probe_x"][0]), fx.jnp(fx["probe_y"][0])
+    px = from_flat(flat_x, shape)
+    got = {
+        "probe_x": lambda: svd.H(op_params, px),
+        "At_probe_y": lambda: to_flat(svd.Ht(op_params, py)),
+        "pinv_probe_y": lambda: to_flat(svd.H_pinv(op_params, py)),
+        "Vt_probe_x": lambda: svd.Vt(op_params, px),
+        "V_probe_x": lambda: to_flat(svd.V(op_params, flat_x)),
+        "Ut_probe_y": lambda: svd.Ut(op_params, py),
+        "U_probe_y": lambda: svd.U(op_params, py),
+    }
+    names = {
+        "probe_x": ("A_probe_x", "H_probe_x"),
+        "At_probe_y": ("At_probe_y", "Ht_probe_y"),
+        "pinv_probe_y": ("Apinv_probe_y", "Hpinv_probe_y"),
+    }
+    for key, fn in got.items():
+        for name in names.get(key, (key,)):
+            if name in fx:
+                want = fx.arrays[name][0]
+                scale = max(1.0, float(np.abs(want).max()))
+                fx.check(name, np.asarray(fn()), rtol=1e-5, scale=scale, ref=want)
+                fx.compared.add(name)
 
 
 def _check(ok: bool, **info) -> dict:
@@ -212,3 +276,33 @@ def replay(npz_path, model_dir=None, n_keys: int = N_KEYS, blur_methods=("fft", 
     if not arrays:
         arrays["nothing_compared"] = _check(False, arrays=sorted(names))
     return report(npz_path, "operators", arrays)
+
+
+def reddiff_operator(fx: Fixture, deg: str, shape, b: int):
+    """The official RED-diff / PiGDM H_function of `deg` (utils/degredations.py) from the stored
+    pieces: (official_svd.OfficialOperator, op_params with a leading batch axis b or {} when
+    shared, project_observed: the in2 branch). H_pinv passes a zero singular's coordinate
+    through (pinv_zero="pass")."""
+    import re
+
+    from jaxdiff.operators import official_svd as off
+
+    shape = tuple(shape)
+    if deg.startswith("in2"):
+        mask = fx.nhwc("mask").astype(np.float32)[:b]
+        return off.OfficialOperator(off.OfficialMaskedInpainting(shape)), {"mask": mask}, True
+    if deg.startswith("inp"):
+        params = index_sets(fx, shape)
+        n_kept = params["kept_indices"].shape[-1]
+        svd = off.OfficialInpainting(shape, n_kept, interleaved=False, pinv_zero="pass")
+        return off.OfficialOperator(svd), {k: v[:b] for k, v in params.items()}, False
+    pieces = [fx[k] for k in ("U_small", "V_small", "singulars_small")]
+    if deg.startswith("deblur"):
+        u, v, s = pieces
+        svd = off.OfficialDeblurring(shape, u, v, s, fx["perm"], tiled=True, pinv_zero="pass")
+        return off.OfficialOperator(svd), {}, False
+    m = re.fullmatch(r"sr(\d+)", deg)
+    if m:
+        svd = off.OfficialSuperResolution(shape, int(m.group(1)), *pieces, pinv_zero="pass")
+        return off.OfficialOperator(svd), {}, False
+    raise ValueError(f"{fx.path}: no official RED-diff operator for deg {deg!r}")

@@ -83,6 +83,8 @@ def _make(
     image_shape=None,
     official: bool = False,
     lambda_singulars=None,
+    travel_length: int = 1,
+    travel_repeat: int = 1,
     dtype=jnp.float32,
 ):
     svd = getattr(operator, "svd", None)
@@ -96,6 +98,9 @@ def _make(
     if plus and defaults.get("sigma") is None:
         defaults = {**defaults, "sigma": noise_sigma(noise)}
     steps = np.arange(schedule.num_steps)[::-1]
+    pairs = _travel_pairs(name, schedule, int(travel_length), int(travel_repeat))
+    if pairs is not None:
+        steps = np.arange(len(pairs["k"]))  # one scan step per pair of the official walk
     noise_vt = official_noise_coords(svd) if official else svd.Vt
     if lambda_singulars is not None:
         lambda_singulars = np.asarray(lambda_singulars, np.float32).reshape(-1)
@@ -136,6 +141,27 @@ def _make(
             inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
 
         def step(x, k, z, state):
+            if pairs is None:
+                return model_step(x, k, z, state)
+            p = k
+            k_p, k_next = jnp.asarray(pairs["k"])[p], jnp.asarray(pairs["k_next"])[p]
+            return jax.lax.cond(
+                jnp.asarray(pairs["travel"])[p],
+                lambda: travel_back(x, k_next, z, state),
+                lambda: model_step(x, k_p, z, state),
+            )
+
+        def travel_back(x, k_next, z, x0_last):
+            """The official time-travel pair: the last x0 re-noised up to t_next (no model)."""
+            a_next = schedule.gather(k_next, dtype)["alphas_cumprod"]
+            x_next = jnp.sqrt(a_next) * x0_last + z * jnp.sqrt(1.0 - a_next)
+            nan = jnp.full_like(x, jnp.nan)  # what the official branch does not compute
+            record = {"x0": x0_last, "eps": nan, "x0_hat": nan}
+            if plus:
+                record = {**record, "pinv_res": nan, "noise_term": nan}
+            return x_next, x0_last, record
+
+        def model_step(x, k, z, state):
             pred = predict_x0(model_fn, params, schedule, x, k, clip_denoised=False)
             x0, eps, c = pred["x0"], pred["eps"], pred["c"]
             a_next = c["alphas_cumprod_prev"]
@@ -146,7 +172,7 @@ def _make(
             if not plus:
                 x0_hat = x0 - res
                 x_next = a * x0_hat + sigma_t * eta * z + sigma_t * jnp.sqrt(1.0 - eta**2) * eps
-                return x_next, state, {**record, "x0_hat": x0_hat}
+                return x_next, x0, {**record, "x0_hat": x0_hat}
             lam, d1, d2 = ddnm_plus_coefficients(s, inv, a, sigma_y, sigma_t, eta)
             x0_hat = x0 - svd.V(op_params, lam * svd.Vt(op_params, res))
             noise_term = svd.V(op_params, d1 * noise_vt(op_params, z)) + svd.V(
@@ -154,11 +180,36 @@ def _make(
             )
             x_next = a * x0_hat + noise_term
             record = {**record, "x0_hat": x0_hat, "pinv_res": res, "noise_term": noise_term}
-            return x_next, state, record
+            return x_next, x0, record
 
-        return chain(step, x_T, steps, key=k_loop, replay=replay, loop=loop, label=name)
+        x0_last = jnp.zeros(shape, dtype)  # the state: the last x0, which time travel re-noises
+        return chain(
+            step, x_T, steps, key=k_loop, replay=replay, loop=loop, label=name, state=x0_last
+        )
 
     return sample
+
+
+def _travel_pairs(name, schedule, travel_length: int, travel_repeat: int):
+    """None without time travel; else the official walk (`time_grids.ddnm_walk`) as respaced
+    indices per pair: k (the model's step), k_next (a travel pair's target) and travel."""
+    from jaxdiff.diffusion.time_grids import ddnm_walk
+
+    if travel_repeat == 1:
+        return None
+    n, t_train = schedule.num_steps, schedule.num_train_timesteps
+    walk = ddnm_walk(n, t_train, travel_length, travel_repeat)
+    kept = [int(t) for t in schedule.timestep_map]
+    if kept != sorted({t for t, _ in walk}):
+        raise ValueError(
+            f"{name}: time travel walks DDNM's grid; use respacing 'ddnm{n}' (got {kept[:4]}...)"
+        )
+    index = {t: i for i, t in enumerate(kept)}
+    return {
+        "k": np.array([index[t] for t, _ in walk], np.int32),
+        "k_next": np.array([index.get(j, 0) for _, j in walk], np.int32),
+        "travel": np.array([j > t for t, j in walk]),
+    }
 
 
 def ddnm_plus_coefficients(s, inv, a, sigma_y, sigma_t, eta):

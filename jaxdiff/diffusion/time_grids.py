@@ -1,0 +1,150 @@
+"""Each method's time grid as its official code builds it, for any number of steps.
+
+The grids differ where the step count does not divide the training length T: DDRM's
+`range(0, T, T // N)` then has more than N steps (12 steps: 13, the first at t = 996), DDNM's
+`get_schedule_jump` has exactly N (12 steps: t = 913, 830, ..., 0). A method's config names its
+grid; a respacing spec "<grid><N>" ("ddnm12", "ddrm20", "pigdm100") is resolved here by
+`jaxdiff.diffusion.space_timesteps`.
+
+`TIME_GRIDS` maps a grid name to a `TimeGrid`: its official source and `build(num_steps,
+num_train_timesteps, **options)`. Three kinds:
+- "timesteps": the training steps the model is called at, ascending (a respacing);
+- "noise_index": DiffPIR's `seq`, indices into the descending noise levels, mapped to steps by
+  `jaxdiff.diffusion.diffpir_schedule`;
+- "sigmas": DAPS's annealing noise levels (EDM poly-rho), then 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from jaxdiff.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeGrid:
+    name: str
+    kind: str  # "timesteps" | "noise_index" | "sigmas"
+    source: str  # the official file and function the grid reproduces
+    build: Callable
+
+
+TIME_GRIDS: Registry[TimeGrid] = Registry("time grid")
+
+
+def register_grid(name: str, kind: str, source: str):
+    def add(fn):
+        TIME_GRIDS.register(name)(TimeGrid(name, kind, source, fn))
+        return fn
+
+    return add
+
+
+def _check(num_steps, num_train_timesteps) -> tuple[int, int]:
+    n, t = int(num_steps), int(num_train_timesteps)
+    if n != num_steps or t != num_train_timesteps or not 1 <= n <= t:
+        raise ValueError(f"time grid: need 1 <= num_steps <= {t}, got {num_steps!r}")
+    return n, t
+
+
+def schedule_jump(num_steps: int, travel_length: int = 1, travel_repeat: int = 1) -> list[int]:
+    """DDNM's (RePaint's) `get_schedule_jump` in step units: N-1 .. 0, then -1, with
+    `travel_repeat - 1` jumps of `travel_length` steps back up after every `travel_length`
+    steps below N - travel_length."""
+    n, length, repeat = int(num_steps), int(travel_length), int(travel_repeat)
+    if n < 1 or length < 1 or repeat < 1:
+        raise ValueError(f"schedule_jump: positive sizes needed, got {n}, {length}, {repeat}")
+    jumps = {j: repeat - 1 for j in range(0, n - length, length)}
+    t, walk = n, []
+    while t >= 1:
+        t -= 1
+        walk.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] -= 1
+            for _ in range(length):
+                t += 1
+                walk.append(t)
+    return walk + [-1]
+
+
+def ddnm_walk(
+    num_steps: int, num_train_timesteps: int = 1000, travel_length: int = 1, travel_repeat: int = 1
+) -> list[tuple[int, int]]:
+    """The official loop's (t, t_next) pairs: `schedule_jump` times skip = T // N, the final
+    -skip as -1; t_next > t is a time-travel step back up (no model call)."""
+    n, t = _check(num_steps, num_train_timesteps)
+    skip = t // n
+    walk = schedule_jump(n, travel_length, travel_repeat)
+    return [(i * skip, max(j * skip, -1)) for i, j in zip(walk[:-1], walk[1:])]
+
+
+@register_grid("ddnm", "timesteps", "wyhuai/DDNM functions/svd_ddnm.py get_schedule_jump")
+def ddnm(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """DDNM without time travel (travel_length = travel_repeat = 1, every official config):
+    t = i * (T // N), i = N-1 .. 0: exactly N steps."""
+    walk = ddnm_walk(num_steps, num_train_timesteps)
+    return sorted(t for t, t_next in walk if t_next < t)
+
+
+def uniform_skip(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """range(0, T, T // N): N steps, or more when N does not divide T."""
+    n, t = _check(num_steps, num_train_timesteps)
+    return list(range(0, t, t // n))
+
+
+register_grid("ddrm", "timesteps", "bahjat-kawar/ddrm runners/diffusion.py sample_sequence")(
+    uniform_skip
+)
+# RED-diff and PiGDM share utils/functions.py get_timesteps (start_step T, end_step 0)
+register_grid("reddiff", "timesteps", "NVlabs/RED-diff utils/functions.py get_timesteps")(
+    uniform_skip
+)
+register_grid("pigdm", "timesteps", "NVlabs/RED-diff utils/functions.py get_timesteps")(
+    uniform_skip
+)
+
+DIFFPIR_SKIP_TYPES = ("uniform", "quad")
+
+
+@register_grid("diffpir", "noise_index", "yuanzhi-zhu/DiffPIR main_ddpir_*.py seq")
+def diffpir(num_steps: int, num_train_timesteps: int = 1000, skip_type: str = "quad") -> list[int]:
+    """`seq`: indices into the descending noise levels (0 = noisiest), as the scripts build it:
+    quad sqrt(linspace(0, T^2, N)) truncated, the last minus 1; uniform i * (T // N), then T - 1
+    when T // N > 1."""
+    n, t = _check(num_steps, num_train_timesteps)
+    if n < 2:
+        raise ValueError(f"diffpir: iter_num must be in [2, {t}], got {num_steps!r}")
+    if skip_type == "uniform":
+        skip = t // n
+        seq = [i * skip for i in range(n)]
+        if skip > 1:
+            seq.append(t - 1)
+    elif skip_type == "quad":
+        seq = [int(s) for s in np.sqrt(np.linspace(0, t**2, n))]
+        seq[-1] = seq[-1] - 1
+    else:
+        raise ValueError(f"diffpir: unknown skip_type {skip_type!r}; known: {DIFFPIR_SKIP_TYPES}")
+    if len(set(seq)) != len(seq):
+        raise ValueError(f"diffpir: skip_type {skip_type!r} with {n} steps repeats a step: {seq}")
+    return seq
+
+
+@register_grid("daps", "sigmas", "zhangbingliang2019/DAPS cores/scheduler.py EDMScheduler")
+def daps(
+    num_steps: int, sigma_max: float = 100.0, sigma_min: float = 0.1, rho: float = 7.0, dtype=None
+) -> np.ndarray:
+    """The N annealing noise levels then 0 (`annealing.annealing_sigmas`)."""
+    from jaxdiff.diffusion.annealing import annealing_sigmas
+
+    return annealing_sigmas(num_steps, sigma_max, sigma_min, rho, dtype or np.float32)
+
+
+def grid_timesteps(name: str, num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """The ascending training steps of a "timesteps" grid (the respacing "<name><N>")."""
+    grid = TIME_GRIDS.get(name)
+    if grid.kind != "timesteps":
+        raise ValueError(f"time grid {name!r} is a {grid.kind} grid, not a respacing")
+    return list(grid.build(num_steps, num_train_timesteps))
