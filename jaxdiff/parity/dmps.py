@@ -28,8 +28,7 @@ import numpy as np
 from jaxdiff.diffusion import make_schedule
 from jaxdiff.diffusion.schedule import Schedule
 from jaxdiff.operators import official_svd as off
-from jaxdiff.parity.common import model_anchor, nchw_to_nhwc, report, sidecar
-from jaxdiff.parity.ddpm import load_model, run_dtype
+from jaxdiff.parity.common import load_model, model_anchor, nchw_to_nhwc, report, run_dtype, sidecar
 from jaxdiff.samplers import batched, get_sampler
 
 RTOL = 2e-6  # float32 rounding of the largest entry

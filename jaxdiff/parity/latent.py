@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, sidecar
-from jaxdiff.parity.ddpm import run_dtype
+from jaxdiff.parity.common import compare, nchw_to_nhwc, report, run_dtype, sidecar
 
 
 @dataclass(frozen=True)
