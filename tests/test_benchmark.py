@@ -54,7 +54,7 @@ def test_tiny_run_has_the_json_fields():
 def test_progress_is_logged_as_each_compile_and_round_starts(monkeypatch):
     events = []
 
-    def fake_compile(arch, config, diffusion, params, name, batch, dtype, steps, remat=False):
+    def fake_compile(arch, config, diffusion, params, name, batch, dtype, steps, remat="none"):
         events.append(f"COMPILE {name}")
         if name == "bad":
             raise RuntimeError("no such kernel\nsecond line")
@@ -67,7 +67,7 @@ def test_progress_is_logged_as_each_compile_and_round_starts(monkeypatch):
     monkeypatch.setattr(benchmark, "network_flops", lambda *a, **k: None)
     out = benchmark.bench_group(
         "adm", benchmark.TINY, None, None, ["ddpm", "bad"], 1, "float32", steps=2, repeats=2,
-        remat_memory=False, log=events.append,
+        log=events.append,
     )  # fmt: skip
     assert events[:3] == [
         "  [1/2] ddpm b=1 float32: compiling ...",

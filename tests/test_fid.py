@@ -144,7 +144,7 @@ def test_converter_refuses_what_is_not_the_fid_inception(tmp_path):
     with pytest.raises(NotFIDInceptionError, match="adm_tiny.pt: not pytorch-fid's FID Incep"):
         convert(FIXTURES / "adm_tiny.pt", tmp_path / "x", kind="fid_inception", progress=False)
     assert main([str(FIXTURES / "adm_tiny.pt"), "--out", str(tmp_path / "y"),
-                 "--kind", "fid_inception", "--quiet"]) == 1  # fmt: skip
+                 "--kind", "fid_inception", "--quiet"]) == 2  # fmt: skip
     assert not (tmp_path / "y").exists()
     # a converted diffusion model given to the metrics: named too
     with pytest.raises(NotFIDInceptionError, match="not the FID Inception"):
