@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a guided-diffusion (ADM) .pt or a diffusers UNet2DModel folder "
         "into a jaxdiff checkpoint folder (orbax params + jaxdiff.json).",
     )
-    p.add_argument("src", help="ADM .pt/.pth/.bin file, or diffusers folder with config.json")
+    p.add_argument(
+        "src",
+        help="ADM .pt/.pth/.bin file, diffusers folder with config.json, diffusers pipeline "
+        "folder (model_index.json), or an original Stable Diffusion / LDM .ckpt / .safetensors",
+    )
     p.add_argument("--out", required=True, help="output checkpoint folder")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--preset", help="ADM architecture preset, e.g. ffhq256, imagenet256_uncond")
@@ -34,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         'or {"kwargs": {...}}; default: inferred from the checkpoint',
     )
     p.add_argument("--key", help="entry holding the state dict in a nested file, e.g. 'ema'")
+    p.add_argument(
+        "--config_folder",
+        help="for a Stable Diffusion single file: a diffusers pipeline folder of the same model, "
+        "whose config.json files lay out its weights",
+    )
+    p.add_argument(
+        "--vq_config", help="for a CompVis LDM .ckpt: the first stage's VQModel config.json"
+    )
     p.add_argument(
         "--kind",
         choices=("diffusion", "fid_inception"),
@@ -79,6 +91,8 @@ def main(argv=None) -> int:
             progress=not args.quiet,
             kind=args.kind,
             allow_large_weights=args.allow_large_weights,
+            config_folder=args.config_folder,
+            vq_config=args.vq_config,
         )
     except (CheckpointError, ValueError, KeyError, OSError) as e:  # bad input, a full disk
         if args.debug:

@@ -129,3 +129,26 @@ def test_ldm_converts_like_its_parts(tmp_path):
         jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     prior, params = load_latent_prior(tmp_path / "ldm")
     assert prior.first_stage is not None and prior.scheduler["steps_offset"] == 1
+
+
+def test_the_converter_command_takes_single_files(tmp_path, capsys):
+    """`python -m convert_weights FILE --out DIR`: an SD single file with --config_folder, an LDM
+    .ckpt with --config and --vq_config; without them, one line naming the flag (status 2)."""
+    from convert_weights.cli import main
+
+    sd = FIXTURES / "sd_single.safetensors"
+    assert main([str(sd), "--out", str(tmp_path / "no"), "--quiet"]) == 2
+    assert "--config_folder" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    args = [str(sd), "--out", str(tmp_path / "sd"), "--config_folder", str(FOLDER), "--quiet"]
+    assert main(args) == 0
+    assert "unet" in capsys.readouterr().out
+    assert (tmp_path / "sd" / "unet" / "jaxdiff.json").is_file()
+    assert main([str(LDM), "--out", str(tmp_path / "ldm0"), "--quiet"]) == 2
+    assert "--vq_config" in capsys.readouterr().err
+    args = [
+        str(LDM), "--out", str(tmp_path / "ldm"), "--config", str(ADM.with_suffix(".json")),
+        "--vq_config", str(FIXTURES / "vq_tiny" / "config.json"), "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert (tmp_path / "ldm" / "vqvae" / "jaxdiff.json").is_file()

@@ -314,8 +314,15 @@ def convert(
     progress: bool = True,
     kind: str | None = None,
     allow_large_weights: bool = False,
+    config_folder=None,
+    vq_config=None,
 ) -> dict:
     """Convert SRC into the jaxdiff checkpoint folder OUT; returns the sidecar dict written.
+
+    An original single-file checkpoint (`.ckpt` / `.safetensors`, told apart by its keys) becomes
+    a converted pipeline folder: a Stable Diffusion file needs `config_folder` (a diffusers
+    pipeline folder of the same model, whose configs lay out the weights), a CompVis LDM `.ckpt`
+    needs `config` (the UNet's kwargs) and `vq_config` (the VQModel config.json).
 
     `kind="fid_inception"` insists on pytorch-fid's FID Inception (NotFIDInceptionError
     otherwise); without it, a file with Inception keys is converted as one. Non-finite weights
@@ -325,6 +332,12 @@ def convert(
     out = Path(out)
     if out.exists() and not force:  # before the (possibly long) read
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    single = _single_file_kind(src)
+    if single is not None:
+        return _convert_single_file(
+            single, src, out, config=config, config_folder=config_folder, vq_config=vq_config,
+            force=force, progress=progress, allow_large_weights=allow_large_weights,
+        )  # fmt: skip
     source = detect_source(src)
     if source.architecture in ("pipeline", "component"):
         from jaxdiff.convert import pipeline
@@ -351,3 +364,38 @@ def convert(
     max_abs = None if allow_large_weights else MAX_ABS_WEIGHT
     save_pretrained(out, params, meta, force=force, max_abs=max_abs)
     return json.loads((out / "jaxdiff.json").read_text())
+
+
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
+
+
+def _single_file_kind(src) -> str | None:
+    """ "sd" / "ldm" for an original single-file checkpoint, else None (a guided-diffusion `.pt`
+    or a diffusers folder take the other paths)."""
+    src = Path(src)
+    if not src.is_file() or src.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        return None
+    from jaxdiff.convert import sd_single_file
+
+    refuse_lfs_pointer(src)
+    return sd_single_file.single_file_kind(src)
+
+
+def _convert_single_file(kind, src, out, *, config, config_folder, vq_config, **options) -> dict:
+    if kind == "sd":
+        from jaxdiff.convert import sd_single_file
+
+        if config_folder is None:
+            raise ValueError(
+                f"{src}: a Stable Diffusion single file; pass --config_folder, a diffusers "
+                "pipeline folder of the same model (its config.json files lay out the weights)"
+            )
+        return sd_single_file.convert_single_file(src, out, Path(config_folder), **options)
+    from jaxdiff.convert.ldm_single_file import convert_ldm_file
+
+    if config is None or vq_config is None:
+        raise ValueError(
+            f"{src}: a CompVis LDM checkpoint; pass --config (the UNet's kwargs, JSON) and "
+            "--vq_config (the first stage's VQModel config.json)"
+        )
+    return convert_ldm_file(src, out, unet_config=config, vq_config=vq_config, **options)
