@@ -50,10 +50,11 @@ SCORE_ALD_WEIGHT = {"box": 1.0, "random": 1.0, "gaussian_blur": 1.0, "sr4": 10.0
 # mostly denoises.
 SDEDIT_T0 = {"box": 0.3, "random": 0.3, "gaussian_blur": 0.02, "sr4": 0.1, "sr2": 0.02}
 
-# MPGD scale at 20 steps (ddim20): the official 17.5 is for 256 px, where the unit-norm gradient
-# of ||y - A x0|| is spread over 64x more pixels than at 32 px (each pixel moves ~8x less), so the
-# demo starts from 17.5 / 8 ~ 2.
-MPGD_SCALE = {"box": 2.0, "random": 2.0, "gaussian_blur": 2.0, "sr4": 2.0, "sr2": 2.0}
+# MPGD scale at 20 steps (ddim20; the official 17.5 there is for 256 px): box 0.5 / 1 / 2 / 4 / 8:
+# 13.01/0.623, 15.35/0.496, 16.97/0.316, 17.06/0.251, 16.84/0.288; sr2 2 / 4 / 6 / 8 / 12 / 17.5:
+# 17.07/0.510, 20.74/0.277, 21.16/0.245, 20.98/0.256, 20.68/0.274, 20.31/0.283; gaussian_blur
+# 4 / 8 / 12 / 17.5: 21.22/0.251, 21.49/0.233, 20.56/0.249, 19.17/0.245 (eta 0.5).
+MPGD_SCALE = {"box": 4.0, "random": 4.0, "gaussian_blur": 8.0, "sr4": 6.0, "sr2": 6.0}
 
 # Task settings given directly at 32 px (reference_size 32) where the proportional rule of
 # jaxdiff.experiment.scale_task gives a degenerate task: the paper's std 3.0 at 256 px is 0.375 px

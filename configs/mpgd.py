@@ -11,9 +11,8 @@ timestep_respacing = f"ddim{timestep}" below 1000), x0 clamped (clip_denoised Tr
 17.5 at 20 steps, 7.5 at 50, 4 at 100. The official linear tasks are the configs' sr4
 (super_resolution_config.yaml: scale_factor 4) and Gaussian deblurring
 (gaussian_deblur_config.yaml: kernel_size 61, intensity 3.0), noise sigma 0.05; the same
-settings run on every other linear task. The scale is set for 256 px images: the norm's
-gradient is a unit-norm direction spread over all pixels, so at a smaller size each pixel moves
-more (the demo's 32 px uses its own scale). Phase retrieval (nonlinear) raises a clear error.
+settings run on every other linear task. The scales were set for 256 px images (the demo's
+32 px prior sweeps its own, configs/demo.py). Phase retrieval (nonlinear) raises a clear error.
 """
 
 from __future__ import annotations
