@@ -46,7 +46,6 @@ def get_config(arg: str | None = None):
     c.method = "mpgd"
     c.sampler.respacing = f"ddim{a.steps}"  # ffhq_sample_condition.py: f"ddim{args.timestep}"
     c.sampler.options.clip_denoised = True  # mgpd_diffusion_config.yaml: clip_denoised True
-    c.sampler.options.batch_coupled_norm = False  # the official runs are batch 1 (per image)
     c.sampler.hparams.eta = 0.5  # ffhq_sample_condition.py --eta default 0.5 (config eta 0.5)
     c.sampler.hparams.scale = SCALE[a.steps]  # wo_proj_ffhq_super_resolution.sh --scale
     return c

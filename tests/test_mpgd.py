@@ -1,5 +1,5 @@
 """MPGD: parity with the official code's trajectories, the closed form with a Gaussian prior,
-batch-size invariance, the coupled norm, one compile per sweep and clear errors on bad input."""
+batch-size invariance, one compile per sweep and clear errors on bad input."""
 
 from __future__ import annotations
 
@@ -127,38 +127,6 @@ def test_batch_size_invariance_and_one_compile_per_sweep():
     assert res.x0.shape == (3, 3, *SHAPE)
     np.testing.assert_allclose(res.x0[0], three.x0, atol=1e-6, rtol=1e-6)
     assert not np.allclose(res.x0[1], res.x0[2], atol=1e-3)
-
-
-@pytest.mark.slow
-def test_batch_coupled_norm():
-    """The official whole-batch norm: one image alone is the per-image chain; in a batch of 3
-    every image's step is divided by the batch's norm, and padding (valid=False) drops out."""
-    op, keys, op_params, y = _batch()
-    params = GP.params()
-    make = lambda coupled: get_sampler("mpgd")(  # noqa: E731
-        GP.model_fn,
-        SCHED,
-        operator=op,
-        batch_coupled_norm=coupled,
-        keep_trajectory=True,
-        scale=0.2,
-    )
-    per, coupled = (jax.jit(batched(make(c))) for c in (False, True))
-    np.testing.assert_allclose(
-        coupled(params, keys[:1], y[:1], jax.tree.map(lambda a: a[:1], op_params)).x0,
-        per(params, keys[:1], y[:1], jax.tree.map(lambda a: a[:1], op_params)).x0,
-        atol=1e-6,
-    )
-    a, b = per(params, keys, y, op_params), coupled(params, keys, y, op_params)
-    assert not np.allclose(a.x0, b.x0, atol=1e-3)
-    norm = np.asarray(b.trajectory["norm"])  # (B, K): the batch's norm on every image
-    np.testing.assert_allclose(norm[0], norm[2], rtol=1e-6)
-    valid = jnp.array([True, True, False])
-    pad = coupled(params, keys, y, op_params, None, None, valid)
-    two = coupled(params, keys[:2], y[:2], jax.tree.map(lambda a: a[:2], op_params))
-    np.testing.assert_allclose(pad.x0[:2], two.x0, atol=1e-6)
-    with pytest.raises(ValueError, match="batch_coupled_norm=True needs the sampler wrapped"):
-        jax.jit(make(True))(params, keys[0], y[0], jax.tree.map(lambda a: a[0], op_params))
 
 
 def test_bad_inputs_are_clear_errors():

@@ -15,10 +15,10 @@ The guidance step is divided by sqrt of the NEXT step's alpha-bar (the code pass
 scale (17.5 / 7.5 / 4 at 20 / 50 / 100 steps). One draw per step (the DDIM noise z; the code
 draws it at the last step too and does not add it).
 
-Per-image norm by default. The official norm is the Frobenius norm of the whole batch (its
-runs use batch 1, where the two agree); `batch_coupled_norm=True` reproduces it for B > 1 with a
-`lax.psum` over the "batch" axis of `batched(...)` (padding excluded), as DPS's option does.
-Gaussian likelihood only: the code's Poisson branch (norm / |y|) is refused.
+The norm is per image. The code's is the Frobenius norm of its whole batch, but its loop runs
+one image only (`if t != 0` on the (B,) time tensor raises for B > 1; the official script's
+loader is batch 1), so per image is the official behaviour. Gaussian likelihood only: the
+code's Poisson branch (norm / |y|) is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion.gaussian import eps_from_x0
-from jaxdiff.samplers import common
 from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import (
     check_measurement,
@@ -55,14 +54,13 @@ def make_mpgd(
     defaults,
     loop,
     image_shape=None,
-    batch_coupled_norm: bool = False,
     clip_denoised: bool = True,
     dtype=jnp.float32,
 ):
     """`sample(params, key, y, op_params, hparams={"eta", "scale"}, replay=None, valid=True)`.
 
     replay: {"x_T": (H,W,C), "noise": (K,H,W,C)}. The trajectory records x0_hat (before the
-    guidance), x0_guided, eps and norm (||r||, the batch's when coupled).
+    guidance), x0_guided, eps and norm (||r||).
     """
     if noise_kind(noise) == "poisson":
         raise ValueError(
@@ -72,15 +70,12 @@ def make_mpgd(
     shape = resolve_image_shape(image_shape, operator, None, "mpgd")
     steps = np.arange(schedule.num_steps)[::-1]
 
-    def batch_sum(v, valid):
-        return common.batch_sum(v, valid, "mpgd", "batch_coupled_norm") if batch_coupled_norm else v
-
     def sample(params, key, y=None, op_params=None, hparams=None, replay=None, valid=True):
+        del valid  # nothing couples the images
         h = resolve_hparams(defaults, hparams, "mpgd")
         check_measurement(forward, op_params, jax.ShapeDtypeStruct(shape, dtype), y, "mpgd")
         eta, scale = h["eta"].astype(dtype), h["scale"].astype(dtype)
         y = jnp.asarray(y, dtype)
-        valid = jnp.asarray(valid, bool)
         x_T, k_loop = initial_x(key, replay, shape, dtype, "mpgd")
 
         def step(x, k, z, state):
@@ -90,7 +85,7 @@ def make_mpgd(
             a_t, a_prev = c["alphas_cumprod"], c["alphas_cumprod_prev"]
             s = eta * jnp.sqrt((1 - a_prev) / (1 - a_t)) * jnp.sqrt(1 - a_t / a_prev)
             r, pullback = jax.vjp(lambda v: y - forward(op_params, v), x0)
-            norm = jnp.sqrt(batch_sum(jnp.sum(r * r), valid))
+            norm = jnp.sqrt(jnp.sum(r * r))
             # d||r||/dx0 = -A^T r / ||r|| (0 where r = 0, where the norm has no gradient)
             (g,) = pullback(r / jnp.where(norm > 0, norm, 1))
             x0_guided = x0 - g * scale / jnp.sqrt(a_prev)
