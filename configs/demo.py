@@ -19,7 +19,7 @@ import ml_collections
 from jaxdiff import config_lib
 
 TASKS = "box,random,gaussian_blur,sr2"
-METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps"
+METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd"
 # Classical baselines: each runs on the tasks it applies to (jaxdiff.baselines.APPLIES).
 BASELINES = "measurement,telea,wiener,bicubic,tv_least_squares"
 
@@ -50,6 +50,12 @@ SCORE_ALD_WEIGHT = {"box": 1.0, "random": 1.0, "gaussian_blur": 1.0, "sr4": 10.0
 # mostly denoises.
 SDEDIT_T0 = {"box": 0.3, "random": 0.3, "gaussian_blur": 0.02, "sr4": 0.1, "sr2": 0.02}
 
+# MPGD scale at 20 steps (ddim20; the official 17.5 there is for 256 px): box 0.5 / 1 / 2 / 4 / 8:
+# 13.01/0.623, 15.35/0.496, 16.97/0.316, 17.06/0.251, 16.84/0.288; sr2 2 / 4 / 6 / 8 / 12 / 17.5:
+# 17.07/0.510, 20.74/0.277, 21.16/0.245, 20.98/0.256, 20.68/0.274, 20.31/0.283; gaussian_blur
+# 4 / 8 / 12 / 17.5: 21.22/0.251, 21.49/0.233, 20.56/0.249, 19.17/0.245 (eta 0.5).
+MPGD_SCALE = {"box": 4.0, "random": 4.0, "gaussian_blur": 8.0, "sr4": 6.0, "sr2": 6.0}
+
 # Task settings given directly at 32 px (reference_size 32) where the proportional rule of
 # jaxdiff.experiment.scale_task gives a degenerate task: the paper's std 3.0 at 256 px is 0.375 px
 # at 32 px, a blur that is invisible under the sigma = 0.05 noise (the measurement itself scores
@@ -63,6 +69,7 @@ HPARAMS = {
     "dps": {"scale": DPS_SCALE},
     "score_ald": {"weight": SCORE_ALD_WEIGHT},
     "sdedit": {"t0": SDEDIT_T0},
+    "mpgd": {"scale": MPGD_SCALE},
 }
 # Tasks per method where not every one of `tasks`, to keep the demo under 5 minutes on 2 cores
 # (each run's XLA compilation, 5-15 s, is most of its cost): the methods beyond SDEdit, Score-ALD and DPS skip
@@ -80,6 +87,7 @@ METHOD_TASKS = {
     "reddiff": _NEW,
     "daps": _NEW,
     "dmps": _NEW,
+    "mpgd": _NEW,
 }
 
 # Static options per method and task (method -> option -> task -> value). RED-diff starts from
@@ -114,6 +122,8 @@ METHOD_RESPACING = {
     # at x_t overshoots (box 13.72 dB at 20 steps, 18.41 / 0.537 / 0.181 at 100; gaussian_blur
     # 33.53 / 0.980 / 0.019, sr2 21.81 / 0.792 / 0.217 at 100, 3 images)
     "dmps": "100",
+    # MPGD's fewest official steps (ddim20, scale 17.5 at 256 px)
+    "mpgd": "ddim20",
 }
 
 
