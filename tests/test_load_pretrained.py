@@ -28,7 +28,10 @@ def _same(a, b):
         assert x.dtype == y.dtype and np.array_equal(x, y), jax.tree_util.keystr(path)
 
 
-@pytest.mark.parametrize("name", ["adm_tiny.pt", "diffusers_tiny"])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param("adm_tiny.pt", marks=pytest.mark.slow), "diffusers_tiny"],  # adm: ~9 s
+)
 def test_unconverted_source_loads_as_converting_then_loading(fixtures_dir, tmp_path, caplog, name):
     src = fixtures_dir / name
     extra = ("--config", fixtures_dir / "adm_tiny.json") if name.endswith(".pt") else ()
