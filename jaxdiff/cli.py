@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -45,6 +46,8 @@ def run(main, argv=None, *, info_logs: bool = False) -> None:
     INFO logs are off unless --verbosity asks for them (`info_logs`: the command's own INFO
     lines stay, train's progress; the libraries' (orbax, jax) stay off)."""
     console = argv is None
+    if console:
+        _quiet_closed_event_loops()
     argv = list(sys.argv if argv is None else argv)
     prog = command_name(argv[0])
     debug = any(a in ("--debug", "-debug", "--debug=true", "--debug=True") for a in argv)
@@ -79,6 +82,28 @@ def run(main, argv=None, *, info_logs: bool = False) -> None:
             fail(prog, e, console)
 
     app.run(guarded, argv=argv, flags_parser=parse)
+
+
+def _quiet_closed_event_loops() -> None:
+    """After a failed orbax restore, tensorstore's callbacks still post to orbax's asyncio loop,
+    which is closed by then; each prints `RuntimeError: Event loop is closed` with its traceback
+    through sys.excepthook (and, from a thread, threading.excepthook), burying the command's one
+    error line. Those, and only those, are dropped."""
+
+    def closed_loop(exc) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    hook, thread_hook = sys.excepthook, threading.excepthook
+
+    def excepthook(kind, value, tb):
+        if not closed_loop(value):
+            hook(kind, value, tb)
+
+    def thread_excepthook(args):
+        if not closed_loop(args.exc_value):
+            thread_hook(args)
+
+    sys.excepthook, threading.excepthook = excepthook, thread_excepthook
 
 
 def _quiet_libraries(record) -> bool:
