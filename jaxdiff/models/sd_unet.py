@@ -29,7 +29,13 @@ from jaxdiff.models.layers import (
     wide,
 )
 from jaxdiff.models.sd_transformer import Transformer2D
-from jaxdiff.models.unet2d import Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D
+from jaxdiff.models.unet2d import (
+    Downsample2D,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Upsample2D,
+    level_config,
+)
 
 Dtype = Any
 
@@ -139,23 +145,8 @@ def normalize_config(config: dict) -> dict:
     name = config.get("_class_name", "UNet2DConditionModel")
     if name != "UNet2DConditionModel":
         raise ValueError(f"sd_unet config: _class_name={name!r}, not UNet2DConditionModel")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in DEFAULTS)
-    unknown = [k for k in unknown if k != "heads"]
-    if unknown:
-        raise ValueError(f"sd_unet config: unknown field(s) {unknown}")
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-    for key in ("down_block_types", "up_block_types", "block_out_channels"):
-        cfg[key] = tuple(cfg[key])
-    if isinstance(cfg["sample_size"], list):
-        cfg["sample_size"] = tuple(cfg["sample_size"])
+    cfg = level_config(config, DEFAULTS, DOWN_BLOCKS, UP_BLOCKS, "sd_unet", extra=("heads",))
     n = len(cfg["block_out_channels"])
-    _check(n >= 1, "block_out_channels", cfg["block_out_channels"], "empty")
-    for key in ("down_block_types", "up_block_types"):
-        _check(len(cfg[key]) == n, key, cfg[key], f"needs {n} entries like block_out_channels")
-    for name in cfg["down_block_types"]:
-        _check(name in DOWN_BLOCKS, "down_block_types", name, f"known: {sorted(DOWN_BLOCKS)}")
-    for name in cfg["up_block_types"]:
-        _check(name in UP_BLOCKS, "up_block_types", name, f"known: {sorted(UP_BLOCKS)}")
     _check(cfg["mid_block_type"] in MID_BLOCKS, "mid_block_type", cfg["mid_block_type"], "")
     for key, allowed in UNSUPPORTED.items():
         _check(cfg[key] in allowed, key, cfg[key], f"supported: {list(allowed)}")

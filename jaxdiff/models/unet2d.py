@@ -69,26 +69,40 @@ def _check(ok: bool, field: str, value, why: str) -> None:
         raise ValueError(f"unet2d config: {field}={value!r} is not supported ({why})")
 
 
-def normalize_config(config: dict) -> dict:
-    """diffusers config.json -> validated dict with defaults filled (tuples, hashable)."""
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise ValueError(f"unet2d config: _class_name={config['_class_name']!r}, not UNet2DModel")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in DEFAULTS)
+def level_config(config: dict, defaults: dict, down_blocks, up_blocks, what: str, extra=()) -> dict:
+    """What the diffusers UNets' configs share: unknown fields refused (`extra` are derived
+    ones a normalised config may carry), defaults filled, one known down and up block type per
+    entry of block_out_channels; lists as tuples. Errors are prefixed `WHAT config:`."""
+
+    def check(ok: bool, field: str, value, why: str) -> None:
+        if not ok:
+            raise ValueError(f"{what} config: {field}={value!r} is not supported ({why})")
+
+    known = set(defaults) | set(extra)
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
     if unknown:
-        raise ValueError(f"unet2d config: unknown field(s) {unknown}")
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+        raise ValueError(f"{what} config: unknown field(s) {unknown}")
+    cfg = {**defaults, **{k: v for k, v in config.items() if not k.startswith("_")}}
     for key in ("down_block_types", "up_block_types", "block_out_channels"):
         cfg[key] = tuple(cfg[key])
     if isinstance(cfg["sample_size"], list):
         cfg["sample_size"] = tuple(cfg["sample_size"])
     n = len(cfg["block_out_channels"])
-    _check(n >= 1, "block_out_channels", cfg["block_out_channels"], "empty")
+    check(n >= 1, "block_out_channels", cfg["block_out_channels"], "empty")
     for key in ("down_block_types", "up_block_types"):
-        _check(len(cfg[key]) == n, key, cfg[key], f"needs {n} entries like block_out_channels")
+        check(len(cfg[key]) == n, key, cfg[key], f"needs {n} entries like block_out_channels")
     for name in cfg["down_block_types"]:
-        _check(name in DOWN_BLOCKS, "down_block_types", name, f"known: {sorted(DOWN_BLOCKS)}")
+        check(name in down_blocks, "down_block_types", name, f"known: {sorted(down_blocks)}")
     for name in cfg["up_block_types"]:
-        _check(name in UP_BLOCKS, "up_block_types", name, f"known: {sorted(UP_BLOCKS)}")
+        check(name in up_blocks, "up_block_types", name, f"known: {sorted(up_blocks)}")
+    return cfg
+
+
+def normalize_config(config: dict) -> dict:
+    """diffusers config.json -> validated dict with defaults filled (tuples, hashable)."""
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise ValueError(f"unet2d config: _class_name={config['_class_name']!r}, not UNet2DModel")
+    cfg = level_config(config, DEFAULTS, DOWN_BLOCKS, UP_BLOCKS, "unet2d")
     mid = cfg["mid_block_type"]
     _check(mid in ("UNetMidBlock2D", None), "mid_block_type", mid, "only UNetMidBlock2D or null")
     tet = cfg["time_embedding_type"]
