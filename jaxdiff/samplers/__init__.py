@@ -33,6 +33,7 @@ from jaxdiff.samplers import (  # noqa: F401
     mpgd,
     pigdm,
     reddiff,
+    repaint,
     score_ald,
     sdedit,
     tweedie,
