@@ -19,7 +19,7 @@ import ml_collections
 from jaxdiff import config_lib
 
 TASKS = "box,random,gaussian_blur,sr2"
-METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd"
+METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd,repaint"
 # Classical baselines: each runs on the tasks it applies to (jaxdiff.baselines.APPLIES).
 BASELINES = "measurement,telea,wiener,bicubic,tv_least_squares"
 
@@ -88,6 +88,7 @@ METHOD_TASKS = {
     "daps": _NEW,
     "dmps": _NEW,
     "mpgd": _NEW,
+    "repaint": "box",  # inpainting only (a pixel-mask operator)
 }
 
 # Static options per method and task (method -> option -> task -> value). RED-diff starts from
@@ -97,6 +98,9 @@ METHOD_TASKS = {
 OPTIONS = {
     "reddiff": {"init": {"gaussian_blur": "adjoint"}},
     "daps": {"ode_steps": {"box": 2, "random": 2, "gaussian_blur": 2, "sr2": 2}},
+    # RePaint: a short walk (20 steps, jumps of 5 steps twice: 35 network calls) instead of the
+    # official 250 steps with jumps of 10 ten times (2410 calls)
+    "repaint": {"jump_length": {"box": 5}, "jump_n_sample": {"box": 2}},
 }
 
 # Respacing per method where it differs from `respacing` / `task_respacing` (method wins). The
@@ -124,6 +128,7 @@ METHOD_RESPACING = {
     "dmps": "100",
     # MPGD's fewest official steps (ddim20, scale 17.5 at 256 px)
     "mpgd": "ddim20",
+    "repaint": "20",
 }
 
 

@@ -8,10 +8,10 @@ no final paste) and feeds x_T and every pair's draws back (z: p_sample's or undo
 known: the blend's), then compares every recorded state per pair.
 
 Rule (tests/fixtures/repaint/README.txt): |got - ref| <= atol + rtol * max|ref| per pair, atol
-1e-6, rtol 2e-6, floored at 3x the official code's own float32-vs-float64 difference for that
-array and pair (sidecar "f64_replay"; for the chain states x_t and x_in the running maximum
-over the pairs so far of their levels, `running_level`), never above 1e-3 * max(1, max|ref|); the walk, timestep
-map and model timesteps exactly, the schedule rtol 1e-6.
+1e-6, rtol 2e-6, floored at 3x the official code's own float32-vs-float64 difference (sidecar
+"f64_replay": x0_hat its own per pair; the chain states x_t and x_in the running maximum over
+the pairs so far of theirs, `running_level`), never above 1e-3 * max(1, max|ref|); the walk,
+timestep map and model timesteps exactly, the schedule rtol 1e-6.
 """
 
 from __future__ import annotations
