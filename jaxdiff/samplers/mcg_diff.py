@@ -63,6 +63,13 @@ def tau_indices(abar_grid, s, var):
     return jnp.argmin(jnp.abs(d), axis=1).astype(jnp.int32)
 
 
+def mcg_diff_grid(num_steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
+    """The official grid linspace(0, T - 1, N).long() (the respacing "mcgdiff<N>")."""
+    from jaxdiff.diffusion.time_grids import mcgdiff
+
+    return np.asarray(mcgdiff(num_steps, num_train_timesteps), np.int64)
+
+
 def _loglik(x, mean, std, mask):
     """particle_filter.gauss_loglik over the coordinates in `mask` (no normalising constant)."""
     r = (x - mean) / jnp.clip(std, 1e-10, 1e10)
