@@ -111,6 +111,8 @@ def test_batch_size_invariance_and_one_compile_per_sweep(resampling, estimator):
     np.testing.assert_allclose(three.x0[0], one.x0, atol=1e-6, rtol=0)
     np.testing.assert_allclose(three.particles[0], one.particles, atol=1e-6, rtol=0)
     assert three.particles.shape == (3, 8, *SHAPE) and three.log_weights.shape == (3, 8)
+    if resampling == "systematic":  # the sweep once
+        return
 
     sweep = jax.jit(batched(sample, sweep=True))
     hp = {
@@ -152,3 +154,22 @@ def test_bad_inputs_are_clear_errors():
     one_step = make_schedule(1000, respacing="1", variance_type="fixed_large")
     with pytest.raises(ValueError, match="at least 2"):
         get_sampler("mcg_diff")(GP.model_fn, one_step, operator=op)
+
+
+def test_driver_records_the_particle_options():
+    """configs/mcg_diff.py through experiment.build: the run's method info (summary.json) states
+    num_particles, resampling and the estimator that made x_hat, from the config or the
+    factory's default."""
+    import importlib
+
+    from jaxdiff.experiment import DEMO_PRIOR, build
+    from jaxdiff.models import load_pretrained
+
+    loaded = (DEMO_PRIOR, *load_pretrained(DEMO_PRIOR))
+    c = importlib.import_module("configs.mcg_diff").get_config("sr4")
+    c.sampler.options.estimator = "mean"
+    info = build(c, loaded=loaded).method.info
+    assert info["num_particles"] == 64 and info["resampling"] == "multinomial"
+    assert info["estimator"] == "mean"
+    del c.sampler.options["estimator"]
+    assert build(c, loaded=loaded).method.info["estimator"] == "draw"  # the factory default
