@@ -26,6 +26,15 @@ random.choices), estimator ("draw": the code returns particle 0 after its last r
 uniformly drawn particle; "mean"). The official inpainting branch is this update for a mask
 (s in {0, 1}); its other branches mix the DPS operator (a bicubic Resizer) into the weights with
 the block-average SVD in the proposal and hard-code 256 px, which is not reproduced.
+
+`official=True` (parity only) reproduces two things of the code. Its inpainting noise
+c1 z - (c1 - c2) A z takes c2 expanded to the tiled measurement's (M, ...) shape, so each
+proposal is M identical rows and every norm in the weights is M times too large: the
+log-weights are multiplied by M (the weights raised to the power M). And its guided mean is
+x - c/(c+1) A x with x = m_back + c A^T y and c ~ 1e7 at the top steps: float32 cancellation
+leaves errors of order 0.1 on the observed pixels there (the stable form above is the
+default); the code's float32 coefficients of float64 tables are used (from the factory's
+c_rate and sigma, which are then fixed).
 """
 
 from __future__ import annotations
@@ -52,6 +61,28 @@ def _nfe(num_steps: int, options: dict) -> int:
     return (int(num_steps) - 1) * int(options.get("num_particles", NUM_PARTICLES))
 
 
+def official_tables(schedule, defaults) -> dict:
+    """The code's per-step coefficients: float64 numpy tables rounded to float32 as its
+    extract_and_expand(...).float() does (c_rate and sigma concrete)."""
+    c, sg = float(defaults["c_rate"]), float(defaults["sigma"] or 0.05)
+    a = np.asarray(schedule.tables["alphas_cumprod"], np.float64)
+    ap = np.asarray(schedule.tables["alphas_cumprod_prev"], np.float64)
+    pv = (1 - ap) * c
+    vd = a * sg * sg
+    f = np.float32
+    return {
+        "coef": (1 / (vd / (pv + 1e-6))).astype(f),
+        "c1": np.sqrt(pv).astype(f),
+        "c2": np.sqrt(vd * pv / (vd + pv)).astype(f),
+        "bridge1": np.sqrt((1 - c) * (1 - ap) / (1 - a)).astype(f),
+        "bridge2": np.sqrt(ap).astype(f),
+        "bridge3": np.sqrt(a).astype(f),
+        "bridge4": (np.sqrt(c) * np.sqrt(1 - ap)).astype(f),
+        "e3": np.sqrt(ap).astype(f),
+        "e4": (np.sqrt(1 - ap) * np.sqrt(1 - c)).astype(f),
+    }
+
+
 @register_sampler(
     "fps_smc",
     needs=("operator", "linear", "svd", "measurement"),
@@ -72,6 +103,7 @@ def make_fps_smc(
     resampling: str = "multinomial",
     estimator: str = "draw",
     clip_denoised: bool = True,
+    official: bool = False,
     dtype=jnp.float32,
 ):
     """`sample(params, key, y, op_params, hparams={"c_rate", "sigma"}, replay=None)`.
@@ -79,7 +111,8 @@ def make_fps_smc(
     replay: {"y_T": (H,W,C) the draw behind y_{T-1} = A y_T, "x_T": (N,H,W,C) the start's
     free coordinates, "y_noise_T": (H,W,C) the n of y_{T-2}, "noise": {"z": (K,N,H,W,C),
     "y_noise": (K,H,W,C), "u": (K,N), "ancestors": (K,N)}} over the K = num_steps - 1 steps
-    (the step at k draws n_k for y_{k-1}; unused at k = 0).
+    (the step at k draws n_k for y_{k-1}; unused at k = 0). Parity only: "x_in" (K,N,H,W,C)
+    and "y_in" (K,H,W,C) replace each step's input particles and y_k (teacher forcing).
     """
     n = pt.check_options("fps_smc", num_particles, resampling, estimator)
     svd = operator.svd
@@ -95,6 +128,7 @@ def make_fps_smc(
         defaults = {**defaults, "sigma": 0.05 if not sigma else sigma}
     m = svd.rank
     K = schedule.num_steps
+    tab = official_tables(schedule, defaults) if official else None
     steps = np.arange(K - 1)[::-1]  # k = K-2 .. 0; the top index K-1 only initialises
 
     def draw(key, x):
@@ -134,6 +168,9 @@ def make_fps_smc(
             return s * vt(img)[:m]
 
         def y_bridge(y_k, k, n_img):
+            if official:  # the code's float32 coefficients of float64 tables, its op order
+                b1, b2, b3, b4 = (jnp.asarray(tab[f"bridge{i}"], dtype)[k] for i in (1, 2, 3, 4))
+                return b2 * ybar_meas + b1 * (y_k - b3 * ybar_meas) + b4 * a_noise(n_img)
             c = schedule.gather(k, dtype)
             a, ap = c["alphas_cumprod"], c["alphas_cumprod_prev"]
             c1 = jnp.sqrt((1 - c_rate) * (1 - ap) / (1 - a))
@@ -151,7 +188,14 @@ def make_fps_smc(
         x_T = jax.vmap(lambda v: svd.V(op_params, v))(v_T).astype(dtype)
         y_next = y_bridge(y_top, K - 1, get("y_noise_T", replay, k_yn, shape))
 
+        forced = (replay or {}).get("x_in")  # teacher forcing (parity): each step's input
+        if forced is not None:
+            x_in = jnp.asarray(forced, dtype)
+            y_in = jax.vmap(lambda im: svd.Ut(op_params, im))(jnp.asarray(replay["y_in"], dtype))
+
         def step(x, logw, k, z, y_k):
+            if forced is not None:
+                x, y_k = x_in[K - 2 - k], y_in[K - 2 - k]
             c = schedule.gather(k, dtype)
             a, ap = c["alphas_cumprod"], c["alphas_cumprod_prev"]
             t = jnp.full((n,), c["timestep"], jnp.int32)
@@ -161,7 +205,11 @@ def make_fps_smc(
             x0 = gaussian.x0_from_eps(c, x, eps)
             if clip_denoised:
                 x0 = clip_inclusive(x0)
-            m_back = jnp.sqrt(ap) * x0 + jnp.sqrt(1 - ap) * jnp.sqrt(1 - c_rate) * eps
+            if official:
+                e3, e4 = (jnp.asarray(tab[name], dtype)[k] for name in ("e3", "e4"))
+                m_back = e3 * x0 + e4 * eps
+            else:
+                m_back = jnp.sqrt(ap) * x0 + jnp.sqrt(1 - ap) * jnp.sqrt(1 - c_rate) * eps
             pv = (1 - ap) * c_rate
             vd = a * sigma**2
             cc = (pv + 1e-6) / vd
@@ -171,12 +219,19 @@ def make_fps_smc(
             std = jnp.sqrt(pv * vd / (vd + pv * s_full**2))
             vz = jax.vmap(vt)(z["z"])
             v_new = vm + std * vz
+            if official:  # x - c/(c+1) A x with x = m_back + c A^T y: float32 cancellation
+                co, c1, c2 = (jnp.asarray(tab[name], dtype)[k] for name in ("coef", "c1", "c2"))
+                xm = vb + co * s_full * yk_full
+                vm = xm - (co / (co + 1.0)) * (s_full**2 * xm)
+                v_new = vm + (c1 * vz - (c1 - c2) * (s_full**2 * vz))
             resid = yk_full - s_full * v_new
             log_y = -jnp.sum(jnp.where(observed, resid**2, 0), -1) / (2 * sigma**2 * ap)
             log_x = -jnp.sum((v_new - vb) ** 2, -1) / (2 * pv)
             d = v_new - vm
             log_q = -0.5 * jnp.sum(d * d * (1 / pv + s_full**2 / vd), -1)
             lw = log_y + log_x - log_q
+            if official:  # the code's norms run over M identical copies of each proposal
+                lw = lw * n
             guided = k > 0
             x_prop = jax.vmap(lambda v: svd.V(op_params, v))(v_new).astype(dtype)
             x_res, _, anc, e = pt.resample(x_prop, lw, z, resampling)
