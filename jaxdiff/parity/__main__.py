@@ -3,7 +3,7 @@
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
 `<method>_*.npz` -> parity.<method> (ddpm, dps, ddrm, ddnm, pigdm, reddiff, diffpir, daps, dmps,
-mpgd, repaint, mcg),
+mpgd, repaint, mcg, mcg_diff, fps_smc),
 `fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` -> parity.operators,
 `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
@@ -32,7 +32,9 @@ from jaxdiff.parity.common import NotAFixture
 ROUTES = (
     ("ddpm_*.npz", "ddpm"),
     ("dps_*.npz", "dps"),
+    ("mcg_diff_*.npz", "mcg_diff"),  # before mcg_*, which would match it
     ("mcg_*.npz", "mcg"),
+    ("fps_smc_*.npz", "fps_smc"),
     ("ddrm_*.npz", "ddrm"),
     ("ddnm_*.npz", "ddnm"),
     ("pigdm_*.npz", "pigdm"),

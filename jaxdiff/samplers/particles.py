@@ -143,7 +143,19 @@ def estimate(estimator: str, x, logw, key):
 
 
 def particle_chain(
-    step, x_init, steps, *, key, replay, loop, label, estimator: str, logw=None, state=None, **kw
+    step,
+    x_init,
+    steps,
+    *,
+    key,
+    replay,
+    loop,
+    label,
+    estimator: str,
+    logw=None,
+    state=None,
+    decode=None,
+    **kw,
 ) -> SampleResult:
     """The shared loop over particles.
 
@@ -152,7 +164,9 @@ def particle_chain(
     the image's loop key (the "draw" estimator folds a tag into it). Snapshots are of the
     estimate at that step, the trajectory (keep_trajectory) keeps every step's particles,
     log-weights and records. The result's x0 is the estimate; particles, log_weights and ess
-    (per sampling step) are returned alongside.
+    (per sampling step) are returned alongside. `decode(particle) -> image` maps a particle
+    that is not an image (MCG-diff's spectral vectors) to one, applied to the estimate, the
+    snapshots and the returned particles (after estimating: decode may be nonlinear).
     """
     n = x_init.shape[0]
     steps = np.asarray(steps)
@@ -193,17 +207,18 @@ def particle_chain(
         **kw,
     )
     st = out.state
-    x0 = estimate(estimator, out.x, st["logw"], key)
+    dec = (lambda v: v) if decode is None else decode
+    x0 = dec(estimate(estimator, out.x, st["logw"], key))
     snaps = out.snapshots
     if snaps is not None:
         at = snapshot_steps(num, int(loop.snapshot_every))
-        snaps = jax.vmap(lambda s, lw: estimate(estimator, s, lw, key))(snaps, st["hist"][at])
+        snaps = jax.vmap(lambda s, lw: dec(estimate(estimator, s, lw, key)))(snaps, st["hist"][at])
     return SampleResult(
         x0,
         out.diverged_at,
         snaps,
         out.trajectory,
-        particles=out.x,
+        particles=out.x if decode is None else jax.vmap(decode)(out.x),
         log_weights=st["logw"],
         ess=st["ess"],
     )
