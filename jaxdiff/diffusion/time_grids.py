@@ -106,6 +106,20 @@ register_grid("pigdm", "timesteps", "NVlabs/RED-diff utils/functions.py get_time
     uniform_skip
 )
 
+
+@register_grid(
+    "ldm", "timesteps", "CompVis ldm/modules/diffusionmodules/util.py make_ddim_timesteps"
+)
+def ldm_uniform(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """The latent-diffusion DDIM grid ('uniform'): range(0, T, T // N) + 1 (the SD / LDM codes of
+    PSLD, ReSample, Latent-DAPS). At T // N == 1 the last step would be T; PSLD's
+    make_ddim_sampling_parameters then indexes the alphas at t - 1, which is this grid."""
+    n, t = _check(num_steps, num_train_timesteps)
+    c = t // n
+    steps = [s + 1 for s in range(0, t, c)]
+    return [s - 1 for s in steps] if steps[-1] >= t else steps
+
+
 DIFFPIR_SKIP_TYPES = ("uniform", "quad")
 
 
