@@ -6,7 +6,8 @@ constants from `vpprecond` (the official code maps sigma to the network's timest
 replayed with timestep_map="vp"), the LDM from its `ldm_config` (checked against the converted
 prior: latent shape, scale factor), the batch size from the arrays. The prior is the CompVis
 checkpoint named in the sidecar, converted from beside the fixture (`--model DIR`: a converted
-latent pipeline folder); the operator is DPS's, built from the stored arrays, and
+latent pipeline folder), its VQ codebook multiplied by the sidecar's `codebook_scale`; the
+operator is DPS's, built from the stored arrays, and
 y = A(x0) + sigma_y y_noise is checked. Every draw is fed back.
 
 Compared per annealing step: the latents (z_t, z0hat, z0y, every ODE state and denoiser output,
@@ -74,6 +75,12 @@ def load_prior(fx: Fixture, model_dir, dtype):
             _CONVERTED[key] = str(tmp / "ldm")
         model_dir = _CONVERTED[key]
     prior, params = load_latent_prior(model_dir)
+    k = float(fx.task.get("codebook_scale", 1.0))
+    if k != 1.0:  # the fixture's one weight change (its README): the VQ codebook times k
+        fs = dict(params["first_stage"])
+        emb = fs["quantize"]["embedding"]["embedding"]
+        fs["quantize"] = {"embedding": {"embedding": np.asarray(emb, np.float32) * np.float32(k)}}
+        params = {**params, "first_stage": fs}
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
     return latent_fns(prior, params), latent_model_fn(prior), params, prior
 
