@@ -3,7 +3,7 @@
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
 `<method>_*.npz` -> parity.<method> (ddpm, dps, ddrm, ddnm, pigdm, reddiff, diffpir, daps, dmps,
-mpgd, repaint, mcg, mcg_diff, fps_smc),
+mpgd, repaint, mcg, mcg_diff, fps_smc, latent_daps),
 `fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` -> parity.operators,
 `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
@@ -44,6 +44,7 @@ ROUTES = (
     ("dmps_*.npz", "dmps"),
     ("mpgd_*.npz", "mpgd"),
     ("repaint_*.npz", "repaint"),
+    ("latent_daps_*.npz", "latent_daps"),
     ("fid*.npz", "fid"),
     ("latent*.npz", "latent"),
     ("operators*.npz", "operators"),
@@ -73,7 +74,7 @@ def run_one(path: pathlib.Path, model_dir: str | None, float64: bool) -> dict:
     return module.replay(path, model_dir, **kwargs)
 
 
-STATES = ("x_t", "mu", "probe_pool3", "out")  # a kind's recorded state (RED-diff: mu)
+STATES = ("x_t", "mu", "probe_pool3", "out", "z_t")  # a kind's recorded state (RED-diff: mu)
 
 
 def worst_states(results: list[dict]) -> dict:

@@ -31,6 +31,7 @@ from jaxdiff.samplers import (  # noqa: F401
     dmps,
     dps,
     fps_smc,
+    latent_daps,
     latent_dps,
     mcg,
     mcg_diff,
