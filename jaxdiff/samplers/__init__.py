@@ -30,11 +30,13 @@ from jaxdiff.samplers import (  # noqa: F401
     diffpir,
     dmps,
     dps,
+    mmps,
     mpgd,
     pigdm,
     reddiff,
     score_ald,
     sdedit,
+    tmpd,
     tweedie,
 )
 from jaxdiff.samplers.base import SAMPLERS, LoopOptions, SamplerSpec, register_sampler
