@@ -40,6 +40,8 @@ ROUTES = (
     ("daps_*.npz", "daps"),
     ("dmps_*.npz", "dmps"),
     ("mpgd_*.npz", "mpgd"),
+    ("mmps_*.npz", "mmps"),
+    ("tmpd_*.npz", "tmpd"),
     ("fid*.npz", "fid"),
     ("latent*.npz", "latent"),
     ("operators*.npz", "operators"),

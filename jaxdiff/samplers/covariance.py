@@ -37,6 +37,7 @@ trip count under vmap); here `iterations` is the exact number of products, as in
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -64,8 +65,25 @@ class Tweedie(NamedTuple):
         return self.gamma * (self.vjp(v) if product == "vjp" else self.jvp(v))
 
 
-def tweedie(model_fn, params, schedule, x, k, *, clip_denoised=False, remat=False) -> Tweedie:
-    """One model call at respaced step k, linearized in x_t (one forward pass)."""
+@contextlib.contextmanager
+def _plain_ops():
+    """models/fused.py's hand-written VJPs (on by default on XLA:CPU) have no JVP: a denoiser
+    whose J v is needed is traced with the plain ops (same values, XLA's own transposes)."""
+    from jaxdiff.models import fused
+
+    before = fused.USE_CUSTOM_VJP
+    fused.USE_CUSTOM_VJP = False
+    try:
+        yield
+    finally:
+        fused.USE_CUSTOM_VJP = before
+
+
+def tweedie(
+    model_fn, params, schedule, x, k, *, clip_denoised=False, remat=False, forward_mode=False
+) -> Tweedie:
+    """One model call at respaced step k, linearized in x_t (one forward pass). `forward_mode`:
+    J v will be evaluated (product "jvp"), so the network is traced without custom VJPs."""
 
     def x0_fn(x_in):
         pred = predict_x0(
@@ -73,7 +91,8 @@ def tweedie(model_fn, params, schedule, x, k, *, clip_denoised=False, remat=Fals
         )
         return pred["x0"], pred
 
-    x0, jvp, pred = jax.linearize(x0_fn, x, has_aux=True)
+    with _plain_ops() if forward_mode else contextlib.nullcontext():
+        x0, jvp, pred = jax.linearize(x0_fn, x, has_aux=True)
     transpose = jax.linear_transpose(jvp, x)
     a_t = pred["c"]["alphas_cumprod"]
     gamma = (1 - a_t) / jnp.sqrt(a_t)

@@ -87,10 +87,14 @@ def make_mmps(
     forward = operator.apply
     shape = resolve_image_shape(image_shape, operator, None, "mmps")
     steps = np.arange(schedule.num_steps)[::-1]
+    forward_mode = product == "jvp"
 
     def update(params, x, k, z, y, op_params, h):
         eta, sigma2 = h["eta"].astype(dtype), jnp.square(h["sigma"].astype(dtype))
-        tw = cov.tweedie(model_fn, params, schedule, x, k, clip_denoised=clip_denoised, remat=remat)
+        tw = cov.tweedie(
+            model_fn, params, schedule, x, k, clip_denoised=clip_denoised, remat=remat,
+            forward_mode=forward_mode,
+        )  # fmt: skip
         a = cov.linearize_forward(forward, op_params, tw.x0)
         x0_y, rec = cov.moment_matched_x0(
             tw, a, y, sigma2, covariance=solver, iterations=iterations, product=product

@@ -97,10 +97,14 @@ def make_tmpd(
     shape = resolve_image_shape(image_shape, operator, None, "tmpd")
     steps = np.arange(schedule.num_steps)[::-1]
     method = solver if covariance == "full" else covariance
+    forward_mode = covariance == "full" and product == "jvp"
 
     def update(params, x, k, z, y, op_params, h):
         eta, sigma2 = h["eta"].astype(dtype), jnp.square(h["sigma"].astype(dtype))
-        tw = cov.tweedie(model_fn, params, schedule, x, k, clip_denoised=clip_denoised, remat=remat)
+        tw = cov.tweedie(
+            model_fn, params, schedule, x, k, clip_denoised=clip_denoised, remat=remat,
+            forward_mode=forward_mode,
+        )  # fmt: skip
         a = cov.linearize_forward(forward, op_params, tw.x0)
         x0_y, rec = cov.moment_matched_x0(
             tw, a, y, sigma2, covariance=method, iterations=iterations, product=product,
