@@ -35,12 +35,14 @@ from jaxdiff.samplers import (  # noqa: F401
     latent_dps,
     mcg,
     mcg_diff,
+    mmps,
     mpgd,
     pigdm,
     reddiff,
     repaint,
     score_ald,
     sdedit,
+    tmpd,
     tweedie,
 )
 from jaxdiff.samplers.base import SAMPLERS, LoopOptions, SamplerSpec, register_sampler
