@@ -30,6 +30,7 @@ from jaxdiff.samplers import (  # noqa: F401
     diffpir,
     dmps,
     dps,
+    dsg,
     mpgd,
     pigdm,
     reddiff,
