@@ -33,6 +33,7 @@ from jaxdiff.samplers import (  # noqa: F401
     dsg,
     mpgd,
     pigdm,
+    pnpdm,
     reddiff,
     score_ald,
     sdedit,
