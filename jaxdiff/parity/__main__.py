@@ -3,7 +3,8 @@
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
 `<method>_*.npz` -> parity.<method> (ddpm, dps, ddrm, ddnm, pigdm, reddiff, diffpir, daps, dmps,
-mpgd, repaint, mcg, mcg_diff, fps_smc, latent_daps, mmps, tmpd),
+mpgd, repaint, mcg, mcg_diff, fps_smc, latent_daps, mmps, tmpd, dsg,
+pnpdm),
 `fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` -> parity.operators,
 `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
@@ -47,6 +48,8 @@ ROUTES = (
     ("latent_daps_*.npz", "latent_daps"),
     ("mmps_*.npz", "mmps"),
     ("tmpd_*.npz", "tmpd"),
+    ("dsg_*.npz", "dsg"),
+    ("pnpdm_*.npz", "pnpdm"),
     ("fid*.npz", "fid"),
     ("latent*.npz", "latent"),
     ("operators*.npz", "operators"),
