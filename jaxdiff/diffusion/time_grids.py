@@ -108,6 +108,34 @@ register_grid("pigdm", "timesteps", "NVlabs/RED-diff utils/functions.py get_time
     uniform_skip
 )
 
+
+@register_grid("mcgdiff", "timesteps", "gabrielvc/mcg_diff scripts/hugging_faces_models.py")
+def mcgdiff(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """torch.linspace(0, T - 1, N).long(): torch's float32 linspace (start + i step in the first
+    half, end - (N - 1 - i) step in the second), truncated; 0 and T - 1 both included."""
+    n, t = _check(num_steps, num_train_timesteps)
+    if n < 2:
+        raise ValueError(f"mcgdiff: needs at least 2 grid points, got {num_steps!r}")
+    f = np.float32
+    end = f(t - 1)
+    step = f(end / f(n - 1))
+    vals = [f(step * f(i)) if i < n // 2 else f(end - step * f(n - 1 - i)) for i in range(n)]
+    return sorted({int(v) for v in vals})
+
+
+@register_grid(
+    "ldm", "timesteps", "CompVis ldm/modules/diffusionmodules/util.py make_ddim_timesteps"
+)
+def ldm_uniform(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """The latent-diffusion DDIM grid ('uniform'): range(0, T, T // N) + 1 (the SD / LDM codes of
+    PSLD, ReSample, Latent-DAPS). At T // N == 1 the last step would be T; PSLD's
+    make_ddim_sampling_parameters then indexes the alphas at t - 1, which is this grid."""
+    n, t = _check(num_steps, num_train_timesteps)
+    c = t // n
+    steps = [s + 1 for s in range(0, t, c)]
+    return [s - 1 for s in steps] if steps[-1] >= t else steps
+
+
 DIFFPIR_SKIP_TYPES = ("uniform", "quad")
 
 
