@@ -39,13 +39,18 @@ class SampleResult(NamedTuple):
     went non-finite, -1 if it never did; the image is frozen at its last finite value from then
     on. snapshots: x after every `snapshot_every` steps (and after the last), or None.
     trajectory: per-step records (x after each step and method extras such as x0_hat) when
-    `keep_trajectory=True`, else None.
+    `keep_trajectory=True`, else None. Particle samplers (samplers/particles.py) add their
+    final particles (N, H, W, C), normalised float32 log-weights (N,) and the effective sample
+    size at every sampling step (K,); x0 is then their stated estimator. None elsewhere.
     """
 
     x0: jax.Array
     diverged_at: jax.Array
     snapshots: jax.Array | None = None
     trajectory: dict | None = None
+    particles: jax.Array | None = None
+    log_weights: jax.Array | None = None
+    ess: jax.Array | None = None
 
 
 def call_model(model_fn, params, x, t, remat: bool = False):
