@@ -211,6 +211,12 @@ def test_bad_inputs_are_clear_errors():
         make(gauss_eps, None, operator=op, iterations=3)
     with pytest.raises(ValueError, match="prior_steps >= 2"):
         make(gauss_eps, None, operator=op, iterations=3, sigma=0.1, prior_steps=1)
+    from jaxdiff.diffusion import make_schedule
+
+    with pytest.raises(
+        ValueError, match="pnpdm: the model's noise schedule is not the continuous VP"
+    ):
+        make(gauss_eps, make_schedule(1000, "cosine"), operator=op, iterations=3, sigma=0.1)
     for bad in ({"rho": 0.0}, {"rho_decay": 1.5}, {"rho_min": -1.0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             make.check_hparams(bad)

@@ -127,6 +127,7 @@ def make_pnpdm(
     np_dtype = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
     lmbd = 2.0 if mode == "sde" else 1.0
     m = int(getattr(schedule, "num_train_timesteps", annealing.VP_M))
+    edm.check_vp_schedule(schedule, vp_beta_min, vp_beta_d, m, "pnpdm")
     tb = {
         "t": t.astype(np_dtype),
         "c_in": annealing.vp_input_scale(t[:n], np_dtype).astype(np_dtype),
