@@ -11,11 +11,12 @@ super-resolution tasks, 0.1 for phase retrieval and coded diffraction); each pri
 EDM Euler sampler on EDM's 100-step grid (common_kwargs.num_steps 100, edm_kwargs rho 7, sigma
 0.002 .. 80 clipped to the network's VP range) in the SDE mode (commands.sh's edm_sde line; its
 vp / ve / iddpm discretizations are not ported). The model is read through EDM's VPPrecond
-(beta_min 0.1, beta_d 19.9, M 1000). The likelihood step is exact for linear tasks (the FFT form
-for a circulant blur; perturb-and-MAP with 50 CG steps on jaxdiff's reflect-padded blurs, which
-are not circulant) and 100 Langevin steps of 1e-4 for phase retrieval
-(phase_retrieval.py proximal_generator). Start (operator.initialize): zeros for the deblurring
-tasks, A^+ y for super-resolution (super_resolution_svd), N(0, I) for phase retrieval.
+(beta_min 0.1, beta_d 19.9, M 1000). The likelihood step is exact for linear tasks (in the SVD basis
+where the operator has one, as the code's super_resolution_svd; perturb-and-MAP with 50 CG steps
+for motion blur) and 100 Langevin steps of 1e-4 for phase retrieval
+(phase_retrieval.py proximal_generator). Start (operator.initialize): zeros (the deblurring tasks
+and super_resolution_svd, which overrides the A^+ y of LinearSVDOperator), N(0, I) for phase
+retrieval.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from jaxdiff import config_lib
 # commands.sh sampler.rho_min: 0.3 on gaussian / motion deblur and super-resolution, 0.1 on the
 # nonlinear (coded diffraction, phase retrieval) tasks; the other tasks take the linear value.
 RHO_MIN = {"phase_retrieval": 0.1}
-# operator.initialize of pnpdm/tasks: A_pinv(y) for super_resolution_svd, randn for phase
-# retrieval, zeros for the circulant deblurs (the other linear tasks: zeros).
-INIT = {"sr4": "pinv", "sr2": "pinv", "phase_retrieval": "random"}
+# operator.initialize of pnpdm/tasks: randn for phase retrieval, zeros for the circulant deblurs
+# and super_resolution_svd (which overrides LinearSVDOperator's A_pinv(y)); other tasks: zeros.
+INIT = {"phase_retrieval": "random"}
 
 
 def get_config(arg: str | None = None):

@@ -91,8 +91,9 @@ def make_pnpdm(
     iterations: K (default the schedule's step count); prior_steps: N of the EDM grid between
     sigma_min and sigma_max (EDM's 0.002 / 80, clipped to the network's VP range
     `net_sigma_range`, default edm.vp_sigma_range()); sigma: the measurement noise std (default
-    the noise model's); init: x's start ("zeros": the code's deblurring tasks, "pinv": A^+ y,
-    its SVD super-resolution, "random": N(0, I), its phase retrieval). replay: {"x_T" (random
+    the noise model's); init: x's start ("zeros": the code's deblurring and SVD super-resolution
+    tasks, "pinv": A^+ y (its LinearSVDOperator default, overridden by every linear task it
+    runs), "random": N(0, I), its phase retrieval). replay: {"x_T" (random
     init), "noise": {"lik": (K,H,W,C), "lik_y": (K, *y), "prior": (K, N+1, H,W,C) (slot 0 the
     start step, slot i+1 grid step i), "langevin": (K, L, H,W,C)}}. Trajectory: z, x, rho,
     i_start per iteration.
