@@ -19,7 +19,7 @@ import ml_collections
 from jaxdiff import config_lib
 
 TASKS = "box,random,gaussian_blur,sr2"
-METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd"
+METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd,mcg_diff,fps_smc"
 # Classical baselines: each runs on the tasks it applies to (jaxdiff.baselines.APPLIES).
 BASELINES = "measurement,telea,wiener,bicubic,tv_least_squares"
 
@@ -88,6 +88,9 @@ METHOD_TASKS = {
     "daps": _NEW,
     "dmps": _NEW,
     "mpgd": _NEW,
+    # the particle samplers: 4 particles (each step is a batch of 4 through the network)
+    "mcg_diff": "box,sr2",
+    "fps_smc": "box,sr2",
 }
 
 # Static options per method and task (method -> option -> task -> value). RED-diff starts from
@@ -97,6 +100,12 @@ METHOD_TASKS = {
 OPTIONS = {
     "reddiff": {"init": {"gaussian_blur": "adjoint"}},
     "daps": {"ode_steps": {"box": 2, "random": 2, "gaussian_blur": 2, "sr2": 2}},
+    # 4 particles at 20 steps: 19 x 4 network calls per image; the weighted mean is the image
+    "mcg_diff": {
+        "num_particles": {"box": 4, "sr2": 4},
+        "estimator": {"box": "mean", "sr2": "mean"},
+    },
+    "fps_smc": {"num_particles": {"box": 4, "sr2": 4}, "estimator": {"box": "mean", "sr2": "mean"}},
 }
 
 # Respacing per method where it differs from `respacing` / `task_respacing` (method wins). The
@@ -124,6 +133,9 @@ METHOD_RESPACING = {
     "dmps": "100",
     # MPGD's fewest official steps (ddim20, scale 17.5 at 256 px)
     "mpgd": "ddim20",
+    # the particle samplers at 20 grid points (mcg_diff: its official linspace grid)
+    "mcg_diff": "mcgdiff20",
+    "fps_smc": "20",
 }
 
 
