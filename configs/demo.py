@@ -89,8 +89,8 @@ METHOD_TASKS = {
     "dmps": _NEW,
     "mpgd": _NEW,
     # the particle samplers: 4 particles (each step is a batch of 4 through the network)
-    "mcg_diff": "box,sr2",
-    "fps_smc": "box,sr2",
+    "mcg_diff": "gaussian_blur,sr2",
+    "fps_smc": "box,gaussian_blur",
 }
 
 # Static options per method and task (method -> option -> task -> value). RED-diff starts from
@@ -102,10 +102,13 @@ OPTIONS = {
     "daps": {"ode_steps": {"box": 2, "random": 2, "gaussian_blur": 2, "sr2": 2}},
     # 4 particles at 20 steps: 19 x 4 network calls per image; the weighted mean is the image
     "mcg_diff": {
-        "num_particles": {"box": 4, "sr2": 4},
-        "estimator": {"box": "mean", "sr2": "mean"},
+        "num_particles": {"gaussian_blur": 4, "sr2": 4},
+        "estimator": {"gaussian_blur": "mean", "sr2": "mean"},
     },
-    "fps_smc": {"num_particles": {"box": 4, "sr2": 4}, "estimator": {"box": "mean", "sr2": "mean"}},
+    "fps_smc": {
+        "num_particles": {"box": 4, "gaussian_blur": 4},
+        "estimator": {"box": "mean", "gaussian_blur": "mean"},
+    },
 }
 
 # Respacing per method where it differs from `respacing` / `task_respacing` (method wins). The
