@@ -220,3 +220,18 @@ def make_guide(guide, image_shape, where: str):
         return g
 
     return fn
+
+
+def residual_pullback(model_fn, params, schedule, x, k, forward, op_params, y, **kw):
+    """r = y - A(x0_hat(x_t)) with its VJP back to x_t THROUGH the network, and the prediction
+    (DPS's guidance gradient, shared by the samplers that differentiate ||r|| w.r.t. x_t).
+
+    Returns (r, pullback, pred); `pullback(r / ||r||)` is d||r|| / d x_t. kw: clip_denoised,
+    remat (as predict_x0).
+    """
+
+    def residual(x_in):
+        pred = predict_x0(model_fn, params, schedule, x_in, k, **kw)
+        return y - forward(op_params, pred["x0"]), pred
+
+    return jax.vjp(residual, x, has_aux=True)
