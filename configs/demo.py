@@ -20,7 +20,8 @@ from jaxdiff import config_lib
 
 TASKS = "box,random,gaussian_blur,sr2"
 METHODS = (
-    "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd,repaint,mcg,dsg,pnpdm"
+    "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd,repaint,mcg,dsg,pnpdm,"
+    "mcg_diff,fps_smc"
 )
 # Classical baselines: each runs on the tasks it applies to (jaxdiff.baselines.APPLIES).
 BASELINES = "measurement,telea,wiener,bicubic,tv_least_squares"
@@ -112,6 +113,9 @@ METHOD_TASKS = {
     "mcg": "box",  # its exact projection amplifies a blur's noise (A^+ n: std 0.05 -> 30)
     "dsg": _NEW,
     "pnpdm": _NEW,
+    # the particle samplers: 4 particles (each step is a batch of 4 through the network)
+    "mcg_diff": "gaussian_blur,sr2",
+    "fps_smc": "box,gaussian_blur",
 }
 
 # Static options per method and task (method -> option -> task -> value). RED-diff starts from
@@ -125,6 +129,15 @@ OPTIONS = {
     # official 250 steps with jumps of 10 ten times (2410 calls)
     "repaint": {"jump_length": {"box": 5}, "jump_n_sample": {"box": 2}},
     "pnpdm": {"prior_steps": {"box": 10, "random": 10, "gaussian_blur": 10, "sr2": 10}},
+    # 4 particles at 20 steps: 19 x 4 network calls per image; the weighted mean is the image
+    "mcg_diff": {
+        "num_particles": {"gaussian_blur": 4, "sr2": 4},
+        "estimator": {"gaussian_blur": "mean", "sr2": "mean"},
+    },
+    "fps_smc": {
+        "num_particles": {"box": 4, "gaussian_blur": 4},
+        "estimator": {"box": "mean", "gaussian_blur": "mean"},
+    },
 }
 
 # Respacing per method where it differs from `respacing` / `task_respacing` (method wins). The
@@ -159,6 +172,9 @@ METHOD_RESPACING = {
     "dsg": "20",
     # PnP-DM: 10 split-Gibbs iterations (the official 100 x 100 EDM steps is 10^4 network calls)
     "pnpdm": "10",
+    # the particle samplers at 20 grid points (mcg_diff: its official linspace grid)
+    "mcg_diff": "mcgdiff20",
+    "fps_smc": "20",
 }
 
 

@@ -48,7 +48,10 @@ def _nhwc(a):
     return np.moveaxis(np.asarray(a), -3, -1)
 
 
-def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
+def replay(npz_path, model_dir=None) -> dict:
+    """Float32 only (no `--float64`): the checks are the float32 code's own steps, its float32
+    cancellation included (`official=True` is a float32 form)."""
+    dtype = "float32"
     fx = Fixture.load(npz_path, None, dtype, trajectory=TRAJECTORY)
     cfg = fx.config
     if cfg.get("task") != "inpainting":

@@ -11,7 +11,7 @@ method and N (`num_particles`) is a static option. The model sees the N particle
   The uniforms come from the step's key (`resample_draws`, the same layout for both schemes), so
   a replay can feed the recorded uniforms, or the recorded ancestor indices themselves (a
   reference that resamples with torch.multinomial: its uniforms are not exposed).
-- `particle_chain` runs the shared loop (samplers/base.chain) with the log-weights, the ESS and
+- `particle_chain` runs the shared loop (samplers/loop.run_chain) with the log-weights, the ESS and
   the log-weights' history in the loop state, and returns a SampleResult whose x0 is the stated
   estimator ("mean": the self-normalised weighted mean; "draw": one particle drawn by weight,
   from the image's own key), with the particles, their log-weights and the ESS per step.
