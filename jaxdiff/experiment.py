@@ -38,6 +38,7 @@ from jaxdiff.operators import get_noise, get_operator
 from jaxdiff.samplers import SAMPLERS, get_sampler
 from jaxdiff.samplers.base import Range, check_range
 from jaxdiff.samplers.loop import progress_interval
+from jaxdiff.samplers.particles import PARTICLE_OPTIONS
 
 log = logging.getLogger("jaxdiff.experiment")
 
@@ -57,6 +58,8 @@ _LENGTHS = {
 # --- model, task ---------------------------------------------------------------------------
 def resolve_model_dir(model: str) -> pathlib.Path:
     path = DEMO_PRIOR if model in ("", "demo") else pathlib.Path(model).expanduser()
+    if is_latent_prior(path):
+        return path
     if not (path / "jaxdiff.json").is_file():
         hint = (
             "the demo prior is not bundled in this checkout (jaxdiff/assets/demo_prior)"
@@ -65,6 +68,58 @@ def resolve_model_dir(model: str) -> pathlib.Path:
         )
         raise FileNotFoundError(f"model {str(path)!r} has no jaxdiff.json: {hint}")
     return path
+
+
+def is_latent_prior(path) -> bool:
+    """A converted latent pipeline folder (pipeline.json; jaxdiff.latent.load_latent_prior)."""
+    return (pathlib.Path(path) / "pipeline.json").is_file()
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentModel:
+    """A loaded latent prior as the experiment's model: the prior and its first stage's
+    functions (samplers/latent_common.LatentFns)."""
+
+    prior: object
+    fns: object
+
+
+def load_latent(model_dir: pathlib.Path):
+    """(LatentModel, params, meta) of a latent prior folder: params gain the
+    unconditional (empty-prompt) context under "context" (None without a text encoder), meta
+    the decoded image size and the scheduler as "diffusion"."""
+    from jaxdiff.latent import latent_fns, load_latent_prior
+
+    prior, params = load_latent_prior(model_dir)
+    ctx = prior.context(params, "")[0] if prior.text_encoder is not None else None
+    params = {**params, "context": ctx}
+    fns = latent_fns(prior, params)
+    if fns.image_shape[0] != fns.image_shape[1]:
+        raise ValueError(f"{model_dir}: the decoder makes non-square images {fns.image_shape}")
+    meta = {
+        "architecture": "latent_prior",
+        "model_config": {
+            "image_size": int(fns.image_shape[0]),
+            "latent_shape": list(fns.latent_shape),
+            "components": {k: v.get("class") for k, v in prior.meta["components"].items()},
+        },
+        "diffusion": dict(prior.scheduler),
+    }
+    return LatentModel(prior, fns), params, meta
+
+
+def latent_schedule(prior, respacing):
+    """The latent prior's training schedule (its scheduler config), respaced; eps models only."""
+    from jaxdiff.diffusion import make_schedule
+    from jaxdiff.diffusion import scheduler as sched
+
+    if prior.prediction_type != "epsilon":
+        raise ValueError(
+            f"the latent prior predicts {prior.prediction_type!r}: the latent samplers take "
+            "epsilon-prediction priors only"
+        )
+    abar = sched.alphas_cumprod(prior.scheduler)
+    return make_schedule(alphas_cumprod=abar, respacing=respacing, convention="diffusers")
 
 
 def model_image_size(meta: dict) -> int:
@@ -155,7 +210,14 @@ def _sampler_method(config, model, meta, operator, noise, image_shape, progress=
     if mask_opt:
         opts["mask"] = lambda op_params: op_params["mask"]
     variance = opts.pop("variance_type", None)
-    schedule = schedule_from_meta(meta["diffusion"], sc.respacing or None, variance)
+    if isinstance(model, LatentModel):  # a latent prior: its UNet, scheduler and first stage
+        from jaxdiff.latent import latent_model_fn
+
+        schedule = latent_schedule(model.prior, sc.respacing or None)
+        opts["latent"], net = model.fns, latent_model_fn(model.prior)
+    else:
+        schedule = schedule_from_meta(meta["diffusion"], sc.respacing or None, variance)
+        net = model_fn(model)
     if "sigma" in opts:
         raise ValueError("sampler.options.sigma: set sampler.hparams.sigma instead (traced)")
     make = get_sampler(name)
@@ -163,9 +225,7 @@ def _sampler_method(config, model, meta, operator, noise, image_shape, progress=
         opts.setdefault("progress_every", progress_interval(schedule.num_steps))
     if "guide" in make.needs:  # SDEdit, Tweedie: start from an image made from the measurement
         opts.setdefault("guide", lambda op_params, y: measurement_as_image(y, image_shape))
-    sample = make(
-        model_fn(model), schedule, operator=operator, noise=noise, image_shape=image_shape, **opts
-    )
+    sample = make(net, schedule, operator=operator, noise=noise, image_shape=image_shape, **opts)
     make.check_hparams(dict(sc.hparams), f"{name} (sampler.hparams)")  # before any compile
     hp = {k: float(v) for k, v in dict(sc.hparams).items()}
     # A sampler that assumes a measurement sigma (Score-ALD, Tweedie) gets the task's, traced, so
@@ -186,6 +246,11 @@ def _sampler_method(config, model, meta, operator, noise, image_shape, progress=
         "variance_type": schedule.variance_type,
         "num_train_timesteps": schedule.num_train_timesteps,
     }
+    # particle samplers: how many, how resampled, and which estimator made x_hat
+    factory = inspect.signature(make.make).parameters
+    for opt in PARTICLE_OPTIONS:
+        if opt in factory:
+            info[opt] = opts.get(opt, factory[opt].default)
     return Method(name, "sampler", fn, hp, True, info)
 
 
@@ -310,7 +375,10 @@ def build(config, *, loaded=None, progress: bool = False) -> Experiment:
         from jaxdiff.models import load_pretrained
 
         model_dir = resolve_model_dir(config.model)
-        model, params, meta = load_pretrained(model_dir, remat=config.get("remat", "none"))
+        if is_latent_prior(model_dir):
+            model, params, meta = load_latent(model_dir)
+        else:
+            model, params, meta = load_pretrained(model_dir, remat=config.get("remat", "none"))
     else:
         model_dir, model, params, meta = loaded
     size = model_image_size(meta)

@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxdiff.diffusion import scheduler as sched
 from jaxdiff.models.clip_tokenizer import CLIPTokenizer
+from jaxdiff.samplers.latent_common import LatentFns
 
 METHODS = ("ddim", "ddpm")
 TEXT_OUTPUTS = ("last_hidden_state", "penultimate_normed")
@@ -262,3 +263,42 @@ def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior
         meta={"path": str(path), "components": components},
     )
     return prior, params
+
+
+def latent_fns(prior: LatentPrior, params) -> LatentFns:
+    """The prior's first stage as the latent samplers take it (`jaxdiff.samplers.latent_common`):
+    decode / encode for ONE image, the encoder's posterior sample from a given standard normal
+    (a KL first stage), the decoded image shape from the decoder itself (`params` only give
+    shapes here; the functions take them as an argument)."""
+    fs = prior.first_stage
+    prior._need(fs, "first_stage")
+    stochastic = type(fs).__name__ == "AutoencoderKL"
+
+    def decode(params, z):
+        return prior.decode(params, z[None])[0]
+
+    def encode(params, x, noise=None):
+        if noise is None or not stochastic:
+            return prior.encode(params, x[None])[0]
+        p = {"params": params["first_stage"]}
+        mean, logvar = fs.apply(p, x[None], method=fs.encode)
+        z = mean[0] + jnp.exp(0.5 * logvar[0]) * noise
+        return (z - fs.shift_factor) * jnp.asarray(fs.scaling_factor, z.dtype)
+
+    lshape = tuple(prior.latent_shape)
+    out = jax.eval_shape(decode, params, jax.ShapeDtypeStruct(lshape, jnp.float32))
+    return LatentFns(decode, encode, lshape, tuple(out.shape), stochastic)
+
+
+def latent_model_fn(prior: LatentPrior) -> Callable:
+    """`model_fn(params, z, t)` for the latent samplers: the UNet with `params["context"]` (one
+    (T, C) context, the unconditional prompt's; None for an unconditional LDM) broadcast over the
+    batch."""
+
+    def model_fn(params, z, t):
+        ctx = params.get("context")
+        if ctx is not None:
+            ctx = jnp.broadcast_to(ctx, (z.shape[0], *ctx.shape))
+        return prior.denoise(params, z, jnp.broadcast_to(t, (z.shape[0],)), ctx)
+
+    return model_fn

@@ -179,3 +179,35 @@ def get_task(name: str) -> ml_collections.ConfigDict:
         return TASKS[name]()
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
+
+
+# The latent methods' tasks (PSLD, LituRout/PSLD diffusion-posterior-sampling/configs/
+# *_psld.yaml, Stable Diffusion at 512 px): the DPS operators with lengths given at 512 px.
+LATENT_REFERENCE_SIZE = 512
+LATENT_TASKS = {
+    # super_resolution_config_psld.yaml: scale_factor 4, in_shape (1, 3, 512, 512)
+    "sr4": {"factor": 4},
+    # box_inpainting_config_psld.yaml: mask_len_range (256, 257), image_size 512 (the DPS
+    # mask_generator's margin stays (16, 16) px)
+    "box": {"mask_len_range": (256, 257), "margin": (16, 16)},
+    # inpainting_config_psld.yaml: mask_type random, mask_prob_range (0.3, 0.7)
+    "random": {"mask_prob_range": (0.3, 0.7)},
+    # gaussian_deblur_config_psld.yaml: kernel_size 121, intensity 3.0
+    "gaussian_blur": {"kernel_size": 121, "std": 3.0},
+    # motion_deblur_config_psld.yaml: kernel_size 121, intensity 0.5
+    "motion_blur": {"kernel_size": 121, "intensity": 0.5},
+}
+
+
+def latent_task(name: str, factor: int = 4) -> ml_collections.ConfigDict:
+    """The preset `name` with PSLD's Stable Diffusion settings (LATENT_TASKS, lengths at 512 px;
+    sigma 0.05 in every *_psld.yaml); other presets as they are. `factor` sets the SR factor
+    (8: the x8 column of the latent papers' tables; no PSLD config sets it)."""
+    c = get_task(name)
+    if name in LATENT_TASKS:
+        c.reference_size = LATENT_REFERENCE_SIZE
+        c.operator_config = ml_collections.ConfigDict(LATENT_TASKS[name])
+    if c.operator == "super_resolution":
+        c.operator_config.factor = int(factor)
+        c.doc = c.doc.replace("x4", f"x{int(factor)}").replace("x2", f"x{int(factor)}")
+    return c

@@ -30,6 +30,7 @@ ABOVE_CORE = (
     "cli",
     "convert",
     "parity",
+    "latent",
 )
 
 
