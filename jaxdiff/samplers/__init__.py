@@ -44,6 +44,7 @@ from jaxdiff.samplers import (  # noqa: F401
     repaint,
     score_ald,
     sdedit,
+    tds,
     tmpd,
     tweedie,
 )
