@@ -40,6 +40,8 @@ ROUTES = (
     ("daps_*.npz", "daps"),
     ("dmps_*.npz", "dmps"),
     ("mpgd_*.npz", "mpgd"),
+    ("psld_*.npz", "psld"),
+    ("latent_dps_*.npz", "psld"),
     ("fid*.npz", "fid"),
     ("latent*.npz", "latent"),
     ("operators*.npz", "operators"),

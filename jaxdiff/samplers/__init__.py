@@ -33,6 +33,7 @@ from jaxdiff.samplers import (  # noqa: F401
     latent_dps,
     mpgd,
     pigdm,
+    psld,
     reddiff,
     score_ald,
     sdedit,
