@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion import annealing
+from jaxdiff.samplers import daps_steps
 from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import (
     as_forward,
@@ -36,19 +37,11 @@ from jaxdiff.samplers.common import (
     resolve_image_shape,
 )
 
-DRAWS = {"mcmc", "renoise"}
-
 
 def _nfe(num_steps: int, options: dict) -> int:
     """One network call per Euler step of each annealing step's ODE solve."""
     n = options.get("annealing_steps") or num_steps
     return int(n) * int(options.get("ode_steps", 5))
-
-
-def _count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
-        raise ValueError(f"daps: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_vp_schedule(schedule, beta_min: float, beta_d: float, m: int) -> None:
@@ -120,41 +113,17 @@ def make_daps(
         if schedule is None:
             raise ValueError("daps: pass annealing_steps (or a schedule whose respacing sets it)")
         annealing_steps = schedule.num_steps
-    n = _count(annealing_steps, "annealing_steps")
-    k_ode = _count(ode_steps, "ode_steps")
-    n_mcmc = _count(mcmc_steps, "mcmc_steps")
+    n = daps_steps.count(annealing_steps, "annealing_steps", "daps")
+    k_ode = daps_steps.count(ode_steps, "ode_steps", "daps")
+    n_mcmc = daps_steps.count(mcmc_steps, "mcmc_steps", "daps")
     m = int(getattr(schedule, "num_train_timesteps", annealing.VP_M))
     _check_vp_schedule(schedule, vp_beta_min, vp_beta_d, m)
-    np_dtype = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
-    sig = annealing.annealing_sigmas(n, sigma_max, sigma_min, rho, np_dtype)
-    ode_t = annealing.ode_grids(sig[:n], k_ode, ode_sigma_min, ode_rho, np_dtype)
-    c_in = annealing.vp_input_scale(ode_t[:, :k_ode], np_dtype).astype(np_dtype)
-    c_noise = annealing.vp_timestep(ode_t[:, :k_ode], vp_beta_min, vp_beta_d, m, np_dtype)
-    ratio = np.arange(n) / (n + 1)  # i / Scheduler.num_steps (which counts the initial point)
-    tables = {
-        "sigma": sig[:n],
-        "sigma_next": sig[1:],
-        "sigma_sq": (sig[:n].astype(np.float64) ** 2).astype(np_dtype),
-        "ode_t": ode_t,
-        "c_in": c_in,
-        "c_noise": c_noise.astype(np_dtype),
-        "ratio": ratio.astype(np_dtype),
-    }
-
-    def draw(key, x):
-        """A step's draws in full (the replay layout; the same values `draw_lazy` unfolds)."""
-        k1, k2 = jax.random.split(key)
-        one = lambda l: jax.random.normal(jax.random.fold_in(k1, l), x.shape, x.dtype)  # noqa: E731
-        return {
-            "mcmc": jax.vmap(one)(jnp.arange(n_mcmc)),
-            "renoise": jax.random.normal(k2, x.shape, x.dtype),
-        }
-
-    def draw_lazy(key, x):
-        """The same draws, with the L Langevin ones left as a key that the inner scan unfolds
-        one update at a time (memory O(image) instead of O(L images) per step and image)."""
-        k1, k2 = jax.random.split(key)
-        return {"mcmc": jax.random.key_data(k1), "renoise": jax.random.normal(k2, x.shape, x.dtype)}
+    sig, tables = daps_steps.build_tables(
+        n, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho, ode_steps=k_ode,
+        ode_sigma_min=ode_sigma_min, ode_rho=ode_rho, timestep_map="vp", vp_beta_min=vp_beta_min,
+        vp_beta_d=vp_beta_d, num_train_timesteps=m, dtype=dtype,
+    )  # fmt: skip
+    draw, draw_lazy = daps_steps.draw_fns(n_mcmc, "langevin")
 
     def sample(params, key, y, op_params=None, hparams=None, replay=None, valid=True):
         del valid  # no batch coupling
@@ -165,52 +134,26 @@ def make_daps(
         y = jnp.asarray(y, dtype)
         check_measurement(forward, op_params, jax.ShapeDtypeStruct(shape, dtype), y, "daps")
         noise = (replay or {}).get("noise")
-        if noise is not None and (not isinstance(noise, dict) or set(noise) != DRAWS):
-            raise ValueError(
-                'daps: replayed noise must be {"mcmc": (N, L, H, W, C), "renoise": (N, H, W, C)}, '
-                f"got {jax.tree.map(jnp.shape, noise)}"
-            )
+        daps_steps.check_replay_noise(noise, "langevin", "daps")
         z_T, k_loop = initial_x(key, replay, shape, dtype, "daps")
         x_T = z_T * jnp.asarray(sig[0], dtype)  # prior_sigma = sigma_max (DAPS.get_start)
         tb = {name: jnp.asarray(t) for name, t in tables.items()}
 
-        def denoise(x, c_in_k, c_noise_k, t):
-            """VPPrecond: D = x - t eps(c_in x, c_noise) (fractional timestep, eps channels)."""
-            out = model_fn(params, (c_in_k * x)[None], c_noise_k[None])[0]
-            if out.shape[:-1] != x.shape[:-1] or out.shape[-1] < x.shape[-1]:
-                raise ValueError(f"daps: the model maps an image {x.shape} to {out.shape}")
-            return x + (-t) * out[..., : x.shape[-1]]
+        def data_grad(x):
+            def loss_fn(x):
+                r = forward(op_params, x) - y
+                return jnp.sum(r * r)
 
-        def data_loss(x):
-            r = forward(op_params, x) - y
-            return jnp.sum(r * r)
+            loss, g = jax.value_and_grad(loss_fn)(x)
+            return loss, g, {}
 
         def step(x_t, i, z, state):
-            def euler(x, k):
-                t, t_next = tb["ode_t"][i, k], tb["ode_t"][i, k + 1]
-                den = denoise(x, tb["c_in"][i, k], tb["c_noise"][i, k], t)
-                score_term = t * ((den - x) / (t * t))  # sigma * score; d = -sigma * score
-                return x + (t - t_next) * score_term, {"ode_x": x, "ode_denoised": den}
-
-            x0hat, ode_rec = jax.lax.scan(euler, x_t, jnp.arange(k_ode))
-            s_sq = tb["sigma_sq"][i]
-            lr = h["lr"] * (1 + tb["ratio"][i] * (h["lr_min_ratio"] - 1))
-            noise_scale = jnp.sqrt(2 * lr)
-            prior_score = (x0hat - x_t) / s_sq
-
-            def langevin(x, eps):
-                if lazy:  # eps is the update's index: its draw from the step's key
-                    eps = jax.random.normal(jax.random.fold_in(mcmc_key, eps), x.shape, x.dtype)
-                loss, g = jax.value_and_grad(data_loss)(x)
-                score = -g / (h["tau"] * h["tau"]) + (x_t - x) / s_sq + prior_score
-                x_new = x + lr * score + noise_scale * eps
-                return x_new, {"mcmc_x": x, "mcmc_data_grad": g, "mcmc_loss": loss}
-
-            if lazy:
-                mcmc_key = jax.random.wrap_key_data(z["mcmc"])
-                x0y, mcmc_rec = jax.lax.scan(langevin, x0hat, jnp.arange(n_mcmc))
-            else:
-                x0y, mcmc_rec = jax.lax.scan(langevin, x0hat, z["mcmc"])
+            x0hat, ode_rec = daps_steps.ode_solve(model_fn, params, x_t, tb, i, k_ode)
+            lr = daps_steps.step_size(h, tb, i)
+            x0y, mcmc_rec = daps_steps.mcmc(
+                data_grad, x0hat, x_t, tb["sigma_sq"][i], lr, h, z,
+                algo="langevin", num_steps=n_mcmc, lazy=lazy,
+            )  # fmt: skip
             x_next = x0y + z["renoise"] * tb["sigma_next"][i]
             record = {"x0_hat": x0hat, "x0_y": x0y, "lr": lr}
             if record_inner:
@@ -232,6 +175,6 @@ def make_daps(
 
     sample.sigmas = sig
     sample.draw = draw
-    sample.ode_grid = ode_t
+    sample.ode_grid = tables["ode_t"]
     sample.c_noise = tables["c_noise"]
     return sample
