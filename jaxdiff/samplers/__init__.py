@@ -40,6 +40,7 @@ from jaxdiff.samplers import (  # noqa: F401
     mpgd,
     pigdm,
     pnpdm,
+    psld,
     reddiff,
     repaint,
     score_ald,
