@@ -19,7 +19,7 @@ import ml_collections
 from jaxdiff import config_lib
 
 TASKS = "box,random,gaussian_blur,sr2"
-METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd"
+METHODS = "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd,repaint,mcg,dsg"
 # Classical baselines: each runs on the tasks it applies to (jaxdiff.baselines.APPLIES).
 BASELINES = "measurement,telea,wiener,bicubic,tv_least_squares"
 
@@ -55,6 +55,9 @@ SDEDIT_T0 = {"box": 0.3, "random": 0.3, "gaussian_blur": 0.02, "sr4": 0.1, "sr2"
 # 17.07/0.510, 20.74/0.277, 21.16/0.245, 20.98/0.256, 20.68/0.274, 20.31/0.283; gaussian_blur
 # 4 / 8 / 12 / 17.5: 21.22/0.251, 21.49/0.233, 20.56/0.249, 19.17/0.245 (eta 0.5).
 MPGD_SCALE = {"box": 4.0, "random": 4.0, "gaussian_blur": 8.0, "sr4": 6.0, "sr2": 6.0}
+# MCG scale on box (the demo's only MCG task: the true projection divides the blur's and SR's
+# noise by small singular values), 50 steps:
+MCG_SCALE = {"box": 2.0}
 
 # Task settings given directly at 32 px (reference_size 32) where the proportional rule of
 # jaxdiff.experiment.scale_task gives a degenerate task: the paper's std 3.0 at 256 px is 0.375 px
@@ -70,6 +73,13 @@ HPARAMS = {
     "score_ald": {"weight": SCORE_ALD_WEIGHT},
     "sdedit": {"t0": SDEDIT_T0},
     "mpgd": {"scale": MPGD_SCALE},
+    "mcg": {"scale": MCG_SCALE},
+    # DSG at 20 steps: configs/dsg.py's 20-step Table 3 rows (interval 1; rate 0.2 inpainting
+    # and SR, 0.1 deblurring), not swept on the demo photos
+    "dsg": {
+        "interval": {"box": 1.0, "random": 1.0, "gaussian_blur": 1.0, "sr4": 1.0, "sr2": 1.0},
+        "guidance_scale": {"box": 0.2, "random": 0.2, "gaussian_blur": 0.1, "sr4": 0.2, "sr2": 0.2},
+    },
 }
 # Tasks per method where not every one of `tasks`, to keep the demo under 5 minutes on 2 cores
 # (each run's XLA compilation, 5-15 s, is most of its cost): the methods beyond SDEdit, Score-ALD and DPS skip
@@ -88,6 +98,9 @@ METHOD_TASKS = {
     "daps": _NEW,
     "dmps": _NEW,
     "mpgd": _NEW,
+    "repaint": "box",  # inpainting only (a pixel-mask operator)
+    "mcg": "box",  # its projection amplifies the noise of blur / SR measurements
+    "dsg": _NEW,
 }
 
 # Static options per method and task (method -> option -> task -> value). RED-diff starts from
@@ -97,6 +110,9 @@ METHOD_TASKS = {
 OPTIONS = {
     "reddiff": {"init": {"gaussian_blur": "adjoint"}},
     "daps": {"ode_steps": {"box": 2, "random": 2, "gaussian_blur": 2, "sr2": 2}},
+    # RePaint: a short walk (20 steps, jumps of 5 steps twice: 35 network calls) instead of the
+    # official 250 steps with jumps of 10 ten times (2410 calls)
+    "repaint": {"jump_length": {"box": 5}, "jump_n_sample": {"box": 2}},
 }
 
 # Respacing per method where it differs from `respacing` / `task_respacing` (method wins). The
@@ -124,6 +140,10 @@ METHOD_RESPACING = {
     "dmps": "100",
     # MPGD's fewest official steps (ddim20, scale 17.5 at 256 px)
     "mpgd": "ddim20",
+    "repaint": "20",
+    "mcg": "50",
+    # DSG's fewest official steps (diffusion_ddim20_config.yaml: timestep_respacing 20)
+    "dsg": "20",
 }
 
 

@@ -38,6 +38,7 @@ from jaxdiff.operators import get_noise, get_operator
 from jaxdiff.samplers import SAMPLERS, get_sampler
 from jaxdiff.samplers.base import Range, check_range
 from jaxdiff.samplers.loop import progress_interval
+from jaxdiff.samplers.particles import PARTICLE_OPTIONS
 
 log = logging.getLogger("jaxdiff.experiment")
 
@@ -245,6 +246,11 @@ def _sampler_method(config, model, meta, operator, noise, image_shape, progress=
         "variance_type": schedule.variance_type,
         "num_train_timesteps": schedule.num_train_timesteps,
     }
+    # particle samplers: how many, how resampled, and which estimator made x_hat
+    factory = inspect.signature(make.make).parameters
+    for opt in PARTICLE_OPTIONS:
+        if opt in factory:
+            info[opt] = opts.get(opt, factory[opt].default)
     return Method(name, "sampler", fn, hp, True, info)
 
 

@@ -35,6 +35,7 @@ OPERATOR = {
 }
 NO_SVD = ("motion_blur", "phase_retrieval")  # operators with no SVD form
 NONLINEAR = ("phase_retrieval",)
+MASK_OPERATORS = ("inpaint_box", "inpaint_random")  # pixel masks (RePaint's "mask" need)
 DIFFUSION_1000 = {
     "num_timesteps": 1000,
     "beta_schedule": "linear",
@@ -60,6 +61,7 @@ def test_every_method_task_preset_builds(method, task):
     refused = (task in NO_SVD and "svd" in needs) or (
         task in NONLINEAR and ("linear" in needs or method in ("reddiff",))
     )
+    refused = refused or ("mask" in needs and OPERATOR[task] not in MASK_OPERATORS)
     if refused:
         with pytest.raises(ValueError, match=task):
             _cfg(method, task)
@@ -217,7 +219,7 @@ def test_demo_config_covers_every_method_on_its_tasks():
     solvers -= {n for n in SAMPLERS.names() if "latent_prior" in SAMPLERS.get(n).needs}
     assert solvers <= set(c.methods.split(","))
     for m in solvers:
-        assert (m, "gaussian_blur") in pairs
+        assert (m, "box") in pairs or (m, "gaussian_blur") in pairs, m
     assert ("telea", "box") in pairs and ("telea", "sr2") not in pairs
     assert ("wiener", "gaussian_blur") in pairs and ("bicubic", "sr2") in pairs
     assert int(c.respacing) <= 100  # the demo's short schedule

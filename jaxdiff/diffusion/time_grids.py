@@ -7,11 +7,13 @@ grid; a respacing spec "<grid><N>" ("ddnm12", "ddrm20", "pigdm100") is resolved 
 `jaxdiff.diffusion.space_timesteps`.
 
 `TIME_GRIDS` maps a grid name to a `TimeGrid`: its official source and `build(num_steps,
-num_train_timesteps, **options)`. Three kinds:
+num_train_timesteps, **options)`. Four kinds:
 - "timesteps": the training steps the model is called at, ascending (a respacing);
 - "noise_index": DiffPIR's `seq`, indices into the descending noise levels, mapped to steps by
   `jaxdiff.diffusion.diffpir_schedule`;
-- "sigmas": DAPS's annealing noise levels (EDM poly-rho), then 0.
+- "sigmas": DAPS's annealing noise levels (EDM poly-rho), then 0;
+- "walk": RePaint's resampling walk, respaced steps up and down ending at -1 (not a respacing:
+  the respacing is a separate spec, RePaint's "250").
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from jaxdiff.registry import Registry
 @dataclasses.dataclass(frozen=True)
 class TimeGrid:
     name: str
-    kind: str  # "timesteps" | "noise_index" | "sigmas"
+    kind: str  # "timesteps" | "noise_index" | "sigmas" | "walk"
     source: str  # the official file and function the grid reproduces
     build: Callable
 
@@ -107,6 +109,20 @@ register_grid("pigdm", "timesteps", "NVlabs/RED-diff utils/functions.py get_time
 )
 
 
+@register_grid("mcgdiff", "timesteps", "gabrielvc/mcg_diff scripts/hugging_faces_models.py")
+def mcgdiff(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """torch.linspace(0, T - 1, N).long(): torch's float32 linspace (start + i step in the first
+    half, end - (N - 1 - i) step in the second), truncated; 0 and T - 1 both included."""
+    n, t = _check(num_steps, num_train_timesteps)
+    if n < 2:
+        raise ValueError(f"mcgdiff: needs at least 2 grid points, got {num_steps!r}")
+    f = np.float32
+    end = f(t - 1)
+    step = f(end / f(n - 1))
+    vals = [f(step * f(i)) if i < n // 2 else f(end - step * f(n - 1 - i)) for i in range(n)]
+    return sorted({int(v) for v in vals})
+
+
 @register_grid(
     "ldm", "timesteps", "CompVis ldm/modules/diffusionmodules/util.py make_ddim_timesteps"
 )
@@ -162,3 +178,71 @@ def grid_timesteps(name: str, num_steps: int, num_train_timesteps: int = 1000) -
     if grid.kind != "timesteps":
         raise ValueError(f"time grid {name!r} is a {grid.kind} grid, not a respacing")
     return list(grid.build(num_steps, num_train_timesteps))
+
+
+@register_grid(
+    "repaint", "walk", "andreas128/RePaint guided_diffusion/scheduler.py get_schedule_jump"
+)
+def repaint_walk(
+    t_T: int,
+    n_sample: int = 1,
+    jump_length: int = 10,
+    jump_n_sample: int = 10,
+    jump2_length: int = 1,
+    jump2_n_sample: int = 1,
+    jump3_length: int = 1,
+    jump3_n_sample: int = 1,
+    start_resampling: int = 100000000,
+) -> list[int]:
+    """RePaint's resampling walk over respaced steps, line for line: t_T-1 .. 0 then -1, going
+    back up `jump_length` steps `jump_n_sample - 1` times at every multiple of `jump_length`
+    (nested jumps 2 and 3 reset by the outer ones; `n_sample` up-down repeats of one step).
+    A pair (t, t - 1) is a model step at t, (t, t + 1) a forward re-noising step."""
+    sizes = (t_T, n_sample, jump_length, jump_n_sample, jump2_length, jump2_n_sample,
+             jump3_length, jump3_n_sample)  # fmt: skip
+    if any(int(v) != v or v < 1 for v in sizes):
+        raise ValueError(f"repaint walk: positive integer sizes needed, got {sizes}")
+    t_T = int(t_T)
+
+    def fresh(length, n):
+        return {j: n - 1 for j in range(0, t_T - length, length)}
+
+    jumps = fresh(jump_length, jump_n_sample)
+    jumps2 = fresh(jump2_length, jump2_n_sample)
+    jumps3 = fresh(jump3_length, jump3_n_sample)
+    t, ts = t_T, []
+    while t >= 1:
+        t -= 1
+        ts.append(t)
+        if t + 1 < t_T - 1 and t <= start_resampling:
+            for _ in range(n_sample - 1):
+                t += 1
+                ts.append(t)
+                if t >= 0:
+                    t -= 1
+                    ts.append(t)
+        if jumps3.get(t, 0) > 0 and t <= start_resampling - jump3_length:
+            jumps3[t] -= 1
+            for _ in range(jump3_length):
+                t += 1
+                ts.append(t)
+        if jumps2.get(t, 0) > 0 and t <= start_resampling - jump2_length:
+            jumps2[t] -= 1
+            for _ in range(jump2_length):
+                t += 1
+                ts.append(t)
+            jumps3 = fresh(jump3_length, jump3_n_sample)
+        if jumps.get(t, 0) > 0 and t <= start_resampling - jump_length:
+            jumps[t] -= 1
+            for _ in range(jump_length):
+                t += 1
+                ts.append(t)
+            jumps2 = fresh(jump2_length, jump2_n_sample)
+            jumps3 = fresh(jump3_length, jump3_n_sample)
+    ts.append(-1)
+    # the official _check_times: starts descending, ends at -1, steps of one, within [-1, t_T]
+    if len(ts) < 2 or ts[0] <= ts[1] or any(abs(a - b) != 1 for a, b in zip(ts[:-1], ts[1:])):
+        raise ValueError(f"repaint walk: not a walk of unit steps from {t_T - 1} to -1")
+    if min(ts) < -1 or max(ts) > t_T:
+        raise ValueError(f"repaint walk: leaves [-1, {t_T}]")
+    return ts

@@ -34,6 +34,9 @@ class Operator:
     name: str = "operator"
     linear: bool = True
     svd = None  # an SVDForm (jaxdiff/operators/svd.py) where H = U diag(s) V^T is tractable
+    # A(x) = op_params["mask"] * x with a 0/1 mask of the image's shape (inpainting): what
+    # RePaint's known-region blend needs
+    pixel_mask: bool = False
 
     def __init__(self, image_shape):
         self.image_shape = check_image_shape(image_shape, self.name)

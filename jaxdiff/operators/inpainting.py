@@ -28,6 +28,8 @@ from jaxdiff.operators.svd import MaskSVD
 
 
 class _Masked(Operator):
+    pixel_mask = True
+
     @functools.cached_property
     def svd(self):
         """U = V = I, singulars = the mask (y stays image-shaped; holes are s == 0)."""

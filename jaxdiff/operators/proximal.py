@@ -191,3 +191,38 @@ def data_prox(operator, cg_iters: int = 50, form: str = "stable"):
         )
 
     return cg, "cg"
+
+
+def gaussian_posterior_sampler(operator, cg_iters: int = 50):
+    """sample(op_params, y, x, sigma, rho, n, n_y) -> z ~ p(z | x, y), the Gaussian
+    N(y; A z, sigma^2) N(z; x, rho^2) of a linear A (PnP-DM's likelihood step, docs/methods.md),
+    and the kind used ("fft" or "perturb"). n: N(0, I) of the image's shape, n_y: of y's.
+
+    - "fft" (`circular_blur` with sf = 1, PnP-DM's gaussian_blur_circ): C = (|FB|^2 / sigma^2 +
+      1 / rho^2)^-1 in Fourier, z = F^-1 C F (A^T y / sigma^2 + x / rho^2) + F^-1 sqrt(C) F n
+      (pnpdm/tasks/gaussian_blur.py proximal_generator; n_y unused);
+    - "perturb" (any other linear A): perturb-and-MAP, z = argmin ||y + sigma n_y - A z||^2 +
+      (sigma / rho)^2 ||z - x - rho n||^2, an exact sample (its mean is the posterior mean, its
+      covariance C), solved by `data_prox` (closed form for masks / identity, else CG).
+    """
+    name = getattr(operator, "name", type(operator).__name__)
+    if not getattr(operator, "linear", False):
+        raise ValueError(f"gaussian_posterior_sampler: {name!r} is nonlinear")
+    if name == "circular_blur" and getattr(operator, "sf", 1) == 1:
+
+        def fft_sample(p, y, x, sigma, rho, n, n_y):
+            del n_y
+            fb = operator.otf(p, x.dtype)
+            power = jnp.real(fb * jnp.conj(fb))[..., None]
+            inv = 1 / (power / sigma**2 + 1 / rho**2)
+            noise = _ifft2_real(jnp.sqrt(inv) * _fft2(n))
+            mu = _ifft2_real(inv * _fft2(operator.adjoint(p, y / sigma**2) + x / rho**2))
+            return mu + noise
+
+        return fft_sample, "fft"
+    prox, _ = data_prox(operator, cg_iters)
+
+    def perturb(p, y, x, sigma, rho, n, n_y):
+        return prox(p, y + sigma * n_y, x + rho * n, (sigma / rho) ** 2)
+
+    return perturb, "perturb"

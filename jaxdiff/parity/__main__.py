@@ -3,7 +3,8 @@
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
 `<method>_*.npz` -> parity.<method> (ddpm, dps, ddrm, ddnm, pigdm, reddiff, diffpir, daps, dmps,
-mpgd, latent_daps),
+mpgd, repaint, mcg, mcg_diff, fps_smc, latent_daps, mmps, tmpd, dsg,
+pnpdm),
 `fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` -> parity.operators,
 `*_io.npz` -> parity.models.
 Every setting is read from the fixture and its JSON sidecar. Without `--model`, the model named
@@ -32,6 +33,9 @@ from jaxdiff.parity.common import NotAFixture
 ROUTES = (
     ("ddpm_*.npz", "ddpm"),
     ("dps_*.npz", "dps"),
+    ("mcg_diff_*.npz", "mcg_diff"),  # before mcg_*, which would match it
+    ("mcg_*.npz", "mcg"),
+    ("fps_smc_*.npz", "fps_smc"),
     ("ddrm_*.npz", "ddrm"),
     ("ddnm_*.npz", "ddnm"),
     ("pigdm_*.npz", "pigdm"),
@@ -40,7 +44,12 @@ ROUTES = (
     ("daps_*.npz", "daps"),
     ("dmps_*.npz", "dmps"),
     ("mpgd_*.npz", "mpgd"),
+    ("repaint_*.npz", "repaint"),
     ("latent_daps_*.npz", "latent_daps"),
+    ("mmps_*.npz", "mmps"),
+    ("tmpd_*.npz", "tmpd"),
+    ("dsg_*.npz", "dsg"),
+    ("pnpdm_*.npz", "pnpdm"),
     ("fid*.npz", "fid"),
     ("latent*.npz", "latent"),
     ("operators*.npz", "operators"),

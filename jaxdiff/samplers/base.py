@@ -46,10 +46,11 @@ from jaxdiff.samplers.loop import run_chain
 
 SAMPLERS: Registry = Registry("sampler")
 
-NEEDS = frozenset({"operator", "linear", "svd", "measurement", "guide", "latent_prior"})
+NEEDS = frozenset({"operator", "linear", "svd", "measurement", "guide", "mask", "latent_prior"})
 """operator: a forward model A. linear: A must be linear (adjoint / pseudo-inverse). svd: A must
 offer `.svd` (DDRM, DDNM). measurement: the sample function reads y. guide: the method starts from
-an image made from y (SDEdit, Tweedie), so a driver may pass `guide=`. latent_prior: the method
+an image made from y (SDEdit, Tweedie), so a driver may pass `guide=`. mask: A must be a pixel
+mask (`operator.pixel_mask`, the inpainting operators; RePaint). latent_prior: the method
 samples in a latent space and reaches the decoder / encoder through `latent=LatentFns(...)`
 (samplers/latent_common.py); given to a pixel method, or missing for a latent one, it is refused
 with one ValueError."""
@@ -209,6 +210,11 @@ def check_operator(spec: SamplerSpec, operator) -> None:
     if "svd" in spec.needs and getattr(operator, "svd", None) is None:
         raise ValueError(
             f"{spec.name}: needs an operator in SVD form (operator.svd); {op_name!r} has none"
+        )
+    if "mask" in spec.needs and not getattr(operator, "pixel_mask", False):
+        raise ValueError(
+            f"{spec.name}: needs a pixel-mask operator (inpainting: inpaint, inpaint_box, "
+            f"inpaint_random); {op_name!r} is not one"
         )
 
 

@@ -39,13 +39,18 @@ class SampleResult(NamedTuple):
     went non-finite, -1 if it never did; the image is frozen at its last finite value from then
     on. snapshots: x after every `snapshot_every` steps (and after the last), or None.
     trajectory: per-step records (x after each step and method extras such as x0_hat) when
-    `keep_trajectory=True`, else None.
+    `keep_trajectory=True`, else None. Particle samplers (samplers/particles.py) add their
+    final particles (N, H, W, C), normalised float32 log-weights (N,) and the effective sample
+    size at every sampling step (K,); x0 is then their stated estimator. None elsewhere.
     """
 
     x0: jax.Array
     diverged_at: jax.Array
     snapshots: jax.Array | None = None
     trajectory: dict | None = None
+    particles: jax.Array | None = None
+    log_weights: jax.Array | None = None
+    ess: jax.Array | None = None
 
 
 def call_model(model_fn, params, x, t, remat: bool = False):
@@ -215,3 +220,18 @@ def make_guide(guide, image_shape, where: str):
         return g
 
     return fn
+
+
+def residual_pullback(model_fn, params, schedule, x, k, forward, op_params, y, **kw):
+    """r = y - A(x0_hat(x_t)) with its VJP back to x_t THROUGH the network, and the prediction
+    (DPS's guidance gradient, shared by the samplers that differentiate ||r|| w.r.t. x_t).
+
+    Returns (r, pullback, pred); `pullback(r / ||r||)` is d||r|| / d x_t. kw: clip_denoised,
+    remat (as predict_x0).
+    """
+
+    def residual(x_in):
+        pred = predict_x0(model_fn, params, schedule, x_in, k, **kw)
+        return y - forward(op_params, pred["x0"]), pred
+
+    return jax.vjp(residual, x, has_aux=True)

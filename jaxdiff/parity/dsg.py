@@ -1,0 +1,111 @@
+"""Replay of the DSG trajectory fixtures (`dsg_<name>.npz` + `dsg_<name>.json`).
+
+The fixtures ran LingxiaoYang2023/DSG2024's `p_sample_loop` (its DDIM or DDPM p_sample, as the
+sidecar's diffusion config names) with the `DSG` conditioning on adm_tiny, one image per run
+(the official loader's batch 1), with DPS's operators (the Resizer super-resolution, the
+reflect-padded Gaussian blur). The replay builds the operator from the stored tables / kernel
+(`parity.dps.build_operator`), runs the `dsg` sampler with official=True on the sidecar's
+schedule (`timestep_respacing`, sampler, interval, guidance_scale, eta from the files), feeds x_T
+and the per-step draws back and compares every recorded state per step.
+
+Rule (tests/fixtures/dsg/README.txt): |got - ref| <= atol + rtol * max|ref| per step, atol 1e-6,
+rtol 2e-6, floored at 3x the official code's own float32-vs-float64 difference for that array and
+step (sidecar "f64_replay"; for the chain states x_t, x_pre_guidance and mean its running maximum
+over the steps so far, as a state carries every earlier step's rounding), and no error above
+1e-3 * max(1, max|ref|) whatever the floor; the norm (guided steps) rtol 1e-5 or 3x its float64
+level; the measurement 1e-5; schedules exactly or rtol 1e-6.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxdiff.diffusion import make_schedule
+from jaxdiff.parity.common import Fixture, f64_level, f64_max, model_name, swap01
+from jaxdiff.parity.dps import build_operator, measurement
+from jaxdiff.samplers import batched, get_sampler
+
+TRAJECTORY = ("x_t",)
+ATOL, RTOL, RTOL_NORM = 1e-6, 2e-6, 1e-5
+CAP = 1e-3  # no state error above CAP * max(1, max|ref|), whatever the float64 level
+# fixture array -> the dsg sampler's trajectory record
+CHAIN = {"x_t": "x", "x_pre_guidance": "x_pre_guidance", "mean": "mean", "x0_hat": "x0_hat"}
+
+
+def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
+    path = str(npz_path)
+    side = path[: -len(".npz")].rsplit("/", 1)[-1] + ".json"
+    fx = Fixture.load(npz_path, "dsg", dtype, sidecar_name=side, trajectory=TRAJECTORY)
+    dc = fx.config["diffusion"]
+    if dc.get("model_mean_type", "epsilon") != "epsilon" or dc.get("dynamic_threshold"):
+        raise ValueError(f"{fx.path}: only epsilon prediction without dynamic threshold")
+    steps_train = int(dc.get("steps", 1000))
+    if dc.get("rescale_timesteps") and steps_train != 1000:
+        raise ValueError(f"{fx.path}: rescaled timesteps of a {steps_train}-step schedule")
+    kind = dc.get("sampler", "ddim")
+    if kind not in ("ddim", "ddpm"):
+        raise ValueError(f"{fx.path}: sampler {kind!r} (ddim or ddpm)")
+    hp = {"guidance_scale": float(fx["guidance_scale"]), "interval": float(fx["interval"]),
+          "eta": float(fx["eta"]) if kind == "ddim" else 1.0}  # fmt: skip
+    sigma = float(fx["sigma"])
+    x_T = fx.nhwc("x_T")
+    b, shape = x_T.shape[0], x_T.shape[1:]
+    levels = fx.config.get("f64_replay", {})
+    with fx.context():
+        sched = make_schedule(
+            steps_train,
+            dc.get("noise_schedule", "linear"),
+            variance_type=dc.get("model_var_type", "learned_range"),
+            respacing=dc["timestep_respacing"],
+        )
+        order = np.arange(sched.num_steps)[::-1]
+        fx.exact("timestep_map", sched.timestep_map)
+        fx.exact("idx", order)
+        fx.exact("model_timestep", np.asarray(sched.timestep_map[order], np.float64))
+        fx.rel("alphas_cumprod", sched.alphas_cumprod, 1e-12)
+        op = build_operator(fx, fx.config.get("operator", {}), shape)
+        y = measurement(fx, op, sigma)
+        fn, params, _ = fx.model(model_name(fx.config.get("model")), model_dir)
+        sample = get_sampler("dsg")(
+            fn, sched, operator=op, image_shape=shape, step=kind, official=True,
+            clip_denoised=bool(dc.get("clip_denoised", True)), dtype=fx.jdtype,
+            keep_trajectory=True, **hp,
+        )  # fmt: skip
+        rep = {"x_T": fx.jnp(x_T), "noise": fx.jnp(swap01(fx.nhwc("noise")))}
+        keys = jax.random.split(jax.random.key(0), b)
+        run = jax.jit(batched(sample, shared_op_params=True))
+        res = run(params, keys, y, op.sample(None), None, rep)
+        traj = jax.tree.map(swap01, res.trajectory)
+    for name, key in CHAIN.items():
+        lvl = f64_level(levels, name)
+        if lvl is not None and name != "x0_hat":
+            # a chain state carries every earlier step's rounding: the floor at step k is the
+            # reference's largest level up to k (x0_hat is re-derived, 1/sqrt(abar) times x_t's)
+            lvl = np.maximum.accumulate(np.nan_to_num(np.asarray(lvl, np.float64)))
+        r = fx.check(name, traj[key], ATOL, RTOL, nhwc=True, per_step=True, f64=lvl)
+        if r is not None:  # never looser than CAP * max(1, max|ref|)
+            r["cap"] = CAP * max(1.0, float(np.abs(fx.arrays[name]).max()))
+            r["pass"] = bool(r["pass"] and r["max_abs_err"] <= r["cap"])
+    fx.check("sample", res.x0, ATOL, RTOL, nhwc=True, f64=f64_max(f64_level(levels, "x_t")))
+    # the code returns torch.zeros(1) as the distance of an unguided step: compare guided ones
+    guided = np.mod(order, hp["interval"]) == 0
+    norm = np.asarray(traj["norm"])
+    rel = f64_max(levels.get("rel_diff_norm_per_step"))
+    fx.rel("norm", np.where(guided[:, None], norm, 0.0), max(RTOL_NORM, 3 * (rel or 0.0)))
+    if kind == "ddim":  # the scalar std the radius is sqrt(n) times
+        radius = np.asarray(traj["radius"])[:, 0] / np.sqrt(np.prod(shape))
+        fx.rel("sigma_t", radius, 1e-6, atol=1e-7)
+    else:
+        std = fx.arrays["sigma_t"].reshape(sched.num_steps, b, -1)[..., 0]
+        fx.rel("sigma_t_first_pixel", np.asarray(traj["radius"]) / np.sqrt(np.prod(shape)),
+               1e-5, ref=std)  # fmt: skip
+        fx.skip("sigma_t", "the per-pixel learned std (the radius reads its first pixel)")
+    fx.skip("eps_model", "the model's raw eps (x0_hat and the mean carry it)")
+    fx.skip("var_model", "the model's variance channels (the ddpm mean and std carry them)")
+    fx.skip("q_noise", "q_sample's draw of the noisy measurement, which DSG never reads")
+    fx.skip("kernel_f64", "the float64 kernel (the official run convolves with `kernel`)")
+    return fx.report(
+        "dsg", images=b, steps=int(sched.num_steps), sampler=kind, sigma=sigma,
+        diverged_at=np.asarray(res.diverged_at).tolist(), **hp,
+    )  # fmt: skip
