@@ -64,14 +64,20 @@ def load_prior(fx: Fixture, model_dir, dtype):
         vq = find_beside(fx, cfg["vq_config"].split("/", 1)[-1])
         # the UNet's image_size is the LDM yaml's latent size (the kwargs file's is the pixel
         # ADM's; the convolutions do not care, the prior's latent shape does)
-        size = fx.task["ldm_config"]["model"]["params"]["unet_config"]["params"]["image_size"]
-        key = (str(ckpt), str(unet), str(vq), int(size))
+        # and the VQ's scaling factor is the LDM yaml's scale_factor (LatentDiffusion's default 1.0)
+        ldm = fx.task["ldm_config"]["model"]["params"]
+        size, scale = int(ldm["unet_config"]["params"]["image_size"]), ldm.get("scale_factor", 1.0)
+        key = (str(ckpt), str(unet), str(vq), size, float(scale))
         if key not in _CONVERTED:
             tmp = pathlib.Path(tempfile.mkdtemp(prefix="jaxdiff-parity-"))
             kwargs = json.loads(unet.read_text())
-            kwargs["kwargs"]["image_size"] = int(size)
+            kwargs["kwargs"]["image_size"] = size
             (tmp / "unet.json").write_text(json.dumps(kwargs))
-            convert_ldm_file(ckpt, tmp / "ldm", unet_config=tmp / "unet.json", vq_config=vq)
+            vq_cfg = json.loads(vq.read_text())
+            vq_cfg["scaling_factor"] = float(scale)
+            (tmp / "vq.json").write_text(json.dumps(vq_cfg))
+            convert_ldm_file(ckpt, tmp / "ldm", unet_config=tmp / "unet.json",
+                             vq_config=tmp / "vq.json")  # fmt: skip
             _CONVERTED[key] = str(tmp / "ldm")
         model_dir = _CONVERTED[key]
     prior, params = load_latent_prior(model_dir, dtype=dtype)
