@@ -206,9 +206,10 @@ def sample_images(
     return np.asarray(images), result
 
 
-def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior, dict]:
+def load_latent_prior(path, text_output: str | None = None, dtype=None) -> tuple[LatentPrior, dict]:
     """(prior, params) from a converted pipeline folder (`python -m convert_weights PIPELINE
-    --out DIR`: DIR/pipeline.json and one folder per component)."""
+    --out DIR`: DIR/pipeline.json and one folder per component); `dtype`: the networks' compute
+    dtype (float64 for a float64 parity replay)."""
     from jaxdiff.models import load_pretrained
 
     path = Path(path)
@@ -237,7 +238,7 @@ def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior
                 raise FileNotFoundError(f"{path}: the pipeline has no UNet")
             continue
         name, entry = found
-        modules[role], params[role], metas[role] = load_pretrained(path / entry["path"])
+        modules[role], params[role], metas[role] = load_pretrained(path / entry["path"], dtype)
     scheduler = next((c for c in components.values() if "Scheduler" in c["class"]), None)
     if scheduler is None:
         raise FileNotFoundError(f"{path}: the pipeline has no scheduler")
