@@ -349,7 +349,9 @@ def run_benchmark(
 
     from jaxdiff.models.remat import check_remat
 
-    names = list(samplers or SAMPLERS.names())
+    # the latent methods need a latent prior: their step is in latent_benchmark.py
+    pixel = [n for n in SAMPLERS.names() if "latent_prior" not in SAMPLERS.get(n).needs]
+    names = list(samplers or pixel)
     unknown = [n for n in names if n not in SAMPLERS]
     if unknown:
         raise KeyError(f"unknown sampler(s) {unknown}; known: {SAMPLERS.names()}")

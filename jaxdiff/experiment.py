@@ -34,6 +34,7 @@ import numpy as np
 from jaxdiff import tasks
 from jaxdiff.diffusion import schedule_from_meta
 from jaxdiff.errors import ConfigError
+from jaxdiff.latent import LatentModel, is_latent_prior, latent_schedule, load_latent
 from jaxdiff.operators import get_noise, get_operator
 from jaxdiff.samplers import SAMPLERS, get_sampler
 from jaxdiff.samplers.base import Range, check_range
@@ -68,58 +69,6 @@ def resolve_model_dir(model: str) -> pathlib.Path:
         )
         raise FileNotFoundError(f"model {str(path)!r} has no jaxdiff.json: {hint}")
     return path
-
-
-def is_latent_prior(path) -> bool:
-    """A converted latent pipeline folder (pipeline.json; jaxdiff.latent.load_latent_prior)."""
-    return (pathlib.Path(path) / "pipeline.json").is_file()
-
-
-@dataclasses.dataclass(frozen=True)
-class LatentModel:
-    """A loaded latent prior as the experiment's model: the prior and its first stage's
-    functions (samplers/latent_common.LatentFns)."""
-
-    prior: object
-    fns: object
-
-
-def load_latent(model_dir: pathlib.Path):
-    """(LatentModel, params, meta) of a latent prior folder: params gain the
-    unconditional (empty-prompt) context under "context" (None without a text encoder), meta
-    the decoded image size and the scheduler as "diffusion"."""
-    from jaxdiff.latent import latent_fns, load_latent_prior
-
-    prior, params = load_latent_prior(model_dir)
-    ctx = prior.context(params, "")[0] if prior.text_encoder is not None else None
-    params = {**params, "context": ctx}
-    fns = latent_fns(prior, params)
-    if fns.image_shape[0] != fns.image_shape[1]:
-        raise ValueError(f"{model_dir}: the decoder makes non-square images {fns.image_shape}")
-    meta = {
-        "architecture": "latent_prior",
-        "model_config": {
-            "image_size": int(fns.image_shape[0]),
-            "latent_shape": list(fns.latent_shape),
-            "components": {k: v.get("class") for k, v in prior.meta["components"].items()},
-        },
-        "diffusion": dict(prior.scheduler),
-    }
-    return LatentModel(prior, fns), params, meta
-
-
-def latent_schedule(prior, respacing):
-    """The latent prior's training schedule (its scheduler config), respaced; eps models only."""
-    from jaxdiff.diffusion import make_schedule
-    from jaxdiff.diffusion import scheduler as sched
-
-    if prior.prediction_type != "epsilon":
-        raise ValueError(
-            f"the latent prior predicts {prior.prediction_type!r}: the latent samplers take "
-            "epsilon-prediction priors only"
-        )
-    abar = sched.alphas_cumprod(prior.scheduler)
-    return make_schedule(alphas_cumprod=abar, respacing=respacing, convention="diffusers")
 
 
 def model_image_size(meta: dict) -> int:

@@ -206,9 +206,10 @@ def sample_images(
     return np.asarray(images), result
 
 
-def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior, dict]:
+def load_latent_prior(path, text_output: str | None = None, dtype=None) -> tuple[LatentPrior, dict]:
     """(prior, params) from a converted pipeline folder (`python -m convert_weights PIPELINE
-    --out DIR`: DIR/pipeline.json and one folder per component)."""
+    --out DIR`: DIR/pipeline.json and one folder per component); `dtype`: the networks' compute
+    dtype (float64 for a float64 parity replay)."""
     from jaxdiff.models import load_pretrained
 
     path = Path(path)
@@ -237,7 +238,7 @@ def load_latent_prior(path, text_output: str | None = None) -> tuple[LatentPrior
                 raise FileNotFoundError(f"{path}: the pipeline has no UNet")
             continue
         name, entry = found
-        modules[role], params[role], metas[role] = load_pretrained(path / entry["path"])
+        modules[role], params[role], metas[role] = load_pretrained(path / entry["path"], dtype)
     scheduler = next((c for c in components.values() if "Scheduler" in c["class"]), None)
     if scheduler is None:
         raise FileNotFoundError(f"{path}: the pipeline has no scheduler")
@@ -302,3 +303,53 @@ def latent_model_fn(prior: LatentPrior) -> Callable:
         return prior.denoise(params, z, jnp.broadcast_to(t, (z.shape[0],)), ctx)
 
     return model_fn
+
+
+# The experiment driver's view (jaxdiff.experiment): `config.model` a latent prior folder.
+def is_latent_prior(path) -> bool:
+    """A converted latent pipeline folder (pipeline.json; jaxdiff.latent.load_latent_prior)."""
+    return (Path(path) / "pipeline.json").is_file()
+
+
+@dataclass(frozen=True)
+class LatentModel:
+    """A loaded latent prior as the experiment's model: the prior and its first stage's
+    functions (samplers/latent_common.LatentFns)."""
+
+    prior: object
+    fns: object
+
+
+def load_latent(model_dir):
+    """(LatentModel, params, meta) of a latent prior folder: params gain the
+    unconditional (empty-prompt) context under "context" (None without a text encoder), meta
+    the decoded image size and the scheduler as "diffusion"."""
+    prior, params = load_latent_prior(model_dir)
+    ctx = prior.context(params, "")[0] if prior.text_encoder is not None else None
+    params = {**params, "context": ctx}
+    fns = latent_fns(prior, params)
+    if fns.image_shape[0] != fns.image_shape[1]:
+        raise ValueError(f"{model_dir}: the decoder makes non-square images {fns.image_shape}")
+    meta = {
+        "architecture": "latent_prior",
+        "model_config": {
+            "image_size": int(fns.image_shape[0]),
+            "latent_shape": list(fns.latent_shape),
+            "components": {k: v.get("class") for k, v in prior.meta["components"].items()},
+        },
+        "diffusion": dict(prior.scheduler),
+    }
+    return LatentModel(prior, fns), params, meta
+
+
+def latent_schedule(prior, respacing):
+    """The latent prior's training schedule (its scheduler config), respaced; eps models only."""
+    from jaxdiff.diffusion import make_schedule
+
+    if prior.prediction_type != "epsilon":
+        raise ValueError(
+            f"the latent prior predicts {prior.prediction_type!r}: the latent samplers take "
+            "epsilon-prediction priors only"
+        )
+    abar = sched.alphas_cumprod(prior.scheduler)
+    return make_schedule(alphas_cumprod=abar, respacing=respacing, convention="diffusers")

@@ -2,12 +2,14 @@
 run, the same networks in diffusers PyTorch (`python -m scripts.benchmark --latent`).
 
 Cases: the UNet forward (latents, timesteps, a 77-token text context), the VAE encoder and
-decoder forwards, and the gradient through the decoder (what latent posterior samplers take each
-step). Per case on the jaxdiff side: compile seconds, min / median seconds per call over
-`repeats` timed calls after a warm-up, XLA's FLOPs (cost analysis) and its compiled temporary
-memory. The PyTorch side runs in a separate interpreter (`torch_python`, with torch + diffusers:
-never a dependency of jaxdiff) on `scripts/diffusers_latent_timing.py`, given the same configs and
-shapes; each row's `torch_over_jax` is the ratio of the minima.
+decoder forwards, the gradient through the decoder (what latent posterior samplers take each
+step), and one whole step of each latent sampler (`SAMPLER_CASES`: Latent DPS, PSLD on SR x8 of
+the decoded image, rows carrying their UNet / decoder / encoder calls per step). Per case on the
+jaxdiff side: compile seconds, min / median seconds per call over `repeats` timed calls after a
+warm-up, XLA's FLOPs (cost analysis) and its compiled temporary memory. The PyTorch side runs
+in a separate interpreter (`torch_python`, with torch + diffusers: never a dependency of
+jaxdiff) on `scripts/diffusers_latent_timing.py`, given the same configs and shapes (the
+network cases only); each row's `torch_over_jax` is the ratio of the minima.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ SD_VAE = {
     "scaling_factor": 0.18215,
 }
 CASES = ("unet_forward", "vae_encode", "vae_decode", "vae_decode_grad")
+# one step of each latent posterior sampler (jaxdiff only): super-resolution x8 of the decoded
+# image; per step 1 UNet call and, through the gradient, its backward, the decoder forward and
+# backward, and for PSLD the encoder forward and backward
+SAMPLER_CASES = {
+    "latent_dps_step": {"nfe": 1, "decoder_calls": 1, "encoder_calls": 0},
+    "psld_step": {"nfe": 1, "decoder_calls": 1, "encoder_calls": 1},
+}
 TOKENS = 77
 _HERE = pathlib.Path(__file__).resolve().parent
 # scripts/ in a checkout, jaxdiff/scripts/ once installed
@@ -85,7 +94,7 @@ def jax_cases(latent_size: int, batch: int) -> dict:
     def decode_loss(p, z):
         return jnp.sum(vae.apply({"params": p}, z, method="decode") * w)
 
-    return {
+    cases = {
         "unet_forward": (
             lambda p, z, t, c: unet.apply({"params": p}, z, t, c),
             (up, z, t, context),
@@ -94,6 +103,41 @@ def jax_cases(latent_size: int, batch: int) -> dict:
         "vae_decode": (lambda p, z: vae.apply({"params": p}, z, method="decode"), (vp, z)),
         "vae_decode_grad": (jax.grad(decode_loss, argnums=1), (vp, z)),
     }
+    for name in SAMPLER_CASES:
+        cases[name] = sampler_step(name, unet, vae, up, vp, z, context[0])
+    return cases
+
+
+def sampler_step(name: str, unet, vae, up, vp, z, context):
+    """(function, args) of one step (respacing "ldm1") of the latent sampler `name` on a batch."""
+    from jaxdiff.diffusion import make_schedule
+    from jaxdiff.operators import get_noise, get_operator
+    from jaxdiff.samplers import batched, get_sampler
+    from jaxdiff.samplers.latent_common import LatentFns
+
+    b = z.shape[0]
+
+    def decode(p, zz):
+        return vae.apply({"params": p["first_stage"]}, zz[None], method="decode_latents")[0]
+
+    def encode(p, x, noise=None):
+        return vae.apply({"params": p["first_stage"]}, x[None], method="encode_latents")[0]
+
+    def model_fn(p, zz, t):
+        ctx = jnp.broadcast_to(p["context"], (zz.shape[0], *p["context"].shape))
+        return unet.apply({"params": p["unet"]}, zz, t, ctx)
+
+    params = {"unet": up, "first_stage": vp, "context": context}
+    image = tuple(jax.eval_shape(decode, params, z[0]).shape)
+    fns = LatentFns(decode, encode, tuple(z.shape[1:]), image, True)
+    op = get_operator("super_resolution", image_shape=image, factor=8)
+    sample = get_sampler(name.removesuffix("_step"))(
+        model_fn, make_schedule(1000, respacing="ldm1"), operator=op,
+        noise=get_noise("gaussian", sigma=0.05), latent=fns,
+    )  # fmt: skip
+    keys = jax.random.split(jax.random.key(1), b)
+    y = jnp.zeros((b, image[0] // 8, image[1] // 8, 3))
+    return batched(sample, shared_op_params=True), (params, keys, y, {})
 
 
 def time_jax(fn, args, repeats: int) -> dict:
@@ -134,7 +178,10 @@ def time_torch(torch_python: str, latent_size: int, batch: int, repeats: int) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(latent_size=32, batch=1, repeats=3, torch_python=None, cases=CASES, log=print) -> dict:
+def run(
+    latent_size=32, batch=1, repeats=3, torch_python=None, cases=(*CASES, *SAMPLER_CASES),
+    log=print,
+) -> dict:  # fmt: skip
     """Every case in jaxdiff, then (with `torch_python`) in diffusers; rows with both."""
     built = jax_cases(latent_size, batch)
     rows = []
@@ -142,6 +189,7 @@ def run(latent_size=32, batch=1, repeats=3, torch_python=None, cases=CASES, log=
         fn, args = built[case]
         row = {"case": case, "latent_size": latent_size, "batch": batch, "jax": None}
         row["jax"] = time_jax(fn, args, repeats)
+        row.update(SAMPLER_CASES.get(case, {}))  # per step: UNet, decoder, encoder calls
         r = row["jax"]
         log(f"jax   {case}: {r['min_s']:.3f} s (min), compile {r['compile_s']:.1f} s")
         rows.append(row)

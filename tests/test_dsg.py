@@ -63,7 +63,12 @@ def test_parity_needs_the_first_pixel_radius(fixtures_dir, monkeypatch):
 
 @pytest.mark.parametrize(
     "op_name, cfg, tol",
-    [("denoise", {}, 0.4), ("inpaint", {"mask": np.arange(16).reshape(4, 4) % 5 > 1}, 0.8)],
+    [
+        ("denoise", {}, 0.4),
+        pytest.param(
+            "inpaint", {"mask": np.arange(16).reshape(4, 4) % 5 > 1}, 0.8, marks=pytest.mark.slow
+        ),
+    ],
 )
 def test_gaussian_prior_posterior_mean(op_name, cfg, tol):
     """A correlated 16-d Gaussian prior (exact eps), the official ddim step over 100 evenly

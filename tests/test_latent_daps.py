@@ -128,7 +128,8 @@ def moments(sample, y, opts, algo, momentum=0.0):
     return M @ m, M @ c @ M.T
 
 
-@pytest.mark.parametrize("algo", ["langevin", "hmc"])
+# Langevin's algebra is pixel DAPS's (tests/test_daps.py): its latent run is the slow variant
+@pytest.mark.parametrize("algo", [pytest.param("langevin", marks=pytest.mark.slow), "hmc"])
 def test_linear_gaussian_latent_closed_form(algo):
     """1024 samples (no gradient clamp, 'vp' map with the exact denoiser): the decoded sample
     mean within 4 standard errors of Latent DAPS's exact output mean and the variances within

@@ -69,4 +69,30 @@ def vp_denoise(model_fn, params, x, sigma, c_in, c_noise):
     return x + (-sigma) * out[..., : x.shape[-1]]
 
 
-__all__ = ["edm_sigma_steps", "vp_denoise", "vp_precond", "vp_sigma", "vp_sigma_range"]
+def check_vp_schedule(schedule, beta_min: float, beta_d: float, m: int, where: str) -> None:
+    """VPPrecond reads the model on the continuous VP-SDE (beta_min, beta_d); a model trained on
+    another schedule (cosine) would get the wrong timestep for each sigma: refuse it (the
+    schedule's training alpha-bar against the continuous one in log sigma, from index 10)."""
+    abar = getattr(schedule, "train_alphas_cumprod", None)
+    if abar is None or len(abar) <= 10:
+        return
+    i = np.arange(10, len(abar))
+    cont = np.exp(-(beta_min * i / (m - 1) + 0.5 * beta_d * (i / (m - 1)) ** 2))
+    log_sigma = lambda a: 0.5 * np.log((1 - a) / a)  # noqa: E731
+    gap = float(np.max(np.abs(log_sigma(np.asarray(abar)[i]) - log_sigma(cont))))
+    if gap > 0.25:
+        raise ValueError(
+            f"{where}: the model's noise schedule is not the continuous VP-SDE (beta_min "
+            f"{beta_min}, beta_d {beta_d}) that VPPrecond assumes (log-sigma gap {gap:.2f}); pass "
+            "vp_beta_min / vp_beta_d matching it (the linear DDPM schedule is within 0.05)"
+        )
+
+
+__all__ = [
+    "check_vp_schedule",
+    "edm_sigma_steps",
+    "vp_denoise",
+    "vp_precond",
+    "vp_sigma",
+    "vp_sigma_range",
+]

@@ -93,7 +93,7 @@ def _conv_same_fwd(x, w, padding):
 def _conv_same_bwd(padding, res, g):
     x, w = res
     kh, kw = w.shape[:2]
-    flipped = lax.optimization_barrier(jnp.flip(w, (0, 1)).swapaxes(2, 3))
+    flipped = lax.optimization_barrier(jnp.flip(_tied(w, g), (0, 1)).swapaxes(2, 3))
     pads = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
             (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))  # fmt: skip
     dx = _conv_plain(g, flipped, (1, 1), pads)
@@ -105,6 +105,16 @@ def _conv_same_bwd(padding, res, g):
 
 
 _conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+def _tied(w, g):
+    """w plus zero times one element of g: the same values, made to depend on the cotangent.
+    Computed from w alone, XLA hoists every layer's flipped kernel out of the sampler's loop
+    (or schedules it at the loop's start) and keeps them all alive at once, a second copy of
+    the weights in temporary memory; tied to g, each is made at its layer's turn in the
+    backward pass and freed after. (An optimization barrier grouping w with g does not do it:
+    XLA:CPU removes barriers before scheduling.)"""
+    return w + (g.reshape(-1)[0] * 0).astype(w.dtype)
 
 
 def conv2d(x, w, strides=(1, 1), padding=((0, 0), (0, 0))):

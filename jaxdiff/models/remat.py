@@ -14,6 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 REMAT_MODES = ("none", "blocks")
 
@@ -45,7 +46,7 @@ def call(block: nn.Module, mode: str, *args, **static):
         a = _after(a, ct)
         _, vjp = jax.vjp(pure, params, *a)
         grads = vjp(ct)
-        return ({"params": grads[0]}, *grads[1:])
+        return ({"params": grads[0]}, *_materialise(grads[1:]))
 
     return nn.custom_vjp(fn, forward_fn=fwd, backward_fn=bwd)(block, *args)
 
@@ -62,3 +63,25 @@ def _after(inputs, ct):
         return v + zero.astype(v.dtype) if jnp.issubdtype(v.dtype, jnp.inexact) else v
 
     return jax.tree_util.tree_map(tie, inputs)
+
+
+def _materialise(cts):
+    """The block's input cotangents written out whole, at this block's turn.
+
+    Left to itself, XLA:CPU fuses the last elementwise steps of a block's backward pass (the
+    GroupNorm/SiLU input gradient) into every consumer of the cotangent, including the encoder
+    block that receives the skip connection's part much later; each such fusion recomputes the
+    cotangent from the block's recomputed activations, so those stay alive until then, for every
+    block at once. A while loop's operands are buffers, so passing the cotangents through one
+    makes them one buffer each. The loop runs zero times unless the first element is NaN (then
+    once, adding zero times that NaN: the values stay NaN); its trip count is data-dependent, so
+    XLA keeps it. (An optimization barrier does not work: XLA:CPU removes barriers before
+    fusion; a conditional becomes a select under `vmap`.)"""
+    leaf = jax.tree_util.tree_leaves(cts)[0]
+    done = ~jnp.isnan(leaf.reshape(-1)[0])
+
+    def body(carry):
+        _, c = carry
+        return jnp.bool_(True), _after(c, c)
+
+    return lax.while_loop(lambda carry: ~carry[0], body, (done, tuple(cts)))[1]

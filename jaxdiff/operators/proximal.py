@@ -196,11 +196,15 @@ def data_prox(operator, cg_iters: int = 50, form: str = "stable"):
 def gaussian_posterior_sampler(operator, cg_iters: int = 50):
     """sample(op_params, y, x, sigma, rho, n, n_y) -> z ~ p(z | x, y), the Gaussian
     N(y; A z, sigma^2) N(z; x, rho^2) of a linear A (PnP-DM's likelihood step, docs/methods.md),
-    and the kind used ("fft" or "perturb"). n: N(0, I) of the image's shape, n_y: of y's.
+    and the kind used ("fft", "svd" or "perturb"). n: N(0, I) of the image's shape, n_y: of y's.
 
     - "fft" (`circular_blur` with sf = 1, PnP-DM's gaussian_blur_circ): C = (|FB|^2 / sigma^2 +
       1 / rho^2)^-1 in Fourier, z = F^-1 C F (A^T y / sigma^2 + x / rho^2) + F^-1 sqrt(C) F n
       (pnpdm/tasks/gaussian_blur.py proximal_generator; n_y unused);
+    - "svd" (an operator with `.svd`, PnP-DM's super_resolution_svd): the same in the spectral
+      basis, C = V diag(1 / (s^2 / sigma^2 + 1 / rho^2)) V^T (s padded with zeros to the image
+      size), z = V (C_s Vt(A^T y / sigma^2 + x / rho^2) + sqrt(C_s) n) with n flattened
+      channel-major (torch's NCHW reshape; tasks/__init__.py LinearSVDOperator.proximal_generator);
     - "perturb" (any other linear A): perturb-and-MAP, z = argmin ||y + sigma n_y - A z||^2 +
       (sigma / rho)^2 ||z - x - rho n||^2, an exact sample (its mean is the posterior mean, its
       covariance C), solved by `data_prox` (closed form for masks / identity, else CG).
@@ -220,6 +224,19 @@ def gaussian_posterior_sampler(operator, cg_iters: int = 50):
             return mu + noise
 
         return fft_sample, "fft"
+    svd = getattr(operator, "svd", None)
+    if svd is not None:
+
+        def svd_sample(p, y, x, sigma, rho, n, n_y):
+            del n_y
+            s = jnp.zeros((svd.size,), x.dtype).at[: svd.rank].set(svd.singulars(p))
+            q = 1 / (s**2 / sigma**2 + 1 / rho**2)
+            flat_n = jnp.transpose(n, (2, 0, 1)).reshape(-1)  # channel-major, as torch's NCHW
+            noise = svd.V(p, jnp.sqrt(q) * flat_n)
+            mu = svd.V(p, q * svd.Vt(p, svd.Ht(p, y / sigma**2) + x / rho**2))
+            return mu + noise
+
+        return svd_sample, "svd"
     prox, _ = data_prox(operator, cg_iters)
 
     def perturb(p, y, x, sigma, rho, n, n_y):

@@ -44,6 +44,8 @@ ROUTES = (
     ("daps_*.npz", "daps"),
     ("dmps_*.npz", "dmps"),
     ("mpgd_*.npz", "mpgd"),
+    ("psld_*.npz", "psld"),
+    ("latent_dps_*.npz", "psld"),
     ("repaint_*.npz", "repaint"),
     ("latent_daps_*.npz", "latent_daps"),
     ("mmps_*.npz", "mmps"),

@@ -95,7 +95,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     fx.rel("norm", np.where(guided[:, None], norm, 0.0), max(RTOL_NORM, 3 * (rel or 0.0)))
     if kind == "ddim":  # the scalar std the radius is sqrt(n) times
         radius = np.asarray(traj["radius"])[:, 0] / np.sqrt(np.prod(shape))
-        fx.rel("sigma_t", radius, 1e-6, atol=1e-7)
+        # the code's float32 sqrt(1 - abar/abar_prev) cancels at the last steps: a float64
+        # replay sits 8e-5 (relative) from it there
+        fx.rel("sigma_t", radius, 1e-6 if fx.dtype == "float32" else 2e-4, atol=1e-7)
     else:
         std = fx.arrays["sigma_t"].reshape(sched.num_steps, b, -1)[..., 0]
         fx.rel("sigma_t_first_pixel", np.asarray(traj["radius"]) / np.sqrt(np.prod(shape)),

@@ -3,12 +3,13 @@
 The fixtures ran zihuiwu/PnP-DM-public's PnPEDM (sampler.mode edm_sde or edm) on adm_tiny
 wrapped in its VPPrecond, one image per run, with its circulant Gaussian blur
 (`gaussian_blur_circ`: conv with the kernel zero-padded to the image, then fftshift = jaxdiff's
-`circular_blur` with that full-size kernel). The replay rebuilds the operator from the stored
-full kernel, runs the `pnpdm` sampler with official=True (the prior step starts at the first
-grid level below rho) on the sidecar's settings (iterations, EDM steps and rho, sigma range,
-rho schedule from the files, the network's sigma range as the code computed it), feeds every
-draw back (the likelihood draw of each iteration, the SDE draw of each Euler step) and compares
-z and x per iteration.
+`circular_blur` with that full-size kernel) or its `super_resolution_svd` (DDRM's block-mean SVD:
+`official_svd.OfficialSuperResolution` from the stored torch.svd arrays, y flat). The replay
+rebuilds the operator from the stored arrays, runs the `pnpdm` sampler with official=True (the
+prior step starts at the first grid level below rho) on the sidecar's settings (iterations, EDM
+steps and rho, sigma range, rho schedule from the files, the network's sigma range as the code
+computed it), feeds every draw back (the likelihood draw of each iteration, the SDE draw of each
+Euler step) and compares z and x per iteration.
 
 Rule (tests/fixtures/pnpdm/README.txt): |got - ref| <= atol + rtol * max|ref| per iteration,
 atol 1e-6, rtol 2e-6, floored at 3x the official code's own float32-vs-float64 difference
@@ -22,6 +23,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxdiff.operators import official_svd as off
 from jaxdiff.operators.proximal import CircularBlur
 from jaxdiff.parity.common import Fixture, f64_level, model_name, swap01
 from jaxdiff.samplers import batched, get_sampler
@@ -30,6 +32,7 @@ TRAJECTORY = ("z", "x")
 ATOL, RTOL = 1e-6, 2e-6
 CAP = 1e-3
 MODES = {"edm_sde": "sde", "edm": "ode"}
+OPERATORS = ("gaussian_blur_circ", "super_resolution_svd")
 
 
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
@@ -47,8 +50,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     ):
         raise ValueError(f"{fx.path}: only the 'edm' discretization (linear schedule, no scaling)")
     op_cfg = fx.config.get("operator", {})
-    if op_cfg.get("name") != "gaussian_blur_circ":
-        raise ValueError(f"{fx.path}: operator {op_cfg.get('name')!r} (gaussian_blur_circ only)")
+    if op_cfg.get("name") not in OPERATORS:
+        raise ValueError(f"{fx.path}: operator {op_cfg.get('name')!r}; replayed: {OPERATORS}")
+    svd_task = op_cfg["name"] == "super_resolution_svd"
     dc = fx.config.get("diffusion", {})
     x_T = fx.nhwc("x0")
     b, shape = x_T.shape[0], x_T.shape[1:]
@@ -57,19 +61,29 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     hp = {"rho": float(fx["rho0"]), "rho_decay": float(fx["rho_decay_rate"]),
           "rho_min": float(fx["rho_min"])}  # fmt: skip
     levels = fx.config.get("f64_replay", {})
+    edm_rho = float(fx["edm_rho"]) if "edm_rho" in fx else float(ek.get("rho", 7.0))
     if np.any(fx["x_init"] != 0):
         raise ValueError(f"{fx.path}: the replay starts from zeros (operator.initialize)")
     with fx.context():
-        op = CircularBlur(shape, kernel=fx["full_kernel"])
+        if svd_task:  # DDRM's SuperResolution (torch.svd of the 1 x r^2 mean row), y flat
+            svd = off.OfficialSuperResolution(
+                shape, int(fx["ratio"]), fx["U_small"], fx["V_small"], fx["singulars_small"]
+            )
+            op = off.OfficialOperator(svd)
+        else:
+            op = CircularBlur(shape, kernel=fx["full_kernel"])
         params_op = op.sample(None)
         x0 = fx.jnp(x_T)
-        fx.check("y_clean", jax.vmap(lambda x: op.apply(params_op, x))(x0), 1e-5, nhwc=True)
+        flat = fx.arrays["y_clean"].ndim == 2
+        y_clean = jax.vmap(lambda x: op.apply(params_op, x))(x0)
+        fx.check("y_clean", y_clean, 1e-5, nhwc=not flat)
         fx.check("y", fx.arrays["y_clean"] + sigma * fx["y_noise"], 1e-6)
-        y = fx.jnp(fx.nhwc("y"))
+        y = fx.jnp(fx["y"] if flat else fx.nhwc("y"))
+        fx.exact("x_init", np.zeros_like(fx.arrays["x_init"]))  # both tasks' initialize: zeros
         fn, params, _ = fx.model(model_name(fx.config.get("model")), model_dir)
         sample = get_sampler("pnpdm")(
             fn, None, operator=op, image_shape=shape, iterations=k_iters, prior_steps=n,
-            mode=MODES[sc["mode"]], edm_rho=float(ek.get("rho", 7.0)),
+            mode=MODES[sc["mode"]], edm_rho=edm_rho,
             sigma_min=ck.get("sigma_min") or 0.002, sigma_max=ck.get("sigma_max") or 80.0,
             net_sigma_range=(float(fx["net_sigma_min"]), float(fx["net_sigma_max"])),
             sigma=sigma, init="zeros", official=True, dtype=fx.jdtype, keep_trajectory=True,
@@ -113,6 +127,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
              f64=None if lvl is None else np.max(lvl))  # fmt: skip
     fx.skip("den_sigma", "the noise level of each network call (the grid and i_start carry it)")
     fx.skip("kernel", "the small kernel (the operator convolves with `full_kernel`)")
+    fx.skip("ratio", "the SR factor (an input of the SVD form)")
     fx.skip("net_sigma_max", "the network's sigma_max (80 < it: EDM's sigma_max is used)")
     return fx.report(
         "pnpdm", images=b, iterations=k_iters, prior_steps=n, mode=sc["mode"], sigma=sigma,

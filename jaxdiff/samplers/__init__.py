@@ -40,10 +40,12 @@ from jaxdiff.samplers import (  # noqa: F401
     mpgd,
     pigdm,
     pnpdm,
+    psld,
     reddiff,
     repaint,
     score_ald,
     sdedit,
+    tds,
     tmpd,
     tweedie,
 )

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.diffusion import annealing
+from jaxdiff.diffusion import annealing, edm
 from jaxdiff.samplers import daps_steps
 from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import (
@@ -42,24 +42,6 @@ def _nfe(num_steps: int, options: dict) -> int:
     """One network call per Euler step of each annealing step's ODE solve."""
     n = options.get("annealing_steps") or num_steps
     return int(n) * int(options.get("ode_steps", 5))
-
-
-def _check_vp_schedule(schedule, beta_min: float, beta_d: float, m: int) -> None:
-    """VPPrecond reads the model on the continuous VP-SDE (beta_min, beta_d); a model trained on
-    another schedule (cosine) would get the wrong timestep for each sigma: refuse it."""
-    abar = getattr(schedule, "train_alphas_cumprod", None)
-    if abar is None or len(abar) <= 10:
-        return
-    i = np.arange(10, len(abar))
-    cont = np.exp(-(beta_min * i / (m - 1) + 0.5 * beta_d * (i / (m - 1)) ** 2))
-    log_sigma = lambda a: 0.5 * np.log((1 - a) / a)  # noqa: E731
-    gap = float(np.max(np.abs(log_sigma(np.asarray(abar)[i]) - log_sigma(cont))))
-    if gap > 0.25:
-        raise ValueError(
-            f"daps: the model's noise schedule is not the continuous VP-SDE (beta_min {beta_min}, "
-            f"beta_d {beta_d}) that VPPrecond assumes (log-sigma gap {gap:.2f}); pass "
-            "vp_beta_min / vp_beta_d matching it (the linear DDPM schedule is within 0.05)"
-        )
 
 
 @register_sampler(
@@ -117,7 +99,7 @@ def make_daps(
     k_ode = daps_steps.count(ode_steps, "ode_steps", "daps")
     n_mcmc = daps_steps.count(mcmc_steps, "mcmc_steps", "daps")
     m = int(getattr(schedule, "num_train_timesteps", annealing.VP_M))
-    _check_vp_schedule(schedule, vp_beta_min, vp_beta_d, m)
+    edm.check_vp_schedule(schedule, vp_beta_min, vp_beta_d, m, "daps")
     sig, tables = daps_steps.build_tables(
         n, sigma_max=sigma_max, sigma_min=sigma_min, rho=rho, ode_steps=k_ode,
         ode_sigma_min=ode_sigma_min, ode_rho=ode_rho, timestep_map="vp", vp_beta_min=vp_beta_min,

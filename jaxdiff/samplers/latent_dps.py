@@ -56,7 +56,7 @@ def make_latent_dps(
     """`sample(params, key, y, op_params, hparams={"scale", "eta"}, replay=None, valid=True)`;
     result.x0 is the decoded image. scale: the official `omega` (PSLD's inverse.py --omega).
     replay: {"x_T": (h,w,c), "noise": {"z": (K,h,w,c)[, "meas": (K, *y.shape)]}}; trajectory
-    records z0_hat, the decoded x0_hat and the norm."""
+    records z0_hat, eps, the decoded x0_hat and the norm."""
     del image_shape
     forward = as_forward(operator)
     lshape, ishape = tuple(latent.latent_shape), tuple(latent.image_shape)
@@ -93,8 +93,8 @@ def make_latent_dps(
             )
             tab = gather_tables(tables, k, dtype)
             z_prime = ddim_latent_step(pred, z, tab, h["eta"].astype(dtype), n["z"])
-            record = {"z_pre_guidance": z_prime, "z0_hat": pred["x0"], "x0_hat": x0}
-            record["norm"] = norms["meas"]
+            record = {"z_pre_guidance": z_prime, "z0_hat": pred["x0"], "eps": pred["eps"]}
+            record.update(x0_hat=x0, norm=norms["meas"])
             return z_prime - grad, state, record
 
         out = chain(

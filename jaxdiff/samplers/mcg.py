@@ -13,7 +13,7 @@ by a projection onto the measurement, noised to the step's level:
 At the last step abar_prev = 1: A x_0 = y exactly. A^+ is `operators.pinv.make_pinv` (the SVD
 where the operator has one, else CG). For a mask the projection is (1 - m) x'' + m y_s, the
 MCG paper's P^T y + (I - P^T P) x; for a blur A^+ divides y's noise by the small singular
-values (the true projection amplifies noise, so MCG is an inpainting method in practice).
+values (the true projection amplifies the measurement noise: no deblurring in practice).
 
 `official=True` reproduces DPS's repository exactly (parity only), two defects included:
 - y is noised at the step's INPUT level, q_sample(y, t) with abar_t (the authors' MCG_diffusion

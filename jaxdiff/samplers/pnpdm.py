@@ -91,8 +91,9 @@ def make_pnpdm(
     iterations: K (default the schedule's step count); prior_steps: N of the EDM grid between
     sigma_min and sigma_max (EDM's 0.002 / 80, clipped to the network's VP range
     `net_sigma_range`, default edm.vp_sigma_range()); sigma: the measurement noise std (default
-    the noise model's); init: x's start ("zeros": the code's deblurring tasks, "pinv": A^+ y,
-    its SVD super-resolution, "random": N(0, I), its phase retrieval). replay: {"x_T" (random
+    the noise model's); init: x's start ("zeros": the code's deblurring and SVD super-resolution
+    tasks, "pinv": A^+ y (its LinearSVDOperator default, overridden by every linear task it
+    runs), "random": N(0, I), its phase retrieval). replay: {"x_T" (random
     init), "noise": {"lik": (K,H,W,C), "lik_y": (K, *y), "prior": (K, N+1, H,W,C) (slot 0 the
     start step, slot i+1 grid step i), "langevin": (K, L, H,W,C)}}. Trajectory: z, x, rho,
     i_start per iteration.
@@ -127,6 +128,7 @@ def make_pnpdm(
     np_dtype = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
     lmbd = 2.0 if mode == "sde" else 1.0
     m = int(getattr(schedule, "num_train_timesteps", annealing.VP_M))
+    edm.check_vp_schedule(schedule, vp_beta_min, vp_beta_d, m, "pnpdm")
     tb = {
         "t": t.astype(np_dtype),
         "c_in": annealing.vp_input_scale(t[:n], np_dtype).astype(np_dtype),
@@ -149,6 +151,20 @@ def make_pnpdm(
             "prior": normal(k3, (n + 1, *x.shape)),
             "langevin": normal(k4, (langevin_steps if not linear else 0, *x.shape)),
         }
+
+    def draw_lazy(key, x):
+        """The same draws, the per-Euler-step and Langevin ones left as keys unfolded one step
+        at a time (memory O(image) instead of O(N images) per iteration and image)."""
+        full = draw(key, x)  # lik / lik_y values; XLA drops the unused big arrays
+        k3, k4 = jax.random.split(key, 4)[2:]
+        return {**full, "prior": jax.random.key_data(k3), "langevin": jax.random.key_data(k4)}
+
+    def unfold(draws, i, like):
+        """Draw i of a replayed stack, or the i-th normal of a lazy key."""
+        if jnp.issubdtype(draws.dtype, jnp.floating):
+            return draws[i]
+        k = jax.random.fold_in(jax.random.wrap_key_data(draws), i)
+        return jax.random.normal(k, like.shape, like.dtype)
 
     def sample(params, key, y, op_params=None, hparams=None, replay=None, valid=True):
         del valid  # nothing couples the images
@@ -180,8 +196,17 @@ def make_pnpdm(
             if not official:  # one Euler step from rho itself down to t[i_start]
                 t0 = tj["t"][i_start]
                 pre = edm.vp_precond(rho, vp_beta_d, vp_beta_min, m)
-                x = euler(x, rho, pre, lmbd / rho, t0 - rho, jnp.sqrt(2 * rho),
-                          jnp.sqrt(rho - t0), (mode == "sde") & (t0 > 0), zs[0])  # fmt: skip
+                x = euler(
+                    x,
+                    rho,
+                    pre,
+                    lmbd / rho,
+                    t0 - rho,
+                    jnp.sqrt(2 * rho),
+                    jnp.sqrt(rho - t0),
+                    (mode == "sde") & (t0 > 0),
+                    unfold(zs, 0, x),
+                )
 
             def grid(x, i):
                 def run(x):
@@ -195,7 +220,7 @@ def make_pnpdm(
                         tj["n_scale"][i],
                         tj["n_step"][i],
                         tj["noisy"][i],
-                        zs[i + 1],
+                        unfold(zs, i + 1, x),
                     )
 
                 return jax.lax.cond(i >= i_start, run, lambda x: x, x), None
@@ -218,7 +243,8 @@ def make_pnpdm(
                     2 * gamma
                 ) * eps, None
 
-            z, _ = jax.lax.scan(lstep, x, zd["langevin"])
+            idx = jnp.arange(langevin_steps)
+            z, _ = jax.lax.scan(lambda v, j: lstep(v, unfold(zd["langevin"], j, v)), x, idx)
             return z
 
         def step(x, k, zd, state):
@@ -228,8 +254,9 @@ def make_pnpdm(
             record = {"z": z, "rho": rho, "i_start": i_start}
             return x_new.astype(dtype), state, record
 
+        lazy = (replay or {}).get("noise") is None
         return chain(step, x_init, np.arange(k_iters), key=k_loop, replay=replay, loop=loop,
-                     label="pnpdm", draw=draw)  # fmt: skip
+                     label="pnpdm", draw=draw_lazy if lazy else draw)  # fmt: skip
 
     sample.sigma_steps = t
     return sample
