@@ -1,5 +1,6 @@
-"""TDS: parity with azula's TDSSampler (teacher-forced steps), the Gaussian-prior target approached as particles grow, batch-size invariance, one
-compile per sweep, the particle options and clear errors."""
+"""TDS: parity with azula's TDSSampler (teacher-forced steps), the Gaussian-prior target
+approached as particles grow, batch-size invariance, one compile per sweep, the particle
+options and clear errors."""
 
 from __future__ import annotations
 
