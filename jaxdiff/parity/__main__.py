@@ -50,6 +50,7 @@ ROUTES = (
     ("latent_daps_*.npz", "latent_daps"),
     ("mmps_*.npz", "mmps"),
     ("tmpd_*.npz", "tmpd"),
+    ("tds_*.npz", "tds"),
     ("dsg_*.npz", "dsg"),
     ("pnpdm_*.npz", "pnpdm"),
     ("fid*.npz", "fid"),

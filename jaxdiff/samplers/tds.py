@@ -18,8 +18,9 @@ samplers/particles.py) whose proposal and weights are twisted by a DPS-style pot
 v_t is the authors' pred_xstart_var_type 6 ((s^2 tausq) / (s^2 + tausq), `tausq` 0.12 in
 run_image.py) plus the measurement variance sigma^2 (their image tasks are noiseless; azula
 leaves the twist to the caller and passes it sigma_t / alpha_t = s_t). The log ratio of the two
-Gaussians is computed in closed form, -(|d|^2 / 2 + c1 d.z) / c1^2 with d the difference of
-their means and z the step's draw, rather than as a difference of two large log-densities.
+Gaussians is computed in closed form, -(|d|^2 / 2 + d.u) / c1^2 with d the difference of their
+means and u = x_s - loc_y the returned sample's offset, rather than as a difference of two
+log-densities of order 1e6 (azula's float32 subtraction).
 The last step goes to abar = 1, where the proposal is a point mass and no weight can correct
 its twist: the particles, resampled by that step's weights (which end in p~_0, about the
 likelihood there), return their x0_hat (azula, `official=True`, returns x0_hat moved by the
@@ -35,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.diffusion.gaussian import ddim_coefficients
 from jaxdiff.samplers import particles as pt
 from jaxdiff.samplers.base import initial_x, register_sampler
 from jaxdiff.samplers.common import (
@@ -117,23 +117,30 @@ def make_tds(
         (x, x0, log_p, g), _, anc, e = pt.resample(
             (x, pred["x0"], log_p, g), logw + log_p, z, resampling
         )
-        a_t, a_s = c["alphas_cumprod"], c["alphas_cumprod_prev"]
-        x0_y = x0 + (1 - a_t) / jnp.sqrt(a_t) * g
+        # gamma_t = (1 - abar) / sqrt(abar) from the float64-made tables
+        gamma = c["sqrt_one_minus_alphas_cumprod"] * c["sqrt_recipm1_alphas_cumprod"]
+        x0_y = x0 + gamma * g
+
+        # the DDPM step q(x_s | x_t, x) = N(coef1 x + coef2 x_t, var) with the float64-made
+        # tables (azula's alpha_s x + sigma_s sqrt(tau) eps; 1 - abar_s in float32 would lose
+        # four digits at the last steps)
+        coef1, var = c["posterior_mean_coef1"], c["posterior_variance"]
+        c1 = jnp.sqrt(var)
 
         def loc(x0_):
-            eps = (x - jnp.sqrt(a_t) * x0_) / jnp.sqrt(1 - a_t)
-            _, c2 = ddim_coefficients(a_t, a_s, 1.0)
-            return jnp.sqrt(a_s) * x0_ + c2 * eps
+            return coef1 * x0_ + c["posterior_mean_coef2"] * x
 
-        c1, _ = ddim_coefficients(a_t, a_s, 1.0)
         loc_y = loc(x0_y)
         x_next = loc_y + c1 * z["z"]
         if not official:  # the last step (abar_s = 1) returns the resampled x0_hat
             x_next = jnp.where(c1 > 0, x_next, x0)
-        d = (loc_y - loc(x0)).reshape(n, -1)
-        zf = z["z"].reshape(n, -1)
-        safe = jnp.where(c1 > 0, c1, 1.0)
-        log_ratio = -(0.5 * jnp.sum(d * d, 1) + safe * jnp.sum(d * zf, 1)) / safe**2
+        # log q(x_s | loc) - log q(x_s | loc_y) at the x_s returned (u: its rounded offset)
+        # (the means differ by the posterior-mean coefficient of x0 times the shift: no
+        # cancellation of the two eps terms)
+        d = (coef1 * (x0_y - x0)).reshape(n, -1)
+        u = (x_next - loc_y).reshape(n, -1)
+        safe = jnp.where(var > 0, var, 1.0)
+        log_ratio = -(0.5 * jnp.sum(d * d, 1) + jnp.sum(d * u, 1)) / safe
         logw_next = jnp.where(c1 > 0, log_ratio - log_p, jnp.zeros_like(log_p))
         record = {"log_p": log_p, "ancestors": anc, "x0_hat": x0, "x0_y": x0_y}
         return x_next.astype(dtype), logw_next, e, record
