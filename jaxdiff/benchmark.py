@@ -286,6 +286,34 @@ def remat_ratios(results: list[dict]) -> list[dict]:
     return rows
 
 
+def batch_ratios(results: list[dict]) -> list[dict]:
+    """Each run at batch > 1 against the same method, dtype and remat at batch 1: seconds per NFE
+    per image and compiled temporary memory per image, as ratios (1.0: per-image cost flat)."""
+    keys = ("model", "dtype", "sampler", "remat")
+    rows = []
+    for r in results:
+        for base in results:
+            if r.get("batch", 1) <= 1 or base.get("batch") != 1 or "seconds_per_nfe" not in r:
+                continue
+            if any(base.get(k) != r.get(k) for k in keys) or "seconds_per_nfe" not in base:
+                continue
+            mem, mem1 = (
+                r.get("compiled_temp_bytes_per_image"),
+                base.get("compiled_temp_bytes_per_image"),
+            )
+            rows.append(
+                {
+                    **{k: r.get(k) for k in keys},
+                    "batch": r["batch"],
+                    "time_per_image_ratio": r["seconds_per_nfe"] / base["seconds_per_nfe"],
+                    "time_per_image_ratio_median": r["seconds_per_nfe_median"]
+                    / base["seconds_per_nfe_median"],
+                    "memory_per_image_ratio": mem / mem1 if mem and mem1 else None,
+                }
+            )
+    return rows
+
+
 def markdown_table(run: dict) -> str:
     """A benchmark JSON as the markdown table of docs/performance.md: one row per result."""
     dev = run["device"]
@@ -343,7 +371,8 @@ def run_benchmark(
 ) -> dict:
     """Every (arch, dtype, batch) group of `samplers` (default: every registered one) in each
     of `remat_modes`, each result `log`ged as it comes; the JSON's content: device, host,
-    versions, results, ratios (to DDPM), remat_ratios (to remat none)."""
+    versions, results, ratios (to DDPM), remat_ratios (to remat none), batch_ratios (to
+    batch 1)."""
     import flax
     import jaxlib
 
@@ -384,4 +413,5 @@ def run_benchmark(
         "results": results,
         "ratios": ratios(results),
         "remat_ratios": remat_ratios(results),
+        "batch_ratios": batch_ratios(results),
     }

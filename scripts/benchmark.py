@@ -83,6 +83,13 @@ def main(argv):
             f" / none: step time x{row['time_ratio']:.2f}"
             + (f", temp memory per image x{mem:.2f}" if mem else "")
         )
+    for row in out["batch_ratios"]:
+        mem = row["memory_per_image_ratio"]
+        print(
+            f"{row['model']} {row['dtype']} {row['sampler']} remat={row['remat']}: batch"
+            f" {row['batch']} / 1 per image: time x{row['time_per_image_ratio']:.2f}"
+            + (f", temp memory x{mem:.2f}" if mem else "")
+        )
     _write(out)
 
 

@@ -35,6 +35,23 @@ def test_ratios_are_per_group_over_ddpm():
     assert all(r["ratio_to_ddpm_median"] == r["ratio_to_ddpm"] for r in rows)
 
 
+def test_batch_ratios_are_per_image_over_batch_one():
+    def row(batch, per_nfe, mem, remat="none"):
+        r = {**_row("dps", per_nfe, batch=batch), "remat": remat}
+        return {**r, "compiled_temp_bytes_per_image": mem}
+
+    results = [
+        row(1, 2.0, 100),
+        row(4, 3.0, 80),
+        row(4, 1.0, 50, remat="blocks"),  # its batch-1 run failed: no ratio
+        {"model": "tiny", "batch": 1, "dtype": "float32", "sampler": "dps", "remat": "blocks"}
+        | {"error": "failed"},
+    ]
+    (r,) = benchmark.batch_ratios(results)
+    assert (r["batch"], r["remat"], r["time_per_image_ratio"]) == (4, "none", 1.5)
+    assert r["time_per_image_ratio_median"] == 1.5 and r["memory_per_image_ratio"] == 0.8
+
+
 def test_unknown_sampler_is_refused_before_any_compile():
     with pytest.raises(KeyError, match="unknown sampler"):
         benchmark.run_benchmark(["tiny"], ["nope"], [1], ["float32"], 1, 1, False)
@@ -44,7 +61,10 @@ def test_unknown_sampler_is_refused_before_any_compile():
 def test_tiny_run_has_the_json_fields():
     lines = []
     out = benchmark.run_benchmark(["tiny"], ["ddpm"], [1], ["float32"], 1, 1, False, lines.append)
-    assert set(out) == {"device", "host", "versions", "steps", "repeats", "results", "ratios"}
+    assert set(out) == {
+        *("device", "host", "versions", "steps", "repeats", "results"),
+        *("ratios", "remat_ratios", "batch_ratios"),
+    }
     (r,) = out["results"]
     assert r["model"] == "tiny" and r["nfe"] == 1 and r["seconds_per_nfe"] > 0
     assert out["ratios"] == [] and sum("ms/NFE/img" in line for line in lines) == 1

@@ -113,7 +113,8 @@ def _tied(w, g):
     (or schedules it at the loop's start) and keeps them all alive at once, a second copy of
     the weights in temporary memory; tied to g, each is made at its layer's turn in the
     backward pass and freed after. (An optimization barrier grouping w with g does not do it:
-    XLA:CPU removes barriers before scheduling.)"""
+    XLA:CPU removes barriers before scheduling.) A non-finite g[0] makes the whole input
+    gradient NaN, where it would have spread to its neighbourhood only."""
     return w + (g.reshape(-1)[0] * 0).astype(w.dtype)
 
 

@@ -6,7 +6,9 @@ backward pass or even during the forward, or merge it with the forward outright,
 comes back (measured on XLA:CPU: no saving at all). Here each block's VJP is written out: the
 forward keeps the block's inputs and parameters; the backward first ties the inputs to the
 incoming cotangent (`_after`), so the recomputed forward cannot start before that block's turn in
-the backward pass, then runs the block's own VJP. One block's activations are alive at a time.
+the backward pass, then runs the block's own VJP, and writes the input cotangents out whole
+(`_materialise`) so that no later fusion reaches back into the block's activations. One block's
+activations are alive at a time.
 """
 
 from __future__ import annotations
