@@ -3,7 +3,7 @@
 Replays each reference fixture through jaxdiff and prints one JSON line per file (arrays compared,
 max abs / relative error, per step for trajectories, pass/fail). Dispatch on the file name:
 `<method>_*.npz` -> parity.<method> (ddpm, dps, ddrm, ddnm, pigdm, reddiff, diffpir, daps, dmps,
-mpgd, repaint, mcg, mcg_diff, fps_smc, latent_daps, mmps, tmpd, dsg,
+mpgd, repaint, mcg, mcg_diff, fps_smc, psld (and latent_dps_*), latent_daps, mmps, tmpd, tds, dsg,
 pnpdm),
 `fid*.npz` -> parity.fid, `latent*.npz` -> parity.latent, `operators*.npz` -> parity.operators,
 `*_io.npz` -> parity.models.
