@@ -5,8 +5,8 @@ SR factor and sigma_y, the LDM (the sidecar's yaml and codebook scale, converted
 parity.latent_daps). The official pseudo_x0 is replayed with `official=True`. Draws fed back:
 z_T and the resampling draws (the DDIM draws are multiplied by eta = 0). Compared: z after each
 step's DPS update and at its end, every main step's pseudo_x0, the DPS norms and gradients, the
-optimisations' step counts (exact) and results, the final latent and image. Rule: 1e-5 * max(1, max|ref|)
-floored at 3x the official code's float32-vs-float64 difference (sidecar f64_replay), never
+optimisations' stopping steps (exact), the decoded sample (the final latent through it). Rule:
+1e-5 * max(1, max|ref|) floored at 3x the official code's float32-vs-float64 difference (sidecar f64_replay), never
 looser than 1e-3 * max(1, max|ref|).
 """
 

@@ -36,6 +36,13 @@ from jaxdiff.samplers.latent_common import decoded, ldm_ddim_tables
 LABEL = "resample"
 
 
+def _nfe(num_steps: int, options: dict) -> int:
+    """One UNet call per step plus min(travel_steps, k) at each time-travel step k."""
+    n, every = int(num_steps), int(options.get("travel_every", 10))
+    ahead, top = int(options.get("travel_steps", 5)), n - n // int(options.get("splits", 3))
+    return n + sum(min(ahead, k) for k in range(1, n) if k % every == 0 and k <= top)
+
+
 @register_sampler(
     LABEL,
     needs=("operator", "measurement", "latent_prior"),
@@ -47,6 +54,7 @@ LABEL = "resample"
         "pixel_lr": "(0, 1]",
         "latent_lr": "(0, 1]",
     },  # fmt: skip
+    nfe=_nfe,
     grad=True,
 )
 def make_resample(
