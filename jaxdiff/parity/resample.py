@@ -1,13 +1,14 @@
 """Replay of the ReSample fixtures (`resample_<name>.npz` + the same-name `.json`).
 
 Settings from the files: the DDIM step count (`ddim_steps`, on the CompVis 'uniform' grid), the
-SR factor and sigma_y, the LDM (the sidecar's yaml and codebook scale, converted as for
-parity.latent_daps). The official pseudo_x0 is replayed with `official=True`. Draws fed back:
-z_T and the resampling draws (the DDIM draws are multiplied by eta = 0). Compared: z after each
-step's DPS update and at its end, every main step's pseudo_x0, the DPS norms and gradients, the
-optimisations' stopping steps (exact), the decoded sample (the final latent through it). Rule:
-1e-5 * max(1, max|ref|) floored at 3x the official code's float32-vs-float64 difference (sidecar f64_replay), never
-looser than 1e-3 * max(1, max|ref|).
+SR factor, the LDM (the sidecar's yaml and codebook scale, converted as for
+parity.latent_daps). Replayed with `official=True`: the official pseudo_x0, the DPS gradient
+with eps held constant (apply_model under torch.no_grad), the time-travel coefficients. Draws
+fed back: z_T and the resampling draws (the DDIM draws are multiplied by eta = 0). Compared: z
+after each step's DPS update and at its end, every main step's pseudo_x0, the DPS norms and
+gradients, the optimisations' stopping steps (exact), the decoded sample (the final latent
+through it). Rule: 1e-5 * max(1, max|ref|) floored at 3x the official code's float32-vs-float64
+difference (sidecar f64_replay), never looser than 1e-3 * max(1, max|ref|).
 """
 
 from __future__ import annotations
