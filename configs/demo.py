@@ -21,7 +21,7 @@ from jaxdiff import config_lib
 TASKS = "box,random,gaussian_blur,sr2"
 METHODS = (
     "sdedit,score_ald,dps,ddrm,ddnm,pigdm,diffpir,reddiff,daps,dmps,mpgd,repaint,mcg,dsg,pnpdm,"
-    "mcg_diff,fps_smc"
+    "mcg_diff,fps_smc,mmps,tmpd,tds"
 )
 # Classical baselines: each runs on the tasks it applies to (jaxdiff.baselines.APPLIES).
 BASELINES = "measurement,telea,wiener,bicubic,tv_least_squares"
@@ -120,6 +120,10 @@ METHOD_TASKS = {
     # at 50: box 18.72 / 0.521 / 0.254, blur 23.04 / 0.830 / 0.182), so it runs the blur only
     "mcg_diff": "gaussian_blur,sr2",
     "fps_smc": "gaussian_blur",
+    # the covariance-aware methods: a Jacobian product and a solve per step; TDS with 4 particles
+    "mmps": "gaussian_blur",
+    "tmpd": "gaussian_blur",
+    "tds": "box",
 }
 
 # Static options per method and task (method -> option -> task -> value). RED-diff starts from
@@ -139,6 +143,7 @@ OPTIONS = {
         "estimator": {"gaussian_blur": "mean", "sr2": "mean"},
     },
     "fps_smc": {"num_particles": {"gaussian_blur": 4}, "estimator": {"gaussian_blur": "mean"}},
+    "tds": {"num_particles": {"box": 4}, "estimator": {"box": "mean"}},
 }
 
 # Respacing per method where it differs from `respacing` / `task_respacing` (method wins). The
@@ -176,6 +181,9 @@ METHOD_RESPACING = {
     # the particle samplers (mcg_diff: its official linspace grid; see METHOD_TASKS)
     "mcg_diff": "mcgdiff20",
     "fps_smc": "50",
+    "mmps": "20",
+    "tmpd": "20",
+    "tds": "20",
 }
 
 

@@ -119,7 +119,8 @@ def check_claims(csv_path) -> list[tuple[str, bool]]:
     mean = {}
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
-            mean[row["method"], row["task"], row["metric"]] = float(row["mean"])
+            if row["mean"]:  # empty where no image of the run gave a value (all diverged)
+                mean[row["method"], row["task"], row["metric"]] = float(row["mean"])
     out = []
     for better, worse, tasks in CLAIMS:
         for task in tasks or sorted({t for m, t, _ in mean if m == better}):

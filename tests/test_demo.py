@@ -162,6 +162,8 @@ def test_check_claims_needs_both_metrics_and_skips_what_did_not_run(tmp_path):
         ("measurement", "box", 18.0, 0.30),
     ):
         rows += [f"{method},{task},psnr,{psnr}", f"{method},{task},lpips,{lpips}"]
+    # a run whose every image diverged writes empty means: skipped, not a crash
+    rows += ["dps,sr2,psnr,", "dps,sr2,lpips,", "measurement,sr2,psnr,18.0"]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     got = dict((text.split(":")[0], holds) for text, holds in check_claims(tmp_path / "t.csv"))
     assert got == {

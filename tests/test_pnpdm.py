@@ -42,6 +42,16 @@ def test_parity(fixtures_dir, name):
         assert key in r["arrays"], key
 
 
+def test_returned_samples_follow_the_codes_membership_test():
+    """pnp_edm.py appends x when `i in linspace(burn_in, K - 1, S + 1, dtype=int)[1:]`: a
+    repeated grid point gives one sample (10 iterations, burn-in 8, 3 per run: 8 and 9)."""
+    from jaxdiff.parity.pnpdm import sample_iters
+
+    assert sample_iters(10, 8, 3).tolist() == [8, 9]
+    assert sample_iters(10, 2, 2).tolist() == [5, 9]
+    assert sample_iters(13, 0, 1).tolist() == [12]
+
+
 @pytest.mark.slow
 def test_parity_needs_the_official_start(fixtures_dir, monkeypatch):
     """The code starts the prior step at the grid level below rho: the default extra step from

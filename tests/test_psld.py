@@ -4,6 +4,7 @@ invariance, one compile per sweep, clear errors and the config presets."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax
@@ -38,6 +39,20 @@ def test_parity(name):
     if name.startswith("psld_"):
         assert {"glued", "z_glued", "glue_norm"} <= set(r["arrays"])
     assert set(r["not_compared"]) <= {"noise_enc", "glued", "z_glued", "glue_norm"}
+
+
+def test_ddim_grid_comes_from_the_requested_steps():
+    """CompVis's range(0, 1000, 1000 // S) + 1 has more than S entries when S does not divide
+    1000; the replay builds the grid from the sidecar's requested S, not the recorded count."""
+    abar = np.cumprod(1 - np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2)
+    for s, want in ((7, range(0, 1000, 142)), (12, range(0, 1000, 83)), (10, range(0, 1000, 100))):
+        sched = make_schedule(alphas_cumprod=abar, respacing=f"ldm{s}", convention="diffusers")
+        np.testing.assert_array_equal(sched.timestep_map, np.asarray(want) + 1)
+    for name in FILES:
+        side = json.loads((FIXTURES / name).with_suffix(".json").read_text())
+        s = side["sampler"]["ddim_steps"]
+        got = np.load(FIXTURES / name)["ddim_timesteps"]
+        np.testing.assert_array_equal(got, np.arange(0, 1000, 1000 // s) + 1)
 
 
 @pytest.mark.slow

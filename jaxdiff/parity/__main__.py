@@ -47,6 +47,7 @@ ROUTES = (
     ("psld_*.npz", "psld"),
     ("latent_dps_*.npz", "psld"),
     ("repaint_*.npz", "repaint"),
+    ("resample_*.npz", "resample"),
     ("latent_daps_*.npz", "latent_daps"),
     ("mmps_*.npz", "mmps"),
     ("tmpd_*.npz", "tmpd"),

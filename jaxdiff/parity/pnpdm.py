@@ -35,6 +35,13 @@ MODES = {"edm_sde": "sde", "edm": "ode"}
 OPERATORS = ("gaussian_blur_circ", "super_resolution_svd")
 
 
+def sample_iters(num_iters: int, burn_in: int, per_run: int) -> np.ndarray:
+    """The iterations whose x the code returns (pnp_edm.py): `i in linspace(burn_in, K - 1,
+    S + 1, dtype=int)[1:]`, a membership test, so a repeated grid point gives one sample."""
+    grid = np.linspace(burn_in, num_iters - 1, per_run + 1, dtype=int)[1:]
+    return np.array([i for i in range(num_iters) if i in grid], int)
+
+
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     path = str(npz_path)
     side = path[: -len(".npz")].rsplit("/", 1)[-1] + ".json"
@@ -119,9 +126,8 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
             r["pass"] = bool(r["pass"] and r["max_abs_err"] <= r["cap"])
     fx.rel("rho", np.asarray(traj["rho"])[:, 0], 1e-6)
     fx.exact("i_start", np.asarray(traj["i_start"])[:, 0])
-    # the code's returned samples: x at linspace(burn_in, K - 1, S + 1)[1:]
-    s = int(sc.get("num_samples_per_run", 1))
-    at = np.linspace(int(sc.get("num_burn_in_iters", 0)), k_iters - 1, s + 1, dtype=int)[1:]
+    at = sample_iters(k_iters, int(sc.get("num_burn_in_iters", 0)),
+                      int(sc.get("num_samples_per_run", 1)))  # fmt: skip
     lvl = f64_level(levels, "x")
     fx.check("samples", np.asarray(traj["x"])[at], ATOL, RTOL, nhwc=True, per_step=True,
              f64=None if lvl is None else np.max(lvl))  # fmt: skip

@@ -81,6 +81,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     z_T = fx.nhwc("x_T")
     b = z_T.shape[0]
     steps = int(fx["ddim_timesteps"].shape[0])
+    # the requested S (ddim_steps): CompVis's grid range(0, 1000, 1000 // S) + 1 has more than S
+    # entries when S does not divide 1000, so the stored count is not S
+    ddim_steps = int(sc.get("ddim_steps", fx.config.get("steps", steps)))
     levels = fx.config.get("f64_replay", {})
     with fx.context():
         prior, params = load_latent_prior(converted(fx, model_dir))
@@ -91,7 +94,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         params["context"] = fx.jnp(ctx[0])
         fns = latent_fns(prior, params)
         sched = make_schedule(
-            alphas_cumprod=fx["alphas_cumprod"], respacing=f"ldm{steps}", convention="diffusers"
+            alphas_cumprod=fx["alphas_cumprod"],
+            respacing=f"ldm{ddim_steps}",
+            convention="diffusers",
         )
         order = np.arange(sched.num_steps)[::-1]
         fx.exact("ddim_timesteps", sched.timestep_map)
@@ -109,7 +114,8 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         fx.check("y_clean", jax.vmap(lambda x: op.apply(params_op, x))(x0), 1e-5, nhwc=True)
         fx.check("y", fx.arrays["y_clean"] + sigma * fx["y_noise"], 1e-6)
         y = fx.jnp(fx.nhwc("y"))
-        noise = get_noise("gaussian", sigma=sigma)
+        # sigma 0: the official noiser still draws (times 0); jaxdiff calls that noise "clean"
+        noise = get_noise("gaussian", sigma=sigma) if sigma > 0 else get_noise("clean")
         common = dict(operator=op, noise=noise, latent=fns, official=True, eta=eta,
                       batch_coupled_norm=True, dtype=fx.jdtype, keep_trajectory=True)  # fmt: skip
         draws = {"z": swap01(fx.nhwc("noise"))}

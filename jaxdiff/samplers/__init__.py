@@ -43,6 +43,7 @@ from jaxdiff.samplers import (  # noqa: F401
     psld,
     reddiff,
     repaint,
+    resample,
     score_ald,
     sdedit,
     tds,
