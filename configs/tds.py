@@ -31,4 +31,5 @@ def get_config(arg: str | None = None):
     c.sampler.options.resampling = a.resampling  # resample_strategy: "systematic"
     c.sampler.options.estimator = a.estimator
     c.sampler.options.clip_denoised = False  # base_sampler_conf.yml clip_denoised: false
+    c.sampler.options.clip_twisted = True  # mnist_model_and_diffusion_conf.yml clip_twisted: true
     return c

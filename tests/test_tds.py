@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiff.diffusion import make_schedule
 from jaxdiff.operators import get_operator
 from jaxdiff.samplers import batched, get_sampler
+from tests.gaussian_prior import GaussianPrior
 from tests.test_mmps import GP, SCHED, SHAPE, linear_gaussian
 
 
@@ -46,7 +48,9 @@ def test_gaussian_prior_drawn_particles_approach_the_chains_posterior():
     pm = m + gain @ (y - a_mat @ m)
     ps = np.sqrt(np.diag(c - gain @ a_mat @ c))
     assert (np.abs(gp.mu - pm) / ps).max() > 4.0
-    sample = get_sampler("tds")(gp.model_fn, sched, operator=op, sigma=sigma, num_particles=64)
+    sample = get_sampler("tds")(
+        gp.model_fn, sched, operator=op, sigma=sigma, num_particles=64, clip_twisted=False
+    )
     runs = 200
     res = jax.jit(batched(sample, shared_op_params=True))(
         gp.params(), jax.random.split(jax.random.key(1), runs),
@@ -93,6 +97,31 @@ def test_batch_size_invariance_and_one_compile_per_sweep(estimator):
     assert sweep._cache_size() == 1 and len(TRACES) == n_traces
     np.testing.assert_allclose(res.x0[0], three.x0, atol=1e-5, rtol=1e-5)
     assert not np.allclose(res.x0[1], res.x0[2], atol=1e-3)
+
+
+def test_twisted_x0_clamp_keeps_an_inexact_prior_bounded():
+    """A prior whose eps is off by half (x0_hat amplifies that by 1 / sqrt(abar), about 160 at
+    the first of 20 steps) with the twist's shift s_t^2 / v_t A^T r: unclamped, the particles
+    run away (to inf/NaN on the demo prior); the authors' clamp of the twisted x0 keeps the
+    chain's estimate in the image range."""
+    sched = make_schedule(1000, respacing="20", variance_type="fixed_small")
+    gp = GaussianPrior(SHAPE, sched.train_alphas_cumprod)
+    op = get_operator("inpaint_random", image_shape=SHAPE, mask_prob_range=(0.3, 0.7))
+    op_params = op.sample(jax.random.key(1))
+    y = op.apply(op_params, 0.3 * jax.random.normal(jax.random.key(2), SHAPE))
+
+    def biased(p, x, t):
+        return 0.5 * gp.model_fn(p, x, t)
+
+    out = {}
+    for clip in (True, False):
+        sample = get_sampler("tds")(
+            biased, sched, operator=op, sigma=0.05, num_particles=4, estimator="mean",
+            clip_twisted=clip,
+        )  # fmt: skip
+        out[clip] = np.asarray(jax.jit(sample)(gp.params(), jax.random.key(0), y, op_params).x0)
+    assert np.all(np.isfinite(out[True])) and np.abs(out[True]).max() < 1.5
+    assert not np.abs(out[False]).max() < 1e6  # inf or NaN count as run away too
 
 
 def test_bad_inputs_are_clear_errors():

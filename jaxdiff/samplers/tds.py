@@ -26,8 +26,16 @@ its twist: the particles, resampled by that step's weights (which end in p~_0, a
 likelihood there), return their x0_hat (azula, `official=True`, returns x0_hat moved by the
 twist's gradient, unweighted: a DPS step that nothing corrects). The weights after the last
 step are uniform.
+The twisted x0 = x0_hat + s_t^2 sqrt(abar_t) g is clamped to [-1, 1] before it makes the
+proposal mean (`clip_twisted`, default on: the authors' `_compute_twisted_step_helper`,
+clip_twisted: true in mnist_model_and_diffusion_conf.yml; azula does not, `official=True`). The
+weights use the clamped mean, so the proposal stays exactly corrected. Without it the shift
+s_t^2 / v_t * A^T r grows as 1 / abar_t at the first steps (about 2e5 per unit of residual at
+abar 4e-5): an unclamped x0_hat of a prior that is not exact there sends the particles to 1e3,
+and the feedback to inf within a few steps (NaN at step 12 of 20 on the demo prior, box).
 hparams (traced): tausq, sigma. Static: num_particles, resampling ("multinomial", azula's
-torch.multinomial), estimator ("draw": one particle; "mean": their average), clip_denoised.
+torch.multinomial), estimator ("draw": one particle; "mean": their average), clip_denoised,
+clip_twisted.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ def make_tds(
     estimator: str = "draw",
     official: bool = False,
     clip_denoised: bool = False,
+    clip_twisted: bool = True,
     remat: bool = False,
     dtype=jnp.float32,
 ):
@@ -120,6 +129,8 @@ def make_tds(
         # gamma_t = (1 - abar) / sqrt(abar) from the float64-made tables
         gamma = c["sqrt_one_minus_alphas_cumprod"] * c["sqrt_recipm1_alphas_cumprod"]
         x0_y = x0 + gamma * g
+        if clip_twisted and not official:  # the authors' clip_twisted: true (not azula's)
+            x0_y = jnp.clip(x0_y, -1.0, 1.0)
 
         # the DDPM step q(x_s | x_t, x) = N(coef1 x + coef2 x_t, var) with the float64-made
         # tables (azula's alpha_s x + sigma_s sqrt(tau) eps; 1 - abar_s in float32 would lose
