@@ -162,8 +162,8 @@ def beyond_cap(levels: dict, refs: dict, cap: float = 1e-3, factor=1.0) -> list[
 
 def teacher_forced(run, sched, x_T, x_ref, draws) -> dict:
     """Each step i (respaced index k = n-1-i) run alone from the reference's own input state
-    (x_T, then x_ref[i-1]) with the draws from step i on, on the schedule's prefix [0..k]: the
-    same tables and index k as the full chain. `run(schedule, start, draws)` -> a result with
+    (x_T, then x_ref[i-1]) with the draws from step i on, on the schedule's prefix [0..k] (the
+    full chain's tables and index k). `run(schedule, start, draws)` -> a result with
     an image-major trajectory; draws: leaves (B, T, ...). Returns step records, (T, B, ...)."""
     from jaxdiff.diffusion.schedule import Schedule
 
@@ -174,6 +174,9 @@ def teacher_forced(run, sched, x_T, x_ref, draws) -> dict:
             sched.alphas_cumprod[: k + 1], sched.timestep_map[: k + 1], sched.num_train_timesteps,
             sched.variance_type, sched.convention, sched.train_alphas_cumprod,
         )  # fmt: skip
+        # the full chain's entries (a one-entry prefix cannot form step 0's clipped variance)
+        sub.tables = {name: t[: k + 1] for name, t in sched.tables.items()}
+        sub.betas = sub.tables["betas"]
         start = x_T if i == 0 else x_ref[i - 1]
         tail = jax.tree.map(lambda a, i=i: np.asarray(a)[:, i:], draws)
         step = run(sub, start, tail).trajectory

@@ -54,6 +54,13 @@ CHAIN = {
 }
 
 
+def chaotic(levels: dict, refs: dict) -> list[str]:
+    """The recorded states (`refs`: name -> reference array) whose sidecar float64 level
+    (`levels`: the sidecar's f64_replay), doubled, leaves the cap: the file is then checked
+    teacher-forced (README "chaotic chains"); decided on the reference's levels only."""
+    return beyond_cap({n: f64_level(levels, n) for n in refs}, refs, CAP, FACTOR)
+
+
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     path = str(npz_path)
     side = path[: -len(".npz")].rsplit("/", 1)[-1] + ".json"
@@ -99,8 +106,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         traj = jax.tree.map(swap01, res.trajectory)
         want = {n: nchw_to_nhwc(fx.arrays[n]) for n in CHAIN if n in fx.arrays}
         lvls = {n: f64_level(levels, n) for n in want}
-        # decided on the reference's own float64 levels only (README "chaotic chains")
-        beyond = beyond_cap(lvls, want, CAP, FACTOR)
+        beyond = chaotic(levels, want)
         forced = teacher_forced(run, sched, x_T, want["x_t"], noise) if beyond else None
     horizon = {}
     for name, key in CHAIN.items():
