@@ -185,3 +185,20 @@ def test_config_presets():
         assert not c.sampler.options.official
     with pytest.raises(ValueError, match="phase_retrieval"):
         cfg.get_config("phase_retrieval")
+
+
+def test_chaotic_mode_is_decided_from_the_sidecar(fixtures_dir):
+    """The stored files are inside the cap (whole-chain check); a file whose official x0_hat is
+    already past half the cap from its float64 value is checked teacher-forced."""
+    from jaxdiff.parity.common import sidecar
+    from jaxdiff.parity.mcg import CHAIN, chaotic
+
+    for name in FAST + SLOW:
+        path = fixtures_dir / "mcg" / f"{name}.npz"
+        with np.load(path) as z:
+            refs = {n: z[n] for n in CHAIN if n in z.files}
+        levels = sidecar(path)["f64_replay"]
+        assert chaotic(levels, refs) == [], name
+        top = 6e-4 * max(1.0, float(np.abs(refs["x0_hat"]).max()))  # 0.6 of the cap
+        raised = {**levels, "max_abs_diff_x0_hat_per_step": [1e-5, top]}
+        assert chaotic(raised, refs) == ["x0_hat"], name

@@ -79,3 +79,48 @@ def test_a_folder_replays_with_one_glob(fixtures_dir, tmp_path, capsys):
     assert "no replay for this file name" in lines[1]["skipped"]
     with pytest.raises(NotAFixture):
         Fixture.load(tmp_path / "dps_operator_arrays.npz", "dps", trajectory=("x_t",))
+
+
+def test_beyond_cap_decides_from_the_reference_levels():
+    """A state is past the float32 horizon where factor x its float64 level leaves the cap
+    1e-3 * max(1, max|ref|); a missing level never is."""
+    from jaxdiff.parity.common import beyond_cap
+
+    refs = {"x_t": np.full((2, 3), 5.0), "x0_hat": np.full((2, 3), 0.9)}
+    levels = {"x_t": [1e-4, 2e-3], "x0_hat": [4e-4, 4.9e-4]}
+    assert beyond_cap(levels, refs, 1e-3, 2.0) == []  # 4e-3 < 5e-3; 9.8e-4 < 1e-3
+    levels["x0_hat"] = [4e-4, 6e-4]
+    assert beyond_cap(levels, refs, 1e-3, 2.0) == ["x0_hat"]
+    # DMPS's rule: 3x on x_t, 1x elsewhere
+    assert beyond_cap({"x_t": [2e-3], "x0_hat": None}, refs, 1e-3, {"x_t": 3.0}) == ["x_t"]
+    assert beyond_cap({"x_t": [2e-3], "x0_hat": [None, 9e-4]}, refs, 1e-3) == []
+
+
+def test_teacher_forced_runs_each_step_from_the_reference_inputs():
+    """Step i runs on the schedule's prefix [0..n-1-i] with the full chain's tables (step 0's
+    clipped variance included), from x_T then the reference's x_t[i-1], with draws i.. ."""
+    from types import SimpleNamespace
+
+    from jaxdiff.diffusion import make_schedule
+    from jaxdiff.parity.common import teacher_forced
+
+    sched = make_schedule(1000, "linear", variance_type="learned_range", respacing="4")
+    seen = []
+
+    def run(schedule, start, draws):
+        seen.append(schedule)
+        n = schedule.num_steps
+        traj = {"k": np.full((2, n), n - 1), "x": np.asarray(start)[:, None] + draws["z"]}
+        return SimpleNamespace(trajectory=traj)
+
+    rng = np.random.default_rng(0)
+    x_T, ref = rng.normal(size=(2, 3)), rng.normal(size=(4, 2, 3))
+    draws = {"z": rng.normal(size=(2, 4, 3))}
+    out = teacher_forced(run, sched, x_T, ref, draws)
+    assert out["k"].tolist() == [[3, 3], [2, 2], [1, 1], [0, 0]]
+    starts = np.concatenate([x_T[None], ref[:-1]])
+    np.testing.assert_array_equal(out["x"], starts + np.swapaxes(draws["z"], 0, 1))
+    for i, sub in enumerate(seen):
+        np.testing.assert_array_equal(sub.timestep_map, sched.timestep_map[: 4 - i])
+        for name, table in sched.tables.items():
+            np.testing.assert_array_equal(sub.tables[name], table[: 4 - i], err_msg=name)

@@ -144,6 +144,46 @@ def f64_max(levels) -> float | None:
     return float(np.nanmax(a)) if np.any(np.isfinite(a)) else None
 
 
+def beyond_cap(levels: dict, refs: dict, cap: float = 1e-3, factor=1.0) -> list[str]:
+    """The arrays whose reference's own float32-vs-float64 difference (`levels`: name -> the
+    sidecar's level, a number or one per step), times `factor` (a number or name -> number,
+    default 1), leaves the cap `cap * max(1, max|ref|)`: there no float32 port can be held to
+    the cap over the whole chain (a chaotic chain; the replay checks it teacher-forced)."""
+    out = []
+    for name, ref in refs.items():
+        lvl = f64_max(levels.get(name))
+        f = factor.get(name, 1.0) if isinstance(factor, dict) else factor
+        ref = np.asarray(ref, np.float64)
+        scale = float(np.nanmax(np.abs(ref))) if ref.size else 0.0
+        if lvl is not None and f * lvl > cap * max(1.0, scale):
+            out.append(name)
+    return out
+
+
+def teacher_forced(run, sched, x_T, x_ref, draws) -> dict:
+    """Each step i (respaced index k = n-1-i) run alone from the reference's own input state
+    (x_T, then x_ref[i-1]) with the draws from step i on, on the schedule's prefix [0..k] (the
+    full chain's tables and index k). `run(schedule, start, draws)` -> a result with
+    an image-major trajectory; draws: leaves (B, T, ...). Returns step records, (T, B, ...)."""
+    from jaxdiff.diffusion.schedule import Schedule
+
+    n, records = sched.num_steps, []
+    for i in range(n):
+        k = n - 1 - i
+        sub = Schedule(
+            sched.alphas_cumprod[: k + 1], sched.timestep_map[: k + 1], sched.num_train_timesteps,
+            sched.variance_type, sched.convention, sched.train_alphas_cumprod,
+        )  # fmt: skip
+        # the full chain's entries (a one-entry prefix cannot form step 0's clipped variance)
+        sub.tables = {name: t[: k + 1] for name, t in sched.tables.items()}
+        sub.betas = sub.tables["betas"]
+        start = x_T if i == 0 else x_ref[i - 1]
+        tail = jax.tree.map(lambda a, i=i: np.asarray(a)[:, i:], draws)
+        step = run(sub, start, tail).trajectory
+        records.append(jax.tree.map(lambda a: np.asarray(a)[:, 0], step))
+    return jax.tree.map(lambda *a: np.stack(a), *records)
+
+
 def compare(got, want, atol: float = 0.0, rtol: float = 0.0, *, per_step=False, scale=None,
             f64=None) -> dict:  # fmt: skip
     """|got - want| <= atol + rtol * scale, scale = max|want| (or `scale`); with `per_step`, per

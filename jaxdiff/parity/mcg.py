@@ -12,7 +12,10 @@ state per step.
 Rule (tests/fixtures/mcg/README.txt): |got - ref| <= atol + rtol * max|ref| per step, atol 1e-6,
 rtol 2e-6, floored at 3x the official code's own float32-vs-float64 difference for that array
 and step (sidecar "f64_replay"), never above 1e-3 * max(1, max|ref|); the norm rtol 1e-5 or 3x
-its float64 level; the measurement 1e-5; the schedule exactly or rtol 1e-12.
+its float64 level; the measurement 1e-5; the schedule exactly or rtol 1e-12. Where twice a
+recorded state's float64 level already leaves that cap (a chaotic chain, decided from the sidecar
+alone), every state is checked one step at a time from the reference's own inputs
+(`common.teacher_forced`) within the cap, and the whole-chain errors are reported, not gating.
 """
 
 from __future__ import annotations
@@ -21,13 +24,26 @@ import jax
 import numpy as np
 
 from jaxdiff.diffusion import make_schedule
-from jaxdiff.parity.common import Fixture, f64_level, f64_max, model_name, swap01
+from jaxdiff.parity.common import (
+    Fixture,
+    beyond_cap,
+    compare,
+    f64_level,
+    f64_max,
+    model_name,
+    nchw_to_nhwc,
+    swap01,
+    teacher_forced,
+)  # fmt: skip
 from jaxdiff.parity.dps import build_operator, measurement
 from jaxdiff.samplers import batched, get_sampler
 
 TRAJECTORY = ("x_t",)
 ATOL, RTOL, RTOL_NORM = 1e-6, 2e-6, 1e-5
 CAP = 1e-3  # no state error above CAP * max(1, max|ref|), whatever the float64 level
+# a float32 port as accurate as the reference sits up to twice the reference's own float64 gap
+# from it: where that leaves the cap for any recorded state, the chain is checked teacher-forced
+FACTOR = 2.0
 # fixture array -> the mcg sampler's trajectory record
 CHAIN = {
     "x_t": "x",
@@ -36,6 +52,13 @@ CHAIN = {
     "x0_hat": "x0_hat",
     "y_t": "y_t",
 }
+
+
+def chaotic(levels: dict, refs: dict) -> list[str]:
+    """The recorded states (`refs`: name -> reference array) whose sidecar float64 level
+    (`levels`: the sidecar's f64_replay), doubled, leaves the cap: the file is then checked
+    teacher-forced (README "chaotic chains"); decided on the reference's levels only."""
+    return beyond_cap({n: f64_level(levels, n) for n in refs}, refs, CAP, FACTOR)
 
 
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
@@ -65,28 +88,49 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         op = build_operator(fx, fx.config.get("operator", {}), shape)
         y = measurement(fx, op, sigma)
         fn, params, _ = fx.model(model_name(fx.config.get("model")), model_dir)
-        sample = get_sampler("mcg")(
-            fn, sched, operator=op, image_shape=shape, scale=scale, official=True,
-            clip_denoised=bool(dc.get("clip_denoised", True)), dtype=fx.jdtype,
-            keep_trajectory=True,
-        )  # fmt: skip
-        noise = {"z": swap01(fx.nhwc("noise_z")), "y": swap01(fx.nhwc("noise_y"))}
-        rep = {"x_T": fx.jnp(x_T), "noise": jax.tree.map(fx.jnp, noise)}
         keys = jax.random.split(jax.random.key(0), b)
-        res = jax.jit(batched(sample, shared_op_params=True))(
-            params, keys, y, op.sample(None), None, rep
-        )
+
+        def run(schedule, start, draws):
+            sample = get_sampler("mcg")(
+                fn, schedule, operator=op, image_shape=shape, scale=scale, official=True,
+                clip_denoised=bool(dc.get("clip_denoised", True)), dtype=fx.jdtype,
+                keep_trajectory=True,
+            )  # fmt: skip
+            rep = {"x_T": fx.jnp(start), "noise": jax.tree.map(fx.jnp, draws)}
+            return jax.jit(batched(sample, shared_op_params=True))(
+                params, keys, y, op.sample(None), None, rep
+            )
+
+        noise = {"z": swap01(fx.nhwc("noise_z")), "y": swap01(fx.nhwc("noise_y"))}
+        res = run(sched, x_T, noise)
         traj = jax.tree.map(swap01, res.trajectory)
+        want = {n: nchw_to_nhwc(fx.arrays[n]) for n in CHAIN if n in fx.arrays}
+        lvls = {n: f64_level(levels, n) for n in want}
+        beyond = chaotic(levels, want)
+        forced = teacher_forced(run, sched, x_T, want["x_t"], noise) if beyond else None
+    horizon = {}
     for name, key in CHAIN.items():
-        r = fx.check(name, traj[key], ATOL, RTOL, nhwc=True, per_step=True,
-                     f64=f64_level(levels, name))  # fmt: skip
-        if r is not None:  # never looser than CAP * max(1, max|ref|)
-            r["cap"] = CAP * max(1.0, float(np.abs(fx.arrays[name]).max()))
-            r["pass"] = bool(r["pass"] and r["max_abs_err"] <= r["cap"])
-    fx.check("sample", res.x0, ATOL, RTOL, nhwc=True, f64=f64_max(f64_level(levels, "x_t")))
+        if name not in want:
+            continue
+        cap = CAP * max(1.0, float(np.abs(want[name]).max()))
+        if beyond:  # whole chain reported, not gating; each step from the reference's inputs
+            r = compare(traj[key], want[name], ATOL, RTOL, per_step=True, f64=lvls[name])
+            horizon[name] = {**r, "cap": cap, "pass": bool(r["pass"] and r["max_abs_err"] <= cap)}
+            fx.check(name, forced[key], cap, 0.0, nhwc=True, per_step=True,
+                     key=f"{name}_teacher_forced")  # fmt: skip
+            continue
+        r = fx.check(name, traj[key], ATOL, RTOL, nhwc=True, per_step=True, f64=lvls[name])
+        r["cap"] = cap  # never looser than CAP * max(1, max|ref|)
+        r["pass"] = bool(r["pass"] and r["max_abs_err"] <= cap)
+    sample = fx.check("sample", res.x0, ATOL, RTOL, nhwc=True, f64=f64_max(lvls.get("x_t")))
+    if beyond and sample is not None:  # the chain's end: reported, not gating
+        horizon["sample"] = fx.results.pop("sample")
     rel = f64_max(levels.get("rel_diff_norm_per_step"))
-    fx.rel("norm", traj["norm"], max(RTOL_NORM, 3 * (rel or 0.0)))
+    norm = forced["norm"] if beyond else traj["norm"]
+    fx.rel("norm", norm, max(RTOL_NORM, 3 * (rel or 0.0)))
     return fx.report(
         "mcg", images=b, steps=int(sched.num_steps), scale=scale, sigma=sigma,
         diverged_at=np.asarray(res.diverged_at).tolist(),
+        mode="teacher_forced" if beyond else "whole_chain", beyond_cap=beyond,
+        chain_beyond_float32_horizon=horizon,
     )  # fmt: skip
