@@ -31,6 +31,7 @@ def _operator(d):
     return get_operator("super_resolution", image_shape=x.shape, factor=factor)
 
 
+@pytest.mark.slow
 def test_pixel_optimisation_is_the_official_one():
     """pixel_optimization: AdamW(lr 1e-2) on MSE(y, A(x)) until the loss < 1e-6: the same 425
     steps, the result within 1e-4 (measured 4.6e-6; the official float32-vs-float64 level is

@@ -30,6 +30,7 @@ def _replay(fixtures_dir, name, **kw):
         return replay(path, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
 def test_parity(fixtures_dir, name):
     """Every recorded state of the official chain (x_t, x', the unguided mean, x0_hat, the norm
@@ -70,6 +71,7 @@ def test_parity_needs_the_first_pixel_radius(fixtures_dir, monkeypatch):
         ),
     ],
 )
+@pytest.mark.slow
 def test_gaussian_prior_posterior_mean(op_name, cfg, tol):
     """A correlated 16-d Gaussian prior (exact eps), the official ddim step over 100 evenly
     spaced steps, eta 1, 1000 samples, no clamp. Rate 0 is DDIM, which samples the prior (mean
@@ -140,6 +142,7 @@ def test_sphere_radius_and_the_last_step(step):
         assert out[True][-1] == 0
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     """Image 0 alone == image 0 in a batch of 3 (float32 rounding) with per-image random masks;
     a sweep over 3 (rate, interval, eta) settings is one compiled call equal to separate runs."""

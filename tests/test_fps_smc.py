@@ -19,6 +19,7 @@ FIX = pathlib.Path(__file__).parent / "fixtures" / "fps_smc"
 SHAPE = (4, 4, 1)
 
 
+@pytest.mark.slow
 def test_parity_inpainting():
     """Box inpainting, 10 steps, 4 particles, official=True. Teacher-forced: eps within 7.5e-6,
     the proposals on the holes within 7.4e-6, on the observed pixels 2.4e-4 where the code's
@@ -42,6 +43,7 @@ def weighted_moments(res, n_runs):
     return x, np.einsum("rn,rni,rnj->rij", w, d, d)
 
 
+@pytest.mark.slow
 def test_consistency_with_the_exact_posterior():
     """A correlated 16-d Gaussian prior (exact eps), 60% inpainting with sigma 0.05, 100 steps,
     c_rate 0.95. Over 32 independent runs (each with its own y sequence), the weighted particle
@@ -83,6 +85,7 @@ def counting_model(p, x, t):
     return GP.model_fn(p, x, t)
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     """Image 0 alone == image 0 in a batch of 3 (per-image random masks); a sweep over 3
     (c_rate, sigma) pairs is one compiled call equal to separate runs."""

@@ -26,6 +26,7 @@ SLOW = [
 STATES = ("z_t", "z0hat", "z0y", "ode_z", "mcmc_z", "x_t", "x0hat", "x0y", "sample")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
 def test_latent_daps_trajectory(fixtures_dir, name):
     """Every latent and decoded state within 1e-5 * max(1, max|ref|) floored at 3x the
@@ -129,6 +130,7 @@ def moments(sample, y, opts, algo, momentum=0.0):
 
 
 # Langevin's algebra is pixel DAPS's (tests/test_daps.py): its latent run is the slow variant
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", [pytest.param("langevin", marks=pytest.mark.slow), "hmc"])
 def test_linear_gaussian_latent_closed_form(algo):
     """1024 samples (no gradient clamp, 'vp' map with the exact denoiser): the decoded sample
@@ -184,6 +186,7 @@ def counting_eps(p, z, t):
     return gauss_eps(p, z, t)
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     """A sweep over three (lr, momentum) pairs on a batch of 3 is one compiled program (traced
     once); image 0 of its default entry equals image 0 run alone (per-image keys, no coupling)."""
@@ -255,6 +258,7 @@ def _config(model, **options):
     return c
 
 
+@pytest.mark.slow
 def test_driver_builds_latent_daps_from_a_latent_prior_folder(latent_folder):
     """`model=` a latent pipeline folder: the annealing steps are the respacing, the network
     timesteps the prior's own schedule ('trained'; 'vp' on request); a pixel model is refused."""

@@ -55,6 +55,7 @@ def test_ldm_ddim_grid_and_tables():
     assert list(make_schedule(1000, respacing="ldm1000").timestep_map) == list(range(1000))
 
 
+@pytest.mark.slow
 def test_gaussian_latent_closed_form():
     """Linear decoder + Gaussian latent prior: the posterior of the image is Gaussian. 1000
     samples, ldm100, eta 1. scale 0 samples the prior (its mean within 0.15 prior std of
@@ -88,6 +89,7 @@ def counting_model(params, z, t):
     return problem()[1].model_fn(params, z, t)
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     """Image 0 alone == image 0 in a batch of 3 (float32 rounding), per-image keys; a sweep of
     three (scale, eta) pairs is one compiled call, its first entry the plain batched run."""
@@ -155,6 +157,7 @@ def _config(model, method="latent_dps", task="sr2"):
     return c
 
 
+@pytest.mark.slow
 def test_driver_builds_latent_methods_from_a_latent_prior_folder(latent_folder):
     """`model=` a latent pipeline folder: the image size is the decoder's, the schedule the
     prior's scheduler on the ldm grid; a pixel method on it and a latent method on a pixel

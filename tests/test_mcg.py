@@ -31,6 +31,7 @@ def _replay(fixtures_dir, name, **kw):
         return replay(path, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
 def test_parity(fixtures_dir, name):
     """Every recorded state of the official chain (x_t, x' before and x'' after the gradient,
@@ -84,6 +85,7 @@ def test_official_projection_is_the_dps_code():
         official_projection(get_operator("denoise", image_shape=(8, 8, 3)))
 
 
+@pytest.mark.slow
 def test_gaussian_prior_known_pixels_and_conditional_mean():
     """A correlated 16-d Gaussian prior (exact eps), a fixed mask (9 of 16 pixels known,
     noiseless), the known pixels 1.5 prior std above the mean, 100 steps, no clamp, 1000
@@ -133,6 +135,7 @@ def _batch():
     return op, keys, op_params, y
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     """Image 0 alone == image 0 in a batch of 3 (float32 rounding) with per-image random masks;
     a sweep over 3 scales is one compiled call equal to separate runs."""

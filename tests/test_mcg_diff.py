@@ -29,6 +29,7 @@ def replay(name):
     return out
 
 
+@pytest.mark.slow
 def test_parity_super_resolution():
     """SR x2, sigma_y 0.3: 8 filtering steps with recorded ancestors, 3 unguided steps, the final
     likelihood weights. Particles within 1e-5 relative per step (measured 7.3e-4 on |x_t| 631;
@@ -51,6 +52,7 @@ def weighted_moments(res, n_runs):
     return x, np.einsum("rn,rni,rnj->rij", w, d, d)
 
 
+@pytest.mark.slow
 def test_consistency_with_the_exact_posterior():
     """A correlated 16-d Gaussian prior (exact eps), box-like inpainting with sigma_y 0.05,
     100 DDIM steps (eta 1). Over 32 independent runs, the weighted particle mean's RMS error in
@@ -93,6 +95,7 @@ def counting_model(p, x, t):
     return GP.model_fn(p, x, t)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resampling, estimator", [("multinomial", "draw"), ("systematic", "mean")])
 def test_batch_size_invariance_and_one_compile_per_sweep(resampling, estimator):
     """Image 0 alone == image 0 in a batch of 3 (per-image random masks); a sweep over 3
@@ -156,6 +159,7 @@ def test_bad_inputs_are_clear_errors():
         get_sampler("mcg_diff")(GP.model_fn, one_step, operator=op)
 
 
+@pytest.mark.slow
 def test_driver_records_the_particle_options():
     """configs/mcg_diff.py through experiment.build: the run's method info (summary.json) states
     num_particles, resampling and the estimator that made x_hat, from the config or the

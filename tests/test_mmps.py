@@ -35,6 +35,7 @@ def replay_fixture(fixtures_dir, folder, name):
     return r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
 def test_parity(fixtures_dir, name):
     """Every recorded state of azula's chain (x_t, x0_hat, the MMPS mean x0_y, x_next) per step
@@ -105,6 +106,7 @@ def test_gaussian_prior_step_is_the_exact_posterior_mean(solver, iterations):
                 assert min(worst[:3]) > 0.3, worst
 
 
+@pytest.mark.slow
 def test_gaussian_prior_chain_mean_is_the_posterior_mean():
     """Each step's mean is exact (the test above) and linear in x_t, so the chain's sample mean
     is the exact posterior mean up to Monte Carlo error: denoising (16 measurements, sigma
@@ -140,6 +142,7 @@ def counting_model(p, x, t):
     return GP.model_fn(p, x, t)
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     """Image 0 alone == image 0 in a batch of 3 (float32 rounding) with per-image random masks;
     a sweep over 3 (eta, sigma) pairs is one compiled call equal to separate runs."""
@@ -164,6 +167,7 @@ def test_batch_size_invariance_and_one_compile_per_sweep():
     assert not np.allclose(res.x0[1], res.x0[2], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_nonlinear_operator_is_linearized():
     """MMPS takes a nonlinear A (linearized at x0_hat, as azula does): phase retrieval runs and
     stays finite; TMPD refuses it by name."""

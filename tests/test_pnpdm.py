@@ -30,6 +30,7 @@ def _replay(fixtures_dir, name, **kw):
         return replay(path, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
 def test_parity(fixtures_dir, name):
     """z and x of every iteration, rho, the first grid level below rho, the returned samples
@@ -128,6 +129,7 @@ def _problem(op):
     ],
     ids=["circular_blur_fft", "inpaint_svd", "blur_sr2_perturb"],
 )
+@pytest.mark.slow
 def test_gaussian_prior_split_gibbs_target(op):
     """Exact eps of a correlated 16-d Gaussian prior, sigma 0.05, 40 iterations of rho 1 * 0.8^k
     down to rho_min 0.05, 30 EDM steps, sde mode, 1000 chains. With an exact prior step the
@@ -166,6 +168,7 @@ def counting_eps(p, x, t):
     return gauss_eps(p, x, t)
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     """Image 0 alone == image 0 in a batch of 3; a sweep over 3 (rho, rho_decay, rho_min) is one
     compiled call (traced once) equal to the separate runs."""

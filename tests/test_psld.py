@@ -28,6 +28,7 @@ FAST = "psld_super_resolution.npz"  # one replay (~1 min of compiling) in the de
 @pytest.mark.parametrize(
     "name", [n if n == FAST else pytest.param(n, marks=pytest.mark.slow) for n in FILES]
 )
+@pytest.mark.slow
 def test_parity(name):
     """Every recorded state (z_t, eps, z0_hat, the decoded x0_hat, the glued image and its
     encoding, the sample) within the README's rule; nothing left uncompared without a reason."""
@@ -63,6 +64,7 @@ def test_parity_needs_the_official_transpose(monkeypatch):
     assert not r["arrays"]["glued"]["pass"] and not r["arrays"]["z_t"]["pass"]
 
 
+@pytest.mark.slow
 def test_gaussian_latent_closed_form():
     """Linear decoder + Gaussian latent prior (tests/test_latent_dps.problem): 1000 samples,
     ldm100, eta 1. The gluing term alone (omega 0, gamma 0.5) moves the sample mean from the
@@ -100,6 +102,7 @@ def counting_model(params, z, t):
     return problem()[1].model_fn(params, z, t)
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     sched, gp, m, fns, op, p, a, y = problem()
     sched = make_schedule(1000, respacing="ldm10")

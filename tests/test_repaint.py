@@ -31,6 +31,7 @@ def _replay(fixtures_dir, name, **kw):
         return replay(path, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
 def test_parity(fixtures_dir, name):
     """Every recorded state of the official walk (x_t after each pair, the blended model input
@@ -97,6 +98,7 @@ def _run(sched, gp, y, op, n, **options):
     return np.asarray(res.x0, np.float64).reshape(n, -1)
 
 
+@pytest.mark.slow
 def test_gaussian_prior_known_pixels_and_conditional_mean():
     """A correlated 16-d Gaussian prior (exact eps), a fixed mask (9 of 16 pixels known, noiseless),
     the known pixels 1.5 prior std above the mean. The default ends with the measurement pasted:
@@ -146,6 +148,7 @@ def _batch(seed):
     return op, keys, op_params, jax.vmap(op.apply)(op_params, x)
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile():
     """Image 0 alone == image 0 in a batch of 3 with per-image random masks; new masks and
     measurements reuse the compiled walk (masks are traced op_params). RePaint has no traced

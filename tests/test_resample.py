@@ -57,6 +57,7 @@ def counting_eps(p, z, t):
     return eps_fn(p, z, t)
 
 
+@pytest.mark.slow
 def test_batch_size_invariance_and_one_compile_per_sweep():
     """A sweep over three (scale, sigma_scale) pairs on a batch of 3 is one compiled program;
     image 0 of an entry equals image 0 run alone (per-image keys, per-image optimisations)."""
@@ -75,6 +76,7 @@ def test_batch_size_invariance_and_one_compile_per_sweep():
     assert not np.allclose(res.x0[0], res.x0[2], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_official_forms_differ_from_the_defaults():
     """official=True: pseudo_x0 with (1 - a) and eps held constant in the DPS gradient (the
     official apply_model runs under torch.no_grad); unet_grad=False alone changes only the

@@ -16,6 +16,7 @@ from tests.gaussian_prior import GaussianPrior
 from tests.test_mmps import GP, SCHED, SHAPE, linear_gaussian
 
 
+@pytest.mark.slow
 def test_parity(fixtures_dir):
     """Every step of azula's TDSSampler from its own input particles, incoming weights, draws
     and ancestors (teacher forcing): x_next, the resampled x0_hat and twist, the outgoing
@@ -71,6 +72,7 @@ def counting_model(p, x, t):
     return GP.model_fn(p, x, t)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["draw", "mean"])
 def test_batch_size_invariance_and_one_compile_per_sweep(estimator):
     """Image 0 alone == image 0 in a batch of 3 (float32 rounding) with per-image random masks;

@@ -17,6 +17,7 @@ FAST = ["tmpd_plus_sr_avgpool"]
 SLOW = ["tmpd_sr_avgpool", "tmpd_full_sr_avgpool", "tmpd_diag_sr_avgpool"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
 def test_parity(fixtures_dir, name):
     """Every recorded state of the reference chain and every step alone from its own input,
@@ -71,6 +72,7 @@ def counting_model(p, x, t):
     return GP.model_fn(p, x, t)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance", ["rowsum", "diag", "full"])
 def test_batch_size_invariance_and_one_compile_per_sweep(covariance):
     """Image 0 alone == image 0 in a batch of 3 (float32 rounding) with per-image random masks;
