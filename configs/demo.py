@@ -111,14 +111,14 @@ METHOD_TASKS = {
     "mpgd": _NEW,
     "repaint": "box",  # inpainting only (a pixel-mask operator)
     "mcg": "box",  # its exact projection amplifies a blur's noise (A^+ n: std 0.05 -> 30)
-    "dsg": _NEW,
-    "pnpdm": _NEW,
+    "dsg": "box",  # one task each for the later methods: the demo stays near its budget
+    "pnpdm": "gaussian_blur",
     # the particle samplers, 4 particles (each step is a batch of 4 through the network), 3
     # photos, weighted mean (PSNR / SSIM / LPIPS): MCG-diff at 20 grid points, gaussian_blur
     # 23.31 / 0.836 / 0.192, sr2 21.83 / 0.763 / 0.243; FPS-SMC needs 50 steps (at 20: box
     # 17.40 / 0.422 / 0.382 and blur 21.39 / 0.761 / 0.256, c_rate 0.5 / 0.2 / 0.99 no better;
     # at 50: box 18.72 / 0.521 / 0.254, blur 23.04 / 0.830 / 0.182), so it runs the blur only
-    "mcg_diff": "gaussian_blur,sr2",
+    "mcg_diff": "gaussian_blur",
     "fps_smc": "gaussian_blur",
     # the covariance-aware methods: a Jacobian product and a solve per step; TDS with 4 particles
     "mmps": "gaussian_blur",
