@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.samplers.common import predict_x0
 
@@ -240,3 +241,58 @@ def moment_matched_x0(
     # references differentiate y_hat = A(x0_hat(x_t)) with respect to x_t)
     correction = tw.gamma * tw.vjp(a.vjp(u))
     return tw.x0 + correction, {"residual": residual, "u": u, "correction": correction}
+
+
+def moment_matching_sampler(name, model_fn, schedule, forward, defaults, shape, dtype, loop, *,
+                            clip_denoised, remat, forward_mode, solve):  # fmt: skip
+    """The one-image sampler shared by MMPS and TMPD: each step's x0 is moment-matched to y
+    (`solve(tw, a, y, sigma2) -> (x0_y, record)`, the method's form of C), then a DDIM step from
+    x0_y. `sample.update(params, x, k, z, y, op_params, hparams)` is one step alone
+    (teacher-forced replays)."""
+    from jaxdiff.diffusion.gaussian import ddim_step
+    from jaxdiff.samplers.base import chain, initial_x
+    from jaxdiff.samplers.common import check_measurement, resolve_hparams
+
+    steps = np.arange(schedule.num_steps)[::-1]
+
+    def update(params, x, k, z, y, op_params, h):
+        eta, sigma2 = h["eta"].astype(dtype), jnp.square(h["sigma"].astype(dtype))
+        tw = tweedie(
+            model_fn, params, schedule, x, k, clip_denoised=clip_denoised, remat=remat,
+            forward_mode=forward_mode,
+        )  # fmt: skip
+        a = linearize_forward(forward, op_params, tw.x0)
+        x0_y, rec = solve(tw, a, y, sigma2)
+        c = tw.pred["c"]
+        a_t, a_s = c["alphas_cumprod"], c["alphas_cumprod_prev"]
+        eps_y = (x - jnp.sqrt(a_t) * x0_y) / jnp.sqrt(1 - a_t)
+        x_next = ddim_step(x0_y, eps_y, a_t, a_s, eta, z)
+        record = {"x0_hat": tw.x0, "x0_y": x0_y, "residual": rec["residual"], "u": rec["u"],
+                  "eps_y": eps_y}  # fmt: skip
+        return x_next.astype(dtype), record
+
+    def prepare(y, op_params, hparams):
+        h = resolve_hparams(defaults, hparams, name)
+        if y is None:
+            raise ValueError(f"{name}: needs the measurement y")
+        y = jnp.asarray(y, dtype)
+        check_measurement(forward, op_params, jnp.zeros(shape, dtype), y, name)
+        return h, y
+
+    def sample(params, key, y=None, op_params=None, hparams=None, replay=None, valid=True):
+        del valid
+        h, y = prepare(y, op_params, hparams)
+        x_T, k_loop = initial_x(key, replay, shape, dtype, name)
+
+        def step(x, k, z, state):
+            x_next, record = update(params, x, k, z, y, op_params, h)
+            return x_next, state, record
+
+        return chain(step, x_T, steps, key=k_loop, replay=replay, loop=loop, label=name)
+
+    def one_step(params, x, k, z, y, op_params=None, hparams=None):
+        h, y = prepare(y, op_params, hparams)
+        return update(params, jnp.asarray(x, dtype), k, jnp.asarray(z, dtype), y, op_params, h)
+
+    sample.update = one_step
+    return sample

@@ -27,15 +27,11 @@ hparams (traced): eta, sigma (default: the noise model's std).
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
-from jaxdiff.diffusion.gaussian import ddim_step
 from jaxdiff.samplers import covariance as cov
-from jaxdiff.samplers.base import chain, initial_x, register_sampler
+from jaxdiff.samplers.base import register_sampler
 from jaxdiff.samplers.common import (
-    check_measurement,
     noise_sigma,
-    resolve_hparams,
     resolve_image_shape,
 )
 
@@ -95,51 +91,16 @@ def make_tmpd(
         defaults = {**defaults, "sigma": noise_sigma(noise) or 0.0}
     forward = operator.apply
     shape = resolve_image_shape(image_shape, operator, None, "tmpd")
-    steps = np.arange(schedule.num_steps)[::-1]
     method = solver if covariance == "full" else covariance
     forward_mode = covariance == "full" and product == "jvp"
 
-    def update(params, x, k, z, y, op_params, h):
-        eta, sigma2 = h["eta"].astype(dtype), jnp.square(h["sigma"].astype(dtype))
-        tw = cov.tweedie(
-            model_fn, params, schedule, x, k, clip_denoised=clip_denoised, remat=remat,
-            forward_mode=forward_mode,
-        )  # fmt: skip
-        a = cov.linearize_forward(forward, op_params, tw.x0)
-        x0_y, rec = cov.moment_matched_x0(
+    def solve(tw, a, y, sigma2):
+        return cov.moment_matched_x0(
             tw, a, y, sigma2, covariance=method, iterations=iterations, product=product,
             chunk=chunk,
         )  # fmt: skip
-        c = tw.pred["c"]
-        a_t, a_s = c["alphas_cumprod"], c["alphas_cumprod_prev"]
-        eps_y = (x - jnp.sqrt(a_t) * x0_y) / jnp.sqrt(1 - a_t)
-        x_next = ddim_step(x0_y, eps_y, a_t, a_s, eta, z)
-        record = {"x0_hat": tw.x0, "x0_y": x0_y, "residual": rec["residual"], "u": rec["u"],
-                  "eps_y": eps_y}  # fmt: skip
-        return x_next.astype(dtype), record
 
-    def prepare(y, op_params, hparams):
-        h = resolve_hparams(defaults, hparams, "tmpd")
-        if y is None:
-            raise ValueError("tmpd: needs the measurement y")
-        y = jnp.asarray(y, dtype)
-        check_measurement(forward, op_params, jnp.zeros(shape, dtype), y, "tmpd")
-        return h, y
-
-    def sample(params, key, y=None, op_params=None, hparams=None, replay=None, valid=True):
-        del valid
-        h, y = prepare(y, op_params, hparams)
-        x_T, k_loop = initial_x(key, replay, shape, dtype, "tmpd")
-
-        def step(x, k, z, state):
-            x_next, record = update(params, x, k, z, y, op_params, h)
-            return x_next, state, record
-
-        return chain(step, x_T, steps, key=k_loop, replay=replay, loop=loop, label="tmpd")
-
-    def one_step(params, x, k, z, y, op_params=None, hparams=None):
-        h, y = prepare(y, op_params, hparams)
-        return update(params, jnp.asarray(x, dtype), k, jnp.asarray(z, dtype), y, op_params, h)
-
-    sample.update = one_step
-    return sample
+    return cov.moment_matching_sampler(
+        "tmpd", model_fn, schedule, forward, defaults, shape, dtype, loop,
+        clip_denoised=clip_denoised, remat=remat, forward_mode=forward_mode, solve=solve,
+    )  # fmt: skip
