@@ -8,12 +8,16 @@ leaves a half-written ``DIR`` that a later load would trust.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -253,6 +257,34 @@ def read_meta(directory) -> dict:
     return meta
 
 
+@contextlib.contextmanager
+def _failure_output_dropped(settle_s: float = 0.5):
+    """Hold what is printed on stderr (file descriptor 2) during a restore: replayed if it
+    succeeds, dropped if it fails. A failed orbax restore leaves tensorstore callbacks that post
+    to orbax's closed asyncio loop, each printing an `Event loop is closed` traceback from a
+    worker thread (some straight from C, past sys.excepthook) for a while after the exception;
+    the error raised says what went wrong, in one line. `settle_s`: how long those get."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            time.sleep(settle_s)
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(real, 2)
+            os.close(real)
+            if not failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+                sys.stderr.flush()
+
+
 def load_checkpoint(directory, verify: bool = True) -> tuple[Any, dict]:
     """``(params, meta)``: params a nested dict of host numpy arrays (floating ones float32).
 
@@ -267,7 +299,7 @@ def load_checkpoint(directory, verify: bool = True) -> tuple[Any, dict]:
     if not params_dir.is_dir():
         raise CheckpointError(f"{directory}: no {PARAMS_DIR}/ folder beside {META_FILE}")
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _failure_output_dropped(), ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(params_dir)
     except Exception as e:  # orbax/tensorstore raise many types for a damaged folder
         raise CheckpointError(f"{params_dir}: cannot restore parameters ({e})") from e

@@ -152,10 +152,16 @@ def fail(prog: str, e: BaseException | str, console: bool = False):
     would otherwise print their own tracebacks after the one line."""
     msg = e if isinstance(e, str) else one_line(e)
     sys.stdout.flush()
-    print(f"{prog}: error: {msg}", file=sys.stderr)
     sys.stderr.flush()
     if console:
+        # Worker threads may be printing their own tracebacks (a failed orbax restore's
+        # callbacks): the real stderr is moved aside first, so whatever they write from now on
+        # goes to /dev/null and the line, written last to the real stderr, stays the last one.
+        real = os.dup(sys.stderr.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        os.write(real, f"{prog}: error: {msg}\n".encode())
         os._exit(EXIT_BAD_INPUT)
+    print(f"{prog}: error: {msg}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
 
 
