@@ -21,13 +21,15 @@ SLOW = ["mpgd_gaussian_blur"]
 
 
 def _replay(fixtures_dir, name, **kw):
-    from jaxdiff.parity.mpgd import replay
+    """As `python -m jaxdiff.parity` replays it: float32 judged with both chains' float32 levels
+    (jaxdiff.parity.own_level), or the float64 replay itself with dtype="float64"."""
+    from jaxdiff.parity import mpgd, own_level
 
     path = fixtures_dir / "mpgd" / f"{name}.npz"
     if not path.is_file():
         pytest.fail(f"missing fixture {path}")
     with jax.default_matmul_precision("highest"):
-        return replay(path, **kw)
+        return mpgd.replay(path, **kw) if kw else own_level.replay(mpgd, path)
 
 
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])

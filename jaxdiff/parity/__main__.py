@@ -28,6 +28,7 @@ import sys
 import traceback
 
 from jaxdiff.data import json_default
+from jaxdiff.parity import own_level
 from jaxdiff.parity.common import NotAFixture
 
 ROUTES = (
@@ -75,12 +76,11 @@ def run_one(path: pathlib.Path, model_dir: str | None, float64: bool) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     module = importlib.import_module(f"jaxdiff.parity.{route(path)}")
-    kwargs = {}
     if float64:
         if "dtype" not in inspect.signature(module.replay).parameters:
             raise ValueError(f"{path}: --float64 is not supported by jaxdiff.parity.{route(path)}")
-        kwargs["dtype"] = "float64"
-    return module.replay(path, model_dir, **kwargs)
+        return module.replay(path, model_dir, dtype="float64")
+    return own_level.replay(module, path, model_dir)
 
 
 STATES = ("x_t", "mu", "probe_pool3", "out", "z_t")  # a kind's recorded state (RED-diff: mu)

@@ -30,6 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# While parity.own_level records a replay: key -> (got, want, (atol, rtol, per_step, scale, f64))
+# of every floored comparison (Fixture.check); None otherwise.
+CHECKED: dict | None = None
+
 
 class NotAFixture(ValueError):
     """The file is not a trajectory fixture of the routed kind (the CLI skips it, saying why)."""
@@ -361,6 +365,12 @@ class Fixture:
             return None
         out = compare(got, want, atol, rtol, per_step=per_step, scale=scale, f64=f64)
         self.results[key or name] = out
+        if CHECKED is not None:  # parity.own_level re-judges floored checks from these
+            CHECKED[key or name] = (
+                np.asarray(got, np.float64),
+                want,
+                (atol, rtol, per_step, scale, f64),
+            )
         return out
 
     def exact(self, name, got, ref=None, key=None) -> dict:
