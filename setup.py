@@ -49,7 +49,7 @@ setup(
         "opencv-python-headless>=4.8",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.5"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5"],
         # TensorBoard logging of runs (scripts/table.py --tensorboard): the clu MetricWriter
         # interface, event files written by tensorboardX (no TensorFlow needed)
         "tensorboard": ["clu>=0.0.12", "tensorboardX>=2.6"],

@@ -30,6 +30,7 @@ def replay(name):
     return out
 
 
+@pytest.mark.slow
 def test_parity_sr4_plus_official_noise_step():
     """DDNM+ on SR x4 (sigma_y 0.1, batch 2) with the official Lambda_noise (no V^T): every
     step of x_t within 1e-3 (measured 4.0e-4; the reference's own float32-vs-float64 difference

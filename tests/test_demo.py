@@ -28,6 +28,7 @@ def tiny_demo(model, **over):
     return c
 
 
+@pytest.mark.slow
 def test_demo_is_deterministic(tmp_path, tiny_model):  # noqa: F811
     c = tiny_demo(tiny_model, methods="sdedit,ddrm", method_respacing={"ddrm": "skip5"})
     a = run_demo(c, tmp_path / "a", progress=False)

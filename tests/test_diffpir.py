@@ -147,6 +147,7 @@ def linear_gaussian(seed=1, sigma=0.05):
     return op, jnp.asarray(y.reshape(SHAPE), jnp.float32), pm, pc
 
 
+@pytest.mark.slow
 def test_output_lands_near_the_exact_posterior_mean():
     """Blur + 40% missing pixels, sigma 0.05 ([-1, 1] units), 100 quad steps, 400 samples,
     zeta 1, CG prox, lambda_ = 4: rho_t = sigma^2 / sigma_bar_t^2, so the data step is the

@@ -96,6 +96,7 @@ class EpsAndSigma(nn.Module):
         return jnp.concatenate([eps, jnp.tanh(nn.Conv(3, (3, 3), name="sigma")(x + temb))], -1)
 
 
+@pytest.mark.slow
 def test_hybrid_loss_trains_the_mean_by_mse_alone_and_sigma_by_the_bound():
     x0 = jax.random.uniform(jax.random.key(3), (4, 8, 8, 3), minval=-1, maxval=1)
     key = jax.random.key(4)

@@ -49,6 +49,7 @@ def _piq_lpips_reference(x01, y01, params):
     return np.asarray(total)
 
 
+@pytest.mark.slow
 def test_piq_avgpool_variant_matches_a_second_derivation():
     import jax
 

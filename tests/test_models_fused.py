@@ -49,7 +49,9 @@ def assert_tree_close(a, b, rtol, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 6, 5), (1, 7, 5, 3)])
+@pytest.mark.parametrize(
+    "shape", [pytest.param((2, 8, 6, 5), marks=pytest.mark.slow), (1, 7, 5, 3)]
+)
 def test_avg_pool_and_upsample_match_plain(shape):
     x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
     (o1, g1), (o2, g2) = vjp_both(fused.avg_pool2x, x)
@@ -81,7 +83,9 @@ def _gn_args(dtype, mod: bool, key=0, shape=(2, 4, 3, 8)):
     return x, gamma, beta, ss
 
 
-@pytest.mark.parametrize("mod,silu", [(False, False), (True, True)])
+@pytest.mark.parametrize(
+    "mod,silu", [pytest.param(False, False, marks=pytest.mark.slow), (True, True)]
+)
 def test_group_norm_matches_autodiff_float32(mod, silu):
     x, gamma, beta, ss = _gn_args(jnp.float32, mod)
 
@@ -93,6 +97,7 @@ def test_group_norm_matches_autodiff_float32(mod, silu):
     assert_tree_close(g1, g2, 2e-5, 2e-5)
 
 
+@pytest.mark.slow
 def test_group_norm_tokens_and_bfloat16():
     """(B, T, C) token input (attention blocks); bf16 compute with float32 statistics."""
     x, gamma, beta, _ = _gn_args(jnp.float32, False, shape=(2, 12, 8))

@@ -62,6 +62,7 @@ def test_block_remat_changes_no_number(arch):
     np.testing.assert_allclose(g1[1], g0[1], rtol=0, atol=1e-5 * float(jnp.abs(g0[1]).max()))
 
 
+@pytest.mark.slow
 def test_block_remat_changes_no_input_gradient():
     """The default run's check: the input gradient (what DPS takes) and the output of the ADM
     under remat="blocks" equal remat="none"'s to float rounding, with the same parameters."""

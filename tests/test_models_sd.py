@@ -141,6 +141,7 @@ def _directional(f, x, v, eps=1e-5):
     return jnp.vdot(jax.grad(f)(x), v), (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
 
 
+@pytest.mark.slow
 def test_vae_gradients_match_finite_differences_in_float64():
     """jax.grad through the decoder and the encoder (fused GroupNorm, conv and upsampling VJPs)
     equals central finite differences along random directions, in float64."""

@@ -251,11 +251,12 @@ def test_a_sweep_does_not_overwrite_a_reproduce_workdir(tmp_path, tiny_model, tw
     from jaxdiff.workdir import claim, config_dict
 
     c = _cfg(tiny_model, two_images)
-    run(c, tmp_path / "w", progress=False)
-    before = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()}
+    claim(tmp_path / "w", "reproduce", config_dict(c))  # as a finished run leaves it
+    (tmp_path / "w" / "results.jsonl").write_text('{"image": "a.png"}\n')
+    before = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.name != ".lock"}
     with pytest.raises(ConfigError, match="results of `reproduce`, not `sweep`"):
         run_sweep(c, tmp_path / "w", "scale", [0.5, 1.0], progress=False)
-    assert {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()} == before
+    assert {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.name != ".lock"} == before
     # a sweep's folder, the same sweep with other values, and reproduce on it
     claim(tmp_path / "s", "sweep", {**config_dict(c), "sweep": {"scale": [0.5, 2.0]}})
     with pytest.raises(ConfigError, match="sweep.scale"):

@@ -62,6 +62,7 @@ def test_unknown_and_missing_keys(tmp_path):
         sd_single_file.to_diffusers(tmp_path / "vae.safetensors", FOLDER)
 
 
+@pytest.mark.slow
 def test_single_file_converts_like_the_folder(tmp_path):
     """Through the pipeline converter: the same parameters as the diffusers folder's (the
     text encoder also from OpenCLIP keys)."""

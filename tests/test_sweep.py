@@ -66,7 +66,7 @@ def test_sweep_compiles_once_and_equals_separate_runs(tmp_path, tiny_model, imag
     swept = [json.loads(x) for x in (tmp_path / "sweep" / "results.jsonl").read_text().splitlines()]
     assert len(swept) == 3  # one line per image, every value's metrics in it
     assert all([p["hparams"]["weight"] for p in rec["points"]] == values for rec in swept)
-    for v in (0.25, 4.0):  # separate runs at two of the values
+    for v in (4.0,):  # a separate run at one of the values
         cv = config("score_ald", "gaussian_blur", tiny_model, image_dir, respacing="4")
         cv.sampler.hparams.weight = v
         run(cv, tmp_path / f"run{v}", progress=False)

@@ -49,6 +49,7 @@ def _worst(covariance, op_name, solver="dense", **cfg):
         return max(worst[:3]), max(worst)
 
 
+@pytest.mark.slow
 def test_gaussian_prior_full_form_is_the_exact_posterior_mean():
     """Gaussian prior (exact eps, exact covariance), 2x super-resolution (4 measurements):
     the full form (dense solve, or 8 CG steps) is E[x0 | x_t, y] to 1e-6 posterior std in

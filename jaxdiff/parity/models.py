@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.parity.common import (
+    NotAFixture,
     compare,
     load_model,
     model_anchor,
@@ -38,6 +39,11 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         raise ValueError(f"{npz_path}: a model forward fixture is named <model>{SUFFIX}")
     name = npz_path.name[: -len(SUFFIX)]
     io = dict(np.load(npz_path))
+    if not {"x", "t", "out"} <= set(io):
+        raise NotAFixture(
+            f"{npz_path.name} holds none of a UNet forward fixture's arrays (x, t, out): "
+            f"its own test replays it"
+        )
     jdtype, ctx = run_dtype(dtype)
     with ctx, jax.default_matmul_precision("highest"):
         fn, params, meta = load_model(model_anchor(npz_path, name), model_dir, name, jdtype)
