@@ -49,6 +49,7 @@ class CompileCounter:
         self.active = False
 
 
+@pytest.mark.slow
 def test_sweep_compiles_once_and_equals_separate_runs(tmp_path, tiny_model, image_dir):  # noqa: F811
     values = [0.25, 1.0, 4.0]
     c = config("score_ald", "gaussian_blur", tiny_model, image_dir, respacing="4")
