@@ -22,7 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.parity.common import compare, nchw_to_nhwc, report, run_dtype, sidecar
+from jaxdiff.parity.common import (
+    NotAFixture,
+    compare,
+    nchw_to_nhwc,
+    report,
+    run_dtype,
+    sidecar,
+)
 
 
 @dataclass(frozen=True)
@@ -211,8 +218,13 @@ def replay(npz_path, model_dir=None, dtype: str = "float32", stages=None) -> dic
     rule). `model_dir`: a folder of converted components by source folder name (DIR/unet,
     DIR/vae, DIR/vq_tiny, ...); the rest are converted from beside the fixture."""
     npz_path = pathlib.Path(npz_path)
-    meta = sidecar(npz_path)
     arrays = dict(np.load(npz_path))
+    if not any(stage.present(arrays) for stage in all_stages()):
+        raise NotAFixture(
+            f"{npz_path.name} holds none of the latent pipeline stages' arrays: its own test "
+            f"replays it"
+        )
+    meta = sidecar(npz_path)
     jdtype, ctx = run_dtype(dtype)
     results = {}
     with ctx, jax.default_matmul_precision("highest"):
