@@ -22,7 +22,7 @@ def fake_module(err32: float, err64: float):
         got[-1] = err32 if dtype == "float32" else err64
         out = common.compare(got, REF, 1e-7, 0.0, per_step=True, f64=LEVEL)
         if common.CHECKED is not None:
-            common.CHECKED["x_t"] = (got, REF, (1e-7, 0.0, True, None, LEVEL))
+            common.CHECKED["x_t"] = common.Checked(got, REF, 1e-7, 0.0, True, None, LEVEL)
         return {"file": str(path), "pass": out["pass"], "arrays": {"x_t": out}}
 
     return types.SimpleNamespace(replay=replay)

@@ -25,14 +25,27 @@ import json
 import pathlib
 import re
 import tempfile
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# While parity.own_level records a replay: key -> (got, want, (atol, rtol, per_step, scale, f64))
-# of every floored comparison (Fixture.check); None otherwise.
-CHECKED: dict | None = None
+
+class Checked(NamedTuple):
+    """One `Fixture.check` comparison, kept for parity.own_level to judge again."""
+
+    got: np.ndarray
+    want: np.ndarray
+    atol: float
+    rtol: float
+    per_step: bool
+    scale: Any
+    f64: Any
+
+
+# While parity.own_level records a replay: key -> Checked of every Fixture.check; None otherwise.
+CHECKED: dict[str, Checked] | None = None
 
 
 class NotAFixture(ValueError):
@@ -366,11 +379,8 @@ class Fixture:
         out = compare(got, want, atol, rtol, per_step=per_step, scale=scale, f64=f64)
         self.results[key or name] = out
         if CHECKED is not None:  # parity.own_level re-judges floored checks from these
-            CHECKED[key or name] = (
-                np.asarray(got, np.float64),
-                want,
-                (atol, rtol, per_step, scale, f64),
-            )
+            got64 = np.asarray(got, np.float64)
+            CHECKED[key or name] = Checked(got64, want, atol, rtol, per_step, scale, f64)
         return out
 
     def exact(self, name, got, ref=None, key=None) -> dict:

@@ -40,15 +40,16 @@ def _own_level(g32: np.ndarray, g64: np.ndarray, per_step: bool) -> np.ndarray:
     return d.reshape(d.shape[0], -1).max(axis=1) if per_step and d.ndim else np.asarray(d.max())
 
 
-def _rejudge(old: dict, got32, got64, want, rule) -> dict:
-    atol, rtol, per_step, scale, f64 = rule
-    own = _own_level(got32, got64, per_step)
-    ref = np.asarray(f64, np.float64)
+def _rejudge(old: dict, c: common.Checked, got64: np.ndarray) -> dict:
+    own = _own_level(c.got, got64, c.per_step)
+    ref = np.asarray(c.f64, np.float64)
     if ref.ndim and own.ndim and ref.shape != own.shape:  # per-step levels of another layout
         ref = np.asarray(np.nanmax(ref))
     # no floor where the official step computes nothing (NaN level): none of ours either
     level = np.where(np.isnan(ref), np.nan, np.maximum(ref, np.minimum(own, OWN_LEVEL_MAX * ref)))
-    out = common.compare(got32, want, atol, rtol, per_step=per_step, scale=scale, f64=level)
+    out = common.compare(
+        c.got, c.want, c.atol, c.rtol, per_step=c.per_step, scale=c.scale, f64=level
+    )
     out["own_float32_level"] = float(np.max(own))
     if "cap" in old:  # the replay's own limit on any floor
         out["cap"] = old["cap"]
@@ -66,7 +67,7 @@ def replay(module, path, model_dir=None) -> dict:
         result.get("pass")
         or not failing
         or "dtype" not in inspect.signature(module.replay).parameters
-        or any(k not in got32 or got32[k][2][4] is None for k in failing)
+        or any(k not in got32 or got32[k].f64 is None for k in failing)
     ):
         return result
     exact, got64 = _recorded(module.replay, path, model_dir, dtype="float64")
@@ -75,8 +76,7 @@ def replay(module, path, model_dir=None) -> dict:
         return result
     for k in failing:
         if k in got64:  # a state the float64 replay did not record stays failed
-            g32, want, rule = got32[k]
-            arrays[k] = _rejudge(arrays[k], g32, got64[k][0], want, rule)
+            arrays[k] = _rejudge(arrays[k], got32[k], got64[k].got)
     result["judged_with_own_float32_level"] = True
     result["pass"] = all(v.get("pass", True) for v in arrays.values() if isinstance(v, dict))
     return result
