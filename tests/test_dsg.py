@@ -208,8 +208,8 @@ def test_config_presets():
 def test_chaotic_mode_is_decided_from_the_sidecar(fixtures_dir):
     """The stored files are inside the cap (whole-chain check); a file whose official x0_hat is
     already past half the cap from its float64 value is checked teacher-forced."""
-    from jaxdiff.parity.common import sidecar
-    from jaxdiff.parity.dsg import CHAIN, chaotic
+    from jaxdiff.parity.common import chaotic, sidecar
+    from jaxdiff.parity.dsg import CHAIN
 
     for name in FAST + SLOW:
         path = fixtures_dir / "dsg" / f"{name}.npz"

@@ -26,7 +26,7 @@ import numpy as np
 from jaxdiff.diffusion import make_schedule
 from jaxdiff.parity.common import (
     Fixture,
-    beyond_cap,
+    chaotic,
     compare,
     f64_level,
     f64_max,
@@ -41,9 +41,6 @@ from jaxdiff.samplers import batched, get_sampler
 TRAJECTORY = ("x_t",)
 ATOL, RTOL, RTOL_NORM = 1e-6, 2e-6, 1e-5
 CAP = 1e-3  # no state error above CAP * max(1, max|ref|), whatever the float64 level
-# a float32 port as accurate as the reference sits up to twice the reference's own float64 gap
-# from it: where that leaves the cap for any recorded state, the chain is checked teacher-forced
-FACTOR = 2.0
 # fixture array -> the mcg sampler's trajectory record
 CHAIN = {
     "x_t": "x",
@@ -52,13 +49,6 @@ CHAIN = {
     "x0_hat": "x0_hat",
     "y_t": "y_t",
 }
-
-
-def chaotic(levels: dict, refs: dict) -> list[str]:
-    """The recorded states (`refs`: name -> reference array) whose sidecar float64 level
-    (`levels`: the sidecar's f64_replay), doubled, leaves the cap: the file is then checked
-    teacher-forced (README "chaotic chains"); decided on the reference's levels only."""
-    return beyond_cap({n: f64_level(levels, n) for n in refs}, refs, CAP, FACTOR)
 
 
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
@@ -106,7 +96,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         traj = jax.tree.map(swap01, res.trajectory)
         want = {n: nchw_to_nhwc(fx.arrays[n]) for n in CHAIN if n in fx.arrays}
         lvls = {n: f64_level(levels, n) for n in want}
-        beyond = chaotic(levels, want)
+        beyond = chaotic(levels, want, CAP)
         forced = teacher_forced(run, sched, x_T, want["x_t"], noise) if beyond else None
     horizon = {}
     for name, key in CHAIN.items():
