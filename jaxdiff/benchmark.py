@@ -5,14 +5,17 @@ rounds of one call each) and the minimum is reported beside the median: on a sha
 other jobs' load hits every method alike, and the minimum is the least disturbed. Per method:
 compile seconds, seconds per call / per image / per NFE, images/s, XLA's compiled temporary memory
 per image for each block-rematerialisation mode asked for (`remat`: models/remat.py), whether the
-hand-written VJPs were traced (`custom_vjp`: models/fused.py), peak device memory where the backend
-reports it, and the model FLOPs per NFE from XLA's cost analysis (a forward; a forward plus its VJP
-for gradient methods). `ratios` give each method's seconds per NFE over DDPM's from the same run
-(DPS / DDPM is the gradient's overhead; docs/performance.md).
+hand-written VJPs were traced (`custom_vjp`: models/fused.py), for the particle methods the number
+of particles per image (their factory's default: NFE and memory per image scale with it) and the
+temporary memory per particle, peak device memory where the backend reports it, and the model
+FLOPs per NFE from XLA's cost analysis (a forward; a forward plus its VJP for gradient methods).
+`ratios` give each method's seconds per NFE over DDPM's from the same run (DPS / DDPM is the
+gradient's overhead; docs/performance.md).
 """
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 import platform
 import sys
@@ -127,6 +130,12 @@ def temp_bytes(compiled) -> int | None:
     return getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
 
 
+def particles_of(name: str) -> int | None:
+    """The default particle count of a particle method's factory (None for the others)."""
+    param = inspect.signature(SAMPLERS.get(name).make).parameters.get("num_particles")
+    return None if param is None else int(param.default)
+
+
 def nfe_of(name: str, num_steps: int, options: dict) -> int:
     """Network evaluations per image, as the registry entry declares them."""
     return SAMPLERS.get(name).num_evaluations(num_steps, options)
@@ -193,6 +202,12 @@ def bench_group(
         r["grad"] = bool(getattr(spec, "grad", False))
         r["compiled_temp_bytes"] = temp_bytes(compiled)
         r["compiled_temp_bytes_per_image"] = (r["compiled_temp_bytes"] or 0) // batch or None
+        particles = particles_of(name)
+        if particles:
+            r["num_particles"] = particles
+            r["compiled_temp_bytes_per_particle"] = (
+                r["compiled_temp_bytes_per_image"] or 0
+            ) // particles or None
         r["network_flops_per_nfe"] = network_flops(model, params, size, with_grad=r["grad"])
         entries.append((r, compiled, args))
     times = {id(r): [] for r, c, _ in entries if c is not None}
@@ -321,8 +336,8 @@ def markdown_table(run: dict) -> str:
         f"Device: {dev['kind']} ({dev['platform']}, {dev['count']} device(s)); "
         f"jax {run['versions']['jax']}.\n\n"
         "| model | method | batch | dtype | custom VJP | remat | compile s | ms / NFE / image "
-        "| images / s | temp MiB / image | peak MiB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| images / s | temp MiB / image | particles | peak MiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in run["results"]:
@@ -331,14 +346,15 @@ def markdown_table(run: dict) -> str:
             f"| {'on' if r.get('custom_vjp') else 'off'} | {r.get('remat', 'none')} "
         )
         if "error" in r:
-            rows.append(common + f"| failed: {r['error'].splitlines()[0][:80]} |||||")
+            rows.append(common + f"| failed: {r['error'].splitlines()[0][:80]} ||||||")
             continue
         mem, peak = r.get("compiled_temp_bytes_per_image"), r.get("peak_device_bytes")
         mem_text = f"{mem / 2**20:.0f}" if mem else ""
         peak_text = f"{peak / 2**20:.0f}" if peak else ""
         rows.append(
             common + f"| {r['compile_seconds']:.1f} | {r['seconds_per_nfe'] * 1e3:.2f} "
-            f"| {r['images_per_second']:.3f} | {mem_text} | {peak_text} |"
+            f"| {r['images_per_second']:.3f} | {mem_text} | {r.get('num_particles', '')} "
+            f"| {peak_text} |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -351,6 +367,8 @@ def result_line(r: dict) -> str:
         return f"{head} {r['error']}"
     mem = r.get("compiled_temp_bytes_per_image")
     mem_text = f"  temp {mem / 2**20:7.0f} MiB/img" if mem else ""
+    if r.get("num_particles"):
+        mem_text += f" ({r['num_particles']} particles)"
     return (
         f"{head} compile {r['compile_seconds']:6.1f}s  NFE {r['nfe']:4d}{mem_text}"
         f"  {r['seconds_per_nfe'] * 1e3:9.1f} ms/NFE/img"

@@ -130,3 +130,13 @@ def test_custom_vjp_switch_is_restored():
         assert fused.USE_CUSTOM_VJP is (not before)
         raise RuntimeError
     assert fused.USE_CUSTOM_VJP is before
+
+
+def test_particle_methods_report_their_particle_count():
+    """NFE and memory per image scale with the particles: the rows name the count."""
+    assert benchmark.particles_of("ddpm") is None
+    assert benchmark.particles_of("tds") == 16 and benchmark.particles_of("mcg_diff") == 64
+    row = {"sampler": "tds", "batch": 1, "dtype": "float32", "compile_seconds": 1.0, "nfe": 32}
+    row.update(seconds_per_nfe=1e-3, seconds_per_nfe_median=1e-3, images_per_second=1.0)
+    row.update(compiled_temp_bytes_per_image=2**20, num_particles=16)
+    assert "(16 particles)" in benchmark.result_line(row)
