@@ -33,7 +33,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
+from jax import custom_batching, lax
 
 Dtype = Any
 
@@ -107,15 +107,27 @@ def _conv_same_bwd(padding, res, g):
 _conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
+@custom_batching.custom_vmap
 def _tied(w, g):
     """w plus zero times one element of g: the same values, made to depend on the cotangent.
     Computed from w alone, XLA hoists every layer's flipped kernel out of the sampler's loop
     (or schedules it at the loop's start) and keeps them all alive at once, a second copy of
     the weights in temporary memory; tied to g, each is made at its layer's turn in the
     backward pass and freed after. (An optimization barrier grouping w with g does not do it:
-    XLA:CPU removes barriers before scheduling.) A non-finite g[0] makes the whole input
-    gradient NaN, where it would have spread to its neighbourhood only."""
-    return w + (g.reshape(-1)[0] * 0).astype(w.dtype)
+    XLA:CPU removes barriers before scheduling.) The element enters as (g != 0) * 0, zero
+    whatever it holds: a NaN or Inf cotangent leaves the kernel finite. Under `vmap` over
+    images (g batched, w not) one image's element ties it (`_tied_vmap`)."""
+    return w + (g.reshape(-1)[0] != 0).astype(w.dtype) * 0
+
+
+@_tied.def_vmap
+def _tied_vmap(axis_size, in_batched, w, g):
+    """The kernel stays one kernel for the batch: tied to the first image's cotangent, not to
+    each image's, which would make a kernel per image and the input gradient a grouped
+    convolution (3.2x the time per image at batch 4 on XLA:CPU, ffhq256 DPS)."""
+    del axis_size
+    w_batched, g_batched = in_batched
+    return _tied(w, g[0] if g_batched else g), w_batched
 
 
 def conv2d(x, w, strides=(1, 1), padding=((0, 0), (0, 0))):
