@@ -288,7 +288,8 @@ def latent_fns(prior: LatentPrior, params) -> LatentFns:
 
     lshape = tuple(prior.latent_shape)
     out = jax.eval_shape(decode, params, jax.ShapeDtypeStruct(lshape, jnp.float32))
-    return LatentFns(decode, encode, lshape, tuple(out.shape), stochastic)
+    scale, shift = float(fs.scaling_factor), float(fs.shift_factor)
+    return LatentFns(decode, encode, lshape, tuple(out.shape), stochastic, scale, shift)
 
 
 def latent_model_fn(prior: LatentPrior) -> Callable:

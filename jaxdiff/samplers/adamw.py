@@ -9,6 +9,11 @@ The update is torch.optim.AdamW's (defaults beta1 0.9, beta2 0.999, eps 1e-8, we
 Stopping, checked after each step on the loss evaluated BEFORE it (as the official loops do):
 the loss below `tol`, or `max_iters` steps, or (with `window`) from step `window` on, the loss
 above the one `window` steps earlier (latent_optimization's list of 200 losses).
+
+With `batch_sum` (v -> the sum of v over the batch's images, a psum over the "batch" axis) the
+loss is the official one of the whole batch: the mean of the images' losses stops the loop for
+all of them, and each image's gradient is its own loss's over the image count (the official
+MSELoss over the batch tensor; AdamW is elementwise, so the images still update apart).
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ def adamw_minimize(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    batch_sum=None,
 ) -> AdamWResult:
-    """Minimise `loss_fn(x) -> scalar` from x0 (lr, tol, weight_decay may be traced)."""
+    """Minimise `loss_fn(x) -> scalar` from x0 (lr, tol, weight_decay may be traced); with
+    `batch_sum`, the batch's mean loss (see the module docstring)."""
     if int(max_iters) < 1:
         raise ValueError(f"adamw: max_iters must be >= 1, got {max_iters!r}")
     if window is not None and int(window) < 1:
@@ -57,6 +64,9 @@ def adamw_minimize(
 
     def body(c):
         loss, g = value_and_grad(c["x"])
+        if batch_sum is not None:  # the cotangent is pulled back per image, not through the psum
+            count = batch_sum(jnp.ones((), dtype))
+            loss, g = batch_sum(loss) / count, g / count
         t = c["t"] + 1
         x = c["x"] * decay
         m = c["m"] + (g - c["m"]) * (1 - b1)

@@ -10,11 +10,14 @@ only through a `LatentFns` passed to its factory, never through copies of the ne
 
 API (stable; other latent methods build on it):
 
-- `LatentFns(decode, encode, latent_shape, image_shape, stochastic_encoder=False)`, for ONE
-  image: `decode(params, z)` (h, w, c) latent -> (H, W, C) image in about [-1, 1];
+- `LatentFns(decode, encode, latent_shape, image_shape, stochastic_encoder=False, scale=1.0,
+  shift=0.0)`, for ONE image: `decode(params, z)` (h, w, c) latent -> (H, W, C) image in about
+  [-1, 1];
   `encode(params, x, noise=None)` image -> latent: the encoder's mean, or with `noise` (a
   standard normal of the latent's shape) the posterior sample mean + std * noise where the first
   stage is a KL (`stochastic_encoder=True`; a VQ or any deterministic encoder ignores `noise`).
+  The latent is the first stage's own output h as `(h - shift) * scale` (the prior's
+  scaling_factor and shift_factor).
   Both are pure and differentiable (`jax.vjp` goes through them). `jaxdiff.latent.latent_fns`
   builds one from a loaded prior; the tests pass linear maps.
 - `model_fn(params, z, t)`: the latent denoiser's eps on batches (B, h, w, c) / (B,), taking
@@ -56,6 +59,10 @@ class LatentFns(NamedTuple):
     latent_shape: tuple
     image_shape: tuple
     stochastic_encoder: bool = False
+    # the first stage's scaling: latent = (h - shift) * scale for the encoder's own output h
+    # (official forms that skip it, ReSample's encode_first_stage, undo it with these)
+    scale: float = 1.0
+    shift: float = 0.0
 
 
 def check_latent(name: str, needs, latent, operator=None) -> None:

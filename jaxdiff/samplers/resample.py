@@ -10,6 +10,7 @@ On the CompVis DDIM grid ("ldmN"), at respaced index k (a = abar_k, a' = abar_pr
         z_t = z; `min(travel_steps, k)` DDIM steps ahead give z0~ there (official quirk: each
         one's UNet at the next timestep with the previous index's coefficients)
         k >= K // splits: x = argmin ||y - A(x)||^2 from D(z0~) (AdamW), z0 = E(x)
+                          (official: the first stage's own output, without its scale factor)
         else:            z0 = argmin ||y - A(D(z))||^2 from z0~ (AdamW, 200-loss window)
         s = sigma_scale (1 - a')/(1 - a)(1 - a/a')
         z = (s sqrt(a') z0 + (1 - a') z_t) / (s + 1 - a') + sqrt(1/(1/s + 1/(1 - a'))) n
@@ -17,9 +18,11 @@ On the CompVis DDIM grid ("ldmN"), at respaced index k (a = abar_k, a' = abar_pr
 
 The DPS gradient goes through the UNet (the paper's grad_z); official=True (or unet_grad=False)
 treats eps as a constant, as the official apply_model runs under torch.no_grad (ddpm.py).
-The optimisations are `samplers/adamw.py` (torch AdamW; mean squared losses). Per image; the
-official losses and DPS norm are the batch's (identical at batch 1). Draws of a step:
-{"resample": (h,w,c)} (used only at the resampling steps).
+The optimisations are `samplers/adamw.py` (torch AdamW; mean squared losses). Per image by
+default; the official DPS norm and optimisation losses are the whole batch's (the norm of the
+batch's residual, the MSE over the batch tensor, whose value stops every image's optimisation at
+one step): `batch_coupled=True` reproduces them under `batched` (identical at batch 1). Draws of
+a step: {"resample": (h,w,c)} (used only at the resampling steps).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.samplers import common
 from jaxdiff.samplers.adamw import adamw_minimize
 from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import as_forward, check_measurement, resolve_hparams
@@ -76,6 +80,7 @@ def make_resample(
     latent_window: int = 200,
     official: bool = False,
     unet_grad: bool | None = None,
+    batch_coupled: bool = False,
     dtype=jnp.float32,
 ):
     """`sample(params, key, y, op_params, hparams, replay, valid)`; result.x0 is decoded.
@@ -106,7 +111,10 @@ def make_resample(
     kind = np.where(travel, np.where(ks >= split, 1, 2), 0)  # 0 none, 1 pixel, 2 latent
 
     def sample(params, key, y, op_params=None, hparams=None, replay=None, valid=True):
-        del valid
+        def batch_sum(v):
+            return common.batch_sum(v, valid, LABEL, "batch_coupled")
+
+        coupled = batch_sum if batch_coupled else None
         h = {n: v.astype(dtype) for n, v in resolve_hparams(defaults, hparams, LABEL).items()}
         check_measurement(forward, op_params, jax.ShapeDtypeStruct(ishape, dtype), y, LABEL)
         y = jnp.asarray(y, dtype)
@@ -131,16 +139,22 @@ def make_resample(
 
         def latent_opt(z):
             return adamw_minimize(latent_loss, z, lr=h["latent_lr"], tol=tol,
-                                  max_iters=latent_max_iters, window=latent_window)  # fmt: skip
+                                  max_iters=latent_max_iters, window=latent_window,
+                                  batch_sum=coupled)  # fmt: skip
 
         def step(z, k, d, state):
             def outputs(z_in):
                 e = eps_at(z_in, T[k])
                 out, pseudo = ddim(z_in, e if unet_grad else jax.lax.stop_gradient(e), k)
                 r = y - forward(op_params, latent.decode(params, pseudo))
+                if batch_coupled:
+                    return jnp.sum(r * r), (out, pseudo)
                 return jnp.sqrt(jnp.sum(r * r)), (out, pseudo)
 
             (norm, (out, pseudo)), g = jax.value_and_grad(outputs, has_aux=True)(z)
+            if batch_coupled:  # d ||R|| / dz_i = (d ||r_i||^2 / dz_i) / (2 ||R||), R the batch's
+                norm = jnp.sqrt(batch_sum(norm))
+                g = g / (2 * norm)
             z_dps = out - h["scale"] * A[k] * g
             a, ap = A[k], AP[k]
 
@@ -167,8 +181,12 @@ def make_resample(
                     r = y - forward(op_params, x)
                     return jnp.mean(r * r)
 
-                res = adamw_minimize(loss, x, lr=h["pixel_lr"], tol=tol, max_iters=pixel_max_iters)
-                return resample(latent.encode(params, res.x), z_t), res.steps
+                res = adamw_minimize(loss, x, lr=h["pixel_lr"], tol=tol,
+                                     max_iters=pixel_max_iters, batch_sum=coupled)  # fmt: skip
+                z0 = latent.encode(params, res.x)
+                if official:  # encode_first_stage: the encoder's output h, not (h - shift) * scale
+                    z0 = z0 / latent.scale + latent.shift
+                return resample(z0, z_t), res.steps
 
             def lat(z_t):
                 res = latent_opt(travel_to(z_t))
