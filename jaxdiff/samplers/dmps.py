@@ -19,8 +19,11 @@ hparams (traced): scale (lambda, 1.75 in every official config), sigma (the nois
 `official=True` reproduces the official code for parity only:
 - the score is evaluated at the ancestral sample x_{t-1} (the code passes `out['sample']` as
   x_t) with step t's abar, not at x_t as the derivation (and the default) has it;
-- s / (s^2 c + sigma^2) is computed as s * (1 / (s^2 c + sigma^2)), NaN where s = 0 and sigma
-  = 0 (zeroed deblurring singulars, inpainting holes); the default gives 0 there.
+- the gain is applied as Ht(U(Ut(r) / (s^2 c + sigma^2))) (the code's H^T of U(S_vector U^T r)),
+  not V pad(s / (s^2 c + sigma^2) U^T r): the two agree only as far as the SVD's U is orthogonal,
+  and a float32 SVD's U^T U differs from I by ~2e-4, which the large 1 / sigma^2 of the zeroed
+  singulars carries into the score (3e-3 on a 9x9 deblurring); NaN where s = 0 and sigma = 0
+  (zeroed deblurring singulars, inpainting holes); the default gives 0 there.
 """
 
 from __future__ import annotations
@@ -99,10 +102,9 @@ def make_dmps(
             """The closed-form likelihood score g(x) at alpha-bar `abar`."""
             r = svd.Ut(op_params, y - svd.H(op_params, x) / jnp.sqrt(abar))
             denom = s * s * ((1 - abar) / abar) + sigma**2
-            if official:
-                gain = s * (1 / denom)
-            else:
-                gain = jnp.where(s > 0, s / jnp.where(s > 0, denom, 1), 0)
+            if official:  # Ht(U(r / denom)): U^T U = I only to the SVD's float32 rounding
+                return svd.Ht(op_params, svd.U(op_params, (1 / denom) * r)) / jnp.sqrt(abar)
+            gain = jnp.where(s > 0, s / jnp.where(s > 0, denom, 1), 0)
             return svd.V(op_params, svd.pad(gain * r)) / jnp.sqrt(abar)
 
         def step(x, k, z, state):
