@@ -220,3 +220,26 @@ def test_chaotic_mode_is_decided_from_the_sidecar(fixtures_dir):
         top = 6e-4 * max(1.0, float(np.abs(refs["x0_hat"]).max()))  # 0.6 of the cap
         raised = {**levels, "max_abs_diff_x0_hat_per_step": [1e-5, top]}
         assert chaotic(raised, refs) == ["x0_hat"], name
+
+
+def test_clamp_edge_finds_a_reference_pixel_within_its_noise_of_the_clamp():
+    """A guided step whose reference x0_hat (from its own input and eps, float64) has a pixel
+    within 3x its x0_hat float64 level of +-1 is the one teacher forcing cannot judge."""
+    from types import SimpleNamespace
+
+    from jaxdiff.diffusion import make_schedule
+    from jaxdiff.parity.dsg import clamp_edge
+
+    sched = make_schedule(1000, respacing="3")
+    order = np.arange(3)[::-1]
+    abar = sched.alphas_cumprod[order]
+    x0 = np.full((3, 1, 2, 2, 1), 5.0)  # every pixel clamped far from the edge
+    x0[1, 0, 0, 0, 0] = 0.9999  # step 1: a pixel 1e-4 below the clamp
+    eps = np.zeros_like(x0)
+    x_in = np.sqrt(abar)[:, None, None, None, None] * x0  # eps 0: x0_hat = x / sqrt(abar)
+    fx = SimpleNamespace(arrays={"eps_model": np.moveaxis(eps, -1, 2)})  # NCHW as recorded
+    x_T, x_ref = x_in[0], np.concatenate([x_in[1:], x_in[:1]])
+    edge = clamp_edge(fx, sched, order, x_T, x_ref, [1e-5, 1e-4, 1e-5])
+    assert edge.tolist() == [False, True, False]
+    assert not clamp_edge(fx, sched, order, x_T, x_ref, [1e-5, 1e-5, 1e-5]).any()
+    assert not clamp_edge(fx, sched, order, x_T, x_ref, None).any()

@@ -16,7 +16,9 @@ over the steps so far, as a state carries every earlier step's rounding), and no
 level; the measurement 1e-5; schedules exactly or rtol 1e-6. Where twice a recorded state's
 float64 level already leaves that cap (a chaotic chain, decided from the sidecar alone), every
 state is checked one step at a time from the reference's own inputs (`common.teacher_forced`)
-within the cap, and the whole-chain errors are reported, not gating.
+within the cap, and the whole-chain errors are reported, not gating; there a guided step whose
+reference x0_hat has a pixel within its own float32 noise of the clamp is reported, not gating
+(`clamp_edge`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,25 @@ ATOL, RTOL, RTOL_NORM = 1e-6, 2e-6, 1e-5
 CAP = 1e-3  # no state error above CAP * max(1, max|ref|), whatever the float64 level
 # fixture array -> the dsg sampler's trajectory record
 CHAIN = {"x_t": "x", "x_pre_guidance": "x_pre_guidance", "mean": "mean", "x0_hat": "x0_hat"}
+
+
+def clamp_edge(fx, sched, order, x_T, x_ref, x0_level) -> np.ndarray:
+    """Per step: whether a pixel of the reference's unclamped x0_hat (from its own step input and
+    eps, in float64) lies within 3x its float32-vs-float64 x0_hat level of +-1. The guidance
+    gradient comes from the unclamped pixels only and is normalised, so there a rounding the
+    reference itself makes can flip a pixel across the clamp and turn the step's direction: a
+    discontinuity inside one step that teacher forcing cannot remove (the step is reported, not
+    gating)."""
+    if x0_level is None:
+        return np.zeros(len(order), bool)
+    level = np.nan_to_num(np.asarray(x0_level, np.float64).reshape(-1))
+    x_in = np.concatenate([np.asarray(x_T, np.float64)[None], np.asarray(x_ref, np.float64)[:-1]])
+    eps = nchw_to_nhwc(np.asarray(fx.arrays["eps_model"], np.float64))
+    abar = np.asarray(sched.alphas_cumprod, np.float64)[order]
+    shape = (-1,) + (1,) * (x_in.ndim - 1)
+    x0 = (x_in - np.sqrt(1 - abar).reshape(shape) * eps) / np.sqrt(abar).reshape(shape)
+    gap = np.abs(np.abs(x0) - 1).reshape(len(order), -1).min(1)
+    return gap <= 3 * level[: len(order)]
 
 
 def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
@@ -100,6 +121,10 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         lvls = {n: f64_level(levels, n) for n in want}
         beyond = chaotic(levels, want, CAP)
         forced = teacher_forced(run, sched, x_T, want["x_t"], noise) if beyond else None
+    guided = np.mod(order, hp["interval"]) == 0
+    edge = np.zeros(len(order), bool)
+    if beyond and "eps_model" in fx.arrays:
+        edge = guided & clamp_edge(fx, sched, order, x_T, want["x_t"], lvls.get("x0_hat"))
     horizon = {}
     for name, key in CHAIN.items():
         if name not in want:
@@ -113,8 +138,15 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         if beyond:  # whole chain reported, not gating; each step from the reference's inputs
             r = compare(traj[key], want[name], ATOL, RTOL, per_step=True, f64=lvl)
             horizon[name] = {**r, "cap": cap, "pass": bool(r["pass"] and r["max_abs_err"] <= cap)}
-            fx.check(name, forced[key], cap, 0.0, nhwc=True, per_step=True,
-                     key=f"{name}_teacher_forced")  # fmt: skip
+            r = fx.check(name, forced[key], cap, 0.0, nhwc=True, per_step=True,
+                         key=f"{name}_teacher_forced")  # fmt: skip
+            if name == "x_t" and r is not None and edge.any():
+                err = np.asarray(r["per_step_max_abs_err"])
+                tol = np.asarray(r.get("per_step_tol", r["tol"]))
+                excused = edge & (err > tol)  # failing steps at the clamp's edge: reported
+                r["clamp_edge_steps"] = np.nonzero(excused)[0].tolist()
+                r["pass"] = bool(np.all((err <= tol) | excused))
+                r["max_abs_err_gated"] = float(np.where(excused, 0.0, err).max())
             continue
         r = fx.check(name, traj[key], ATOL, RTOL, nhwc=True, per_step=True, f64=lvl)
         r["cap"] = cap  # never looser than CAP * max(1, max|ref|)
@@ -124,7 +156,6 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         horizon["sample"] = fx.results.pop("sample")
     steps = forced if beyond else traj  # per-step quantities: from the checked steps' inputs
     # the code returns torch.zeros(1) as the distance of an unguided step: compare guided ones
-    guided = np.mod(order, hp["interval"]) == 0
     norm = np.asarray(steps["norm"])
     rel = f64_max(levels.get("rel_diff_norm_per_step"))
     fx.rel("norm", np.where(guided[:, None], norm, 0.0), max(RTOL_NORM, 3 * (rel or 0.0)))
