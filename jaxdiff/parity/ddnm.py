@@ -39,7 +39,7 @@ ATOL_TABLE = 2e-6
 def build_svd(task: dict, fx: Fixture, shape):
     """(official SVD form, op_params, lambda_singulars or None) for the task's `deg`."""
     deg = task["deg"]
-    if deg == "inpainting":
+    if deg in ("inpainting", "inp_random"):  # the kept indices are stored either way
         params = index_sets(fx, shape, "op_")
         svd = off.OfficialInpainting(shape, len(fx["op_kept_indices"]), interleaved=True)
         return svd, params, None

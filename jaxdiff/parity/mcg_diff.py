@@ -139,6 +139,9 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         if "tol" in r and name != "eps":
             r["cap"] = CAP * max(1.0, float(np.abs(fx.arrays[name]).max()))
             r["pass"] = bool(r["pass"] and r["max_abs_err"] <= r["cap"])
+            r["tol"] = min(r["tol"], r["cap"])  # the limit applied: never looser than the cap
+            if "per_step_tol" in r:
+                r["per_step_tol"] = np.minimum(r["per_step_tol"], r["cap"]).tolist()
     fx.skip("std", "a DDIM coefficient of each step (in mean and x_t)")
     fx.skip("t", "the grid (checked as timesteps)")
     return fx.report(
