@@ -190,7 +190,11 @@ def test_random_mask_statistics():
 
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="not divisible by factor 4"):
-        get_operator("super_resolution", image_shape=(250, 256, 3), factor=4)
+        get_operator("super_resolution", image_shape=(250, 256, 3), factor=4, method="avg_pool")
+    # the Resizer's output is ceil(H / f) (DPS util/resizer.py), as its tables give it
+    odd = get_operator("super_resolution", image_shape=(32, 31, 3), factor=3)
+    assert odd.output_shape() == (11, 11, 3)
+    assert odd.apply(None, jnp.ones((32, 31, 3))).shape == (11, 11, 3)
     with pytest.raises(ValueError, match="larger than the 32x24 image"):
         get_operator("gaussian_blur", image_shape=SHAPE, kernel_size=61)
     with pytest.raises(ValueError, match="larger than"):

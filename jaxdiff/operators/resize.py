@@ -10,8 +10,9 @@ precision (fast on accelerators, and their transpose is the true adjoint; DPS's 
 nearest upsampling, not an adjoint). `jax.image.resize(antialias=True)` differs at the borders.
 
 `get_operator("super_resolution", image_shape=(256, 256, 3), factor=4)` is DPS
-configs/super_resolution_config.yaml; `method="avg_pool"` averages factor x factor blocks. H and W
-must be divisible by `factor`.
+configs/super_resolution_config.yaml; `method="avg_pool"` averages factor x factor blocks (H and W
+divisible by `factor`). The Resizer takes any size: its output is ceil(H / factor) x
+ceil(W / factor), as the reference's (a 32 px image at factor 3: 11 x 11).
 """
 
 from __future__ import annotations
@@ -96,10 +97,10 @@ class SuperResolution(Operator):
         self.factor = f = int(factor)
         self.method = method
         H, W, _ = self.image_shape
-        if H % f or W % f:
+        if method == "avg_pool" and (H % f or W % f):
             raise ValueError(
                 f"super_resolution: image {H}x{W} is not divisible by factor {f} "
-                f"(the output would be {H / f:g}x{W / f:g})"
+                f"(avg_pool averages whole {f}x{f} blocks; the bicubic Resizer takes any size)"
             )
         self.tables = {}
         if method == "bicubic":
@@ -125,7 +126,9 @@ class SuperResolution(Operator):
 
     def _output_shape(self):
         H, W, C = self.image_shape
-        return (H // self.factor, W // self.factor, C)
+        if self.method == "avg_pool":
+            return (H // self.factor, W // self.factor, C)
+        return (self.matrix_h.shape[0], self.matrix_w.shape[0], C)  # ceil(H / f) x ceil(W / f)
 
     def _apply(self, op_params, x):
         del op_params
