@@ -116,18 +116,22 @@ def ddim_latent_step(pred: dict, z, tab: dict, eta, noise):
     return ddim_step(pred["x0"], pred["eps"], tab["abar"], tab["abar_prev"], eta, noise)
 
 
-def norm_guidance(residuals_fn, z, weights: dict, *, coupled: bool = False, valid=True):
+def norm_guidance(
+    residuals_fn, z, weights: dict, *, coupled: bool = False, valid=True,
+    where: str = "latent sampler", flag: str = "batch_coupled_norm",
+):  # fmt: skip
     """(grad_z sum_i w_i ||r_i||, norms, aux) for `residuals_fn(z) -> ({name: r_i}, aux)`.
 
     With `coupled` each norm is the whole batch's (the official codes' torch.linalg.norm of the
-    batch tensor; needs `batched(...)`); a zero residual contributes nothing."""
+    batch tensor; needs `batched(...)`: `where` and `flag` name the sampler and its option in the
+    error otherwise); a zero residual contributes nothing."""
     res, pullback, aux = jax.vjp(residuals_fn, z, has_aux=True)
     valid = jnp.asarray(valid, bool)
     norms, cot = {}, {}
     for name, r in res.items():
         sq = jnp.sum(r * r)
         if coupled:
-            sq = common.batch_sum(sq, valid, "latent sampler", "batch_coupled_norm")
+            sq = common.batch_sum(sq, valid, where, flag)
         norm = jnp.sqrt(sq)
         norms[name] = norm
         w = jnp.asarray(weights[name], r.dtype)

@@ -35,7 +35,7 @@ from jaxdiff.samplers import common
 from jaxdiff.samplers.adamw import adamw_minimize
 from jaxdiff.samplers.base import chain, initial_x, register_sampler
 from jaxdiff.samplers.common import as_forward, check_measurement, resolve_hparams
-from jaxdiff.samplers.latent_common import decoded, ldm_ddim_tables
+from jaxdiff.samplers.latent_common import decoded, ldm_ddim_tables, norm_guidance
 
 LABEL = "resample"
 
@@ -111,10 +111,10 @@ def make_resample(
     kind = np.where(travel, np.where(ks >= split, 1, 2), 0)  # 0 none, 1 pixel, 2 latent
 
     def sample(params, key, y, op_params=None, hparams=None, replay=None, valid=True):
-        def batch_sum(v):
+        def coupled(v):  # the official whole-batch losses (AdamW's stop and gradient scale)
             return common.batch_sum(v, valid, LABEL, "batch_coupled")
 
-        coupled = batch_sum if batch_coupled else None
+        coupled = coupled if batch_coupled else None
         h = {n: v.astype(dtype) for n, v in resolve_hparams(defaults, hparams, LABEL).items()}
         check_measurement(forward, op_params, jax.ShapeDtypeStruct(ishape, dtype), y, LABEL)
         y = jnp.asarray(y, dtype)
@@ -143,18 +143,16 @@ def make_resample(
                                   batch_sum=coupled)  # fmt: skip
 
         def step(z, k, d, state):
-            def outputs(z_in):
+            def residual(z_in):
                 e = eps_at(z_in, T[k])
                 out, pseudo = ddim(z_in, e if unet_grad else jax.lax.stop_gradient(e), k)
-                r = y - forward(op_params, latent.decode(params, pseudo))
-                if batch_coupled:
-                    return jnp.sum(r * r), (out, pseudo)
-                return jnp.sqrt(jnp.sum(r * r)), (out, pseudo)
+                return {"y": y - forward(op_params, latent.decode(params, pseudo))}, (out, pseudo)
 
-            (norm, (out, pseudo)), g = jax.value_and_grad(outputs, has_aux=True)(z)
-            if batch_coupled:  # d ||R|| / dz_i = (d ||r_i||^2 / dz_i) / (2 ||R||), R the batch's
-                norm = jnp.sqrt(batch_sum(norm))
-                g = g / (2 * norm)
+            g, norms, (out, pseudo) = norm_guidance(
+                residual, z, {"y": 1.0}, coupled=batch_coupled, valid=valid, where=LABEL,
+                flag="batch_coupled",
+            )  # fmt: skip
+            norm = norms["y"]
             z_dps = out - h["scale"] * A[k] * g
             a, ap = A[k], AP[k]
 
