@@ -53,3 +53,38 @@ def test_a_passing_replay_is_not_replayed_again():
     mod.replay = lambda *a, **k: calls.append(k.get("dtype", "float32")) or inner(*a, **k)
     assert own_level.replay(mod, "f.npz")["pass"] and calls == ["float32"]
     assert common.CHECKED is None  # the recorder is off again
+
+
+def capped_module(err32: float, level0: float, cap: float = 1e-3):
+    """As fake_module, with the replay's cap; the reference's own level at step 0 is `level0`
+    (past the cap when 3 x level0 > cap: that step is then held to 3 x level0, as
+    jaxdiff.parity.mmps.capped does)."""
+    level = np.array([level0, 1e-5, 1e-5])
+
+    def replay(path, model_dir=None, dtype="float32"):
+        got = REF.copy()
+        got[0] = err32 if dtype == "float32" else 0.0
+        out = common.compare(got, REF, 1e-7, 0.0, per_step=True, f64=level)
+        out["cap"] = cap
+        limit = np.maximum(cap, 3 * level)
+        out["steps_past_cap"] = np.nonzero(3 * level > cap)[0].tolist()
+        out["pass"] = bool(out["pass"] and np.all(np.asarray(out["per_step_max_abs_err"]) <= limit))
+        if common.CHECKED is not None:
+            common.CHECKED["x_t"] = common.Checked(got, REF, 1e-7, 0.0, True, None, level)
+        return {"file": str(path), "pass": out["pass"], "arrays": {"x_t": out}}
+
+    return types.SimpleNamespace(replay=replay)
+
+
+def test_a_step_past_the_cap_is_held_to_the_rejudged_floor_not_the_cap():
+    # the reference's own step-0 level 1e-2 is past the cap 1e-3; ours (|f32 - f64| = 5e-2)
+    # counts up to 10x: floor 3 x 5e-2 holds the step, the cap does not apply there
+    r = own_level.replay(capped_module(5e-2, 1e-2), "f.npz")
+    assert r["pass"] and r["arrays"]["x_t"]["steps_past_cap"] == [0]
+
+
+def test_a_step_inside_the_cap_keeps_the_cap():
+    # the reference's step-0 level 2e-4 is inside the cap; our own level 2e-3 would floor it
+    # at 6e-3 but the cap 1e-3 still holds
+    r = own_level.replay(capped_module(2e-3, 2e-4), "f.npz")
+    assert not r["pass"] and "steps_past_cap" not in r["arrays"]["x_t"]

@@ -11,7 +11,9 @@ is replayed again in float64, and passes when
     chain, to the reference's own float32 level), and
   * every failing state is within 3x the larger of the two float32 levels, the reference's and
     jaxdiff's own (|float32 - float64| of the same replay, per step), where jaxdiff's counts up
-    to OWN_LEVEL_MAX x the reference's and the replay's caps still hold.
+    to OWN_LEVEL_MAX x the reference's and the replay's caps still hold (except at the steps
+    the replay holds to the reference's own level because that level is already past the cap,
+    `steps_past_cap`: there the re-judged floor is the limit).
 
 The report says so (`own_float32_level` per state re-judged, `judged_with_own_float32_level`).
 """
@@ -54,7 +56,15 @@ def _rejudge(old: dict, c: common.Checked, got64: np.ndarray) -> dict:
     out["own_float32_level"] = float(np.max(own))
     if "cap" in old:  # the replay's own limit on any floor
         out["cap"] = old["cap"]
-        out["pass"] = bool(out["pass"] and out["max_abs_err"] <= old["cap"])
+        err = np.asarray(out.get("per_step_max_abs_err", [out["max_abs_err"]]), np.float64)
+        limit = np.full(err.shape, old["cap"])
+        # steps the replay already judged by the reference's own level past the cap: there the
+        # re-judged 3x floor is the limit, as it was the reference's before
+        past = [k for k in old.get("steps_past_cap", []) if k < len(err)]
+        if past:
+            out["steps_past_cap"] = past
+            limit[past] = np.maximum(limit[past], np.asarray(out["per_step_tol"])[past])
+        out["pass"] = bool(out["pass"] and np.all(err <= limit))
     return out
 
 
