@@ -123,3 +123,45 @@ def test_non_timestep_grids_are_not_respacings():
         space_timesteps(T, "daps20")
     with pytest.raises(ValueError):
         space_timesteps(T, "ddnm0")
+
+
+def _compvis_ddim(n: int, t: int = 1000):
+    """CompVis make_ddim_timesteps ('uniform') + make_ddim_sampling_parameters' index fix, as
+    written there: the UNet's timesteps and the alphas' indices."""
+    unet = np.asarray(list(range(0, t, t // n))) + 1
+    alphas = unet - 1 if unet[-1] == unet.shape[0] else unet
+    return alphas.tolist(), unet.tolist()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 250, 500, 501, 999, 1000])
+def test_ldm_official_is_the_compvis_ddim_grid(n):
+    from jaxdiff.diffusion.time_grids import ldm_official, ldm_uniform
+
+    alphas, unet = ldm_official(n)
+    assert (alphas, unet) == _compvis_ddim(n)
+    # the default grid agrees with the alphas wherever the UNet is not moved off them ...
+    if alphas == unet:
+        assert ldm_uniform(n) == alphas
+    elif n > 1:  # ... and at stride 1 moves the UNet to the alphas' index
+        assert ldm_uniform(n) == alphas == list(range(1000))
+
+
+def test_ldm_official_refuses_a_grid_past_the_tables():
+    from jaxdiff.diffusion.time_grids import ldm_official
+
+    with pytest.raises(ValueError, match="IndexError"):
+        ldm_official(3)  # range(0, 1000, 333) + 1 ends at 1000
+
+
+def test_a_schedule_can_give_the_network_other_timesteps_than_its_tables():
+    s = make_schedule(respacing=[0, 1, 2])
+    shifted = s.with_model_timesteps([1, 2, 3])
+    c = shifted.gather(1, np.float32)
+    plain = s.gather(1, np.float32)
+    assert int(c["timestep"]) == 2 and int(plain["timestep"]) == 1
+    assert float(c["alphas_cumprod"]) == float(plain["alphas_cumprod"])
+    assert shifted.with_variance_type("fixed_large").model_timestep_map.tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="model_timestep_map"):
+        s.with_model_timesteps([2, 1, 3])
+    with pytest.raises(ValueError, match="increase"):
+        make_schedule(respacing=[3, 2])

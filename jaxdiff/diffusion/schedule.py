@@ -80,12 +80,18 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     uniform skip of the DDIM, DDRM, DDNM, PiGDM and RED-diff codes, N+1 steps when N does not
     divide T), diffusers' spacings "leadingN" / "trailingN" (DDPMScheduler.set_timesteps
     with steps_offset=0) and a method's official grid "<grid>N" (`time_grids.TIME_GRIDS`:
-    "ddnm12", "ddrm20", "pigdm100", "reddiff1000"). None or "" keeps every step.
+    "ddnm12", "ddrm20", "pigdm100", "reddiff1000"). None or "" keeps every step; a list (or
+    array) of increasing timesteps in [0, T) is kept as given.
     """
     t = _positive_int(num_timesteps, "num_timesteps")
     if section_counts is None or section_counts == "":
         return list(range(t))
     spec = section_counts
+    if isinstance(spec, (list, tuple, np.ndarray)):
+        kept = [int(s) for s in spec]
+        if not kept or any(b <= a for a, b in zip(kept, kept[1:])) or not 0 <= kept[0] <= kept[-1] < t:
+            raise ValueError(f"respacing {list(spec)!r}: timesteps must increase inside [0, {t})")
+        return kept
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         counts = [int(spec)]
     elif isinstance(spec, str):
@@ -164,6 +170,9 @@ class Schedule:
     p_mean_variance, diffusers' DDPMScheduler):
     "guided_diffusion" uses the clipped posterior log-variance; "diffusers" clamps the posterior
     variance at 1e-20 instead, and its fixed_large uses the current beta at every step.
+
+    `model_timestep_map` (default: `timestep_map`) is the time the network is given at each step
+    where a reference code gives it another than the tables' index (`with_model_timesteps`).
     """
 
     VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range", "learned")
@@ -177,6 +186,7 @@ class Schedule:
         variance_type: str = "fixed_small",
         convention: str = "guided_diffusion",
         train_alphas_cumprod=None,
+        model_timestep_map=None,
     ):
         from jaxdiff.diffusion.gaussian import posterior_tables
 
@@ -198,8 +208,14 @@ class Schedule:
             raise ValueError("alphas_cumprod must be strictly decreasing inside (0, 1)")
         if np.any(np.diff(tmap) <= 0) or tmap[0] < 0 or tmap[-1] >= num_train_timesteps:
             raise ValueError(f"timestep_map must be increasing in [0, {num_train_timesteps})")
+        model_map = tmap if model_timestep_map is None else np.asarray(model_timestep_map, np.int64)
+        if model_map.shape != tmap.shape or np.any(np.diff(model_map) <= 0) or model_map[0] < 0:
+            raise ValueError(
+                f"model_timestep_map {model_map.shape} must be increasing, >= 0, one per step"
+            )
         self.alphas_cumprod = abar
         self.timestep_map = tmap
+        self.model_timestep_map = model_map
         self.num_train_timesteps = int(num_train_timesteps)
         self.variance_type = variance_type
         self.convention = convention
@@ -224,7 +240,7 @@ class Schedule:
 
         dtype = jax.dtypes.canonicalize_dtype(dtype)
         out = {name: jnp.asarray(table.astype(dtype))[k] for name, table in self.tables.items()}
-        out["timestep"] = jnp.asarray(self.timestep_map, dtype=jnp.int32)[k]
+        out["timestep"] = jnp.asarray(self.model_timestep_map, dtype=jnp.int32)[k]
         return out
 
     def with_variance_type(self, variance_type: str) -> Schedule:
@@ -235,6 +251,19 @@ class Schedule:
             variance_type,
             self.convention,
             self.train_alphas_cumprod,
+            self.model_timestep_map,
+        )
+
+    def with_model_timesteps(self, model_timestep_map) -> Schedule:
+        """The same tables, the network given `model_timestep_map[k]` at step k."""
+        return Schedule(
+            self.alphas_cumprod,
+            self.timestep_map,
+            self.num_train_timesteps,
+            self.variance_type,
+            self.convention,
+            self.train_alphas_cumprod,
+            model_timestep_map,
         )
 
     def __repr__(self) -> str:

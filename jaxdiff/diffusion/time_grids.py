@@ -129,11 +129,29 @@ def mcgdiff(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
 def ldm_uniform(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
     """The latent-diffusion DDIM grid ('uniform'): range(0, T, T // N) + 1 (the SD / LDM codes of
     PSLD, ReSample, Latent-DAPS). At T // N == 1 the last step would be T; PSLD's
-    make_ddim_sampling_parameters then indexes the alphas at t - 1, which is this grid."""
+    make_ddim_sampling_parameters then indexes the alphas at t - 1, which is this grid (its UNet
+    stays at t: `ldm_official`)."""
     n, t = _check(num_steps, num_train_timesteps)
     c = t // n
     steps = [s + 1 for s in range(0, t, c)]
     return [s - 1 for s in steps] if steps[-1] >= t else steps
+
+
+def ldm_official(num_steps: int, num_train_timesteps: int = 1000) -> tuple[list[int], list[int]]:
+    """What the CompVis DDIM sampler runs (PSLD's, for parity): (the alphas' indices, the UNet's
+    timesteps). make_ddim_timesteps gives t = range(0, T, T // N) + 1 for the UNet; where the last
+    t equals the count (stride 1, or N = 1), make_ddim_sampling_parameters reads the alphas at
+    t - 1 and the UNet still gets t, one step off its tables. The "ldm" grid (the default) moves
+    both to t - 1 at stride 1 and keeps both at t for N = 1."""
+    n, t = _check(num_steps, num_train_timesteps)
+    unet = [s + 1 for s in range(0, t, t // n)]
+    alphas = [s - 1 for s in unet] if unet[-1] == len(unet) else unet
+    if alphas[-1] >= t:
+        raise ValueError(
+            f"ldm_official: {n} steps end the official grid at t = {alphas[-1]}, past the "
+            f"{t}-entry alphas (the CompVis code raises IndexError there)"
+        )
+    return alphas, unet
 
 
 DIFFPIR_SKIP_TYPES = ("uniform", "quad")

@@ -9,8 +9,10 @@ single-file converter (`--model DIR` takes a converted folder instead), takes th
 empty-prompt context as the UNet's context, rebuilds the operator from the stored mask / kernel /
 Resizer tables (`parity.dps.build_operator`), runs the `psld` (or `latent_dps`) sampler with the
 official code's options (official=True: its transposes, the noiser draw inside the norm, the
-encoder's posterior sample; batch_coupled_norm=True: the whole-batch norms) on the `ldm<N>` grid
-of the stored alphas_cumprod, feeds x_T and every per-step draw back and compares each state.
+encoder's posterior sample; batch_coupled_norm=True: the whole-batch norms) on the official grid
+(`time_grids.ldm_official`: the `ldm<N>` grid, except at stride 1 or one step, where the official
+UNet runs one step above its alphas) of the stored alphas_cumprod, feeds x_T and every per-step
+draw back and compares each state.
 
 Rule (tests/fixtures/psld/README.txt): |got - ref| <= atol + rtol * max|ref| per step, atol
 1e-6, rtol 2e-6, floored at 3x the official code's own float32-vs-float64 difference for that
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion import make_schedule
+from jaxdiff.diffusion.time_grids import ldm_official
 from jaxdiff.parity.common import Fixture, f64_level, f64_max, swap01
 from jaxdiff.parity.dps import build_operator
 from jaxdiff.samplers import batched, get_sampler
@@ -93,13 +96,13 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
             raise ValueError(f"{fx.path}: the images' contexts differ (one prompt expected)")
         params["context"] = fx.jnp(ctx[0])
         fns = latent_fns(prior, params)
+        # the official grid as run: at stride 1 (or one step) the UNet one step above its tables
+        alpha_steps, unet_steps = ldm_official(ddim_steps, len(fx["alphas_cumprod"]))
         sched = make_schedule(
-            alphas_cumprod=fx["alphas_cumprod"],
-            respacing=f"ldm{ddim_steps}",
-            convention="diffusers",
-        )
+            alphas_cumprod=fx["alphas_cumprod"], respacing=alpha_steps, convention="diffusers"
+        ).with_model_timesteps(unet_steps)
         order = np.arange(sched.num_steps)[::-1]
-        fx.exact("ddim_timesteps", sched.timestep_map)
+        fx.exact("ddim_timesteps", sched.model_timestep_map)
         from jaxdiff.samplers.latent_common import ldm_ddim_tables
 
         tab = ldm_ddim_tables(sched)
