@@ -89,7 +89,8 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     spec = section_counts
     if isinstance(spec, (list, tuple, np.ndarray)):
         kept = [int(s) for s in spec]
-        if not kept or any(b <= a for a, b in zip(kept, kept[1:])) or not 0 <= kept[0] <= kept[-1] < t:
+        increasing = all(b > a for a, b in zip(kept, kept[1:]))
+        if not kept or not increasing or not 0 <= kept[0] <= kept[-1] < t:
             raise ValueError(f"respacing {list(spec)!r}: timesteps must increase inside [0, {t})")
         return kept
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
