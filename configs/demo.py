@@ -104,6 +104,7 @@ HPARAMS = {
 # (U = V = I, singular values = the mask) DDNM+ takes DDRM's steps exactly at these settings).
 _BOX, _BLUR = "box", "gaussian_blur"
 METHOD_TASKS = {
+    "dps": TASKS,  # every task (the README's claims)
     "sdedit": "box,gaussian_blur",  # the DPS-vs-SDEdit claims
     "score_ald": "box,sr2",
     "ddrm": _BOX,

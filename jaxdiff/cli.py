@@ -39,18 +39,25 @@ flags.DEFINE_string(
 )
 
 
-def run(main, argv=None, *, info_logs: bool = False) -> None:
+def run(main, argv=None, *, info_logs: bool = False, default_config: str | None = None) -> None:
     """absl's app.run(main), with `--config=` values resolved (see resolve_config_argv), and
     bad input, whether found while the flags (and config files) are parsed or in `main`, ended
     as one line `PROG: error: ...` on stderr and exit status 2 (`--debug`: the traceback).
     INFO logs are off unless --verbosity asks for them (`info_logs`: the command's own INFO
-    lines stay, train's progress; the libraries' (orbax, jax) stay off)."""
+    lines stay, train's progress; the libraries' (orbax, jax) stay off).
+
+    `default_config`: the `--config=` a command runs without one. It is given here, not as the
+    flag's default: ml_collections loads a default config file, and applies the command line's
+    `--config.KEY=` overrides to it, while the flag is defined, at import, before any of this
+    can turn a typo into one line."""
     console = argv is None
     if console:
         _quiet_closed_event_loops()
     argv = list(sys.argv if argv is None else argv)
     prog = command_name(argv[0])
     debug = any(a in ("--debug", "-debug", "--debug=true", "--debug=True") for a in argv)
+    if default_config and not any(a.split("=", 1)[0] in ("--config", "-config") for a in argv):
+        argv.insert(1, f"--config={default_config}")
     try:
         argv = resolve_config_argv(argv)
     except ValueError as e:  # before absl parses anything: one line, the bad-input status 2

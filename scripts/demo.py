@@ -20,9 +20,10 @@ from ml_collections import config_flags
 
 from jaxdiff import cli, config_lib, demo
 
+DEFAULT_CONFIG = str(config_lib.config_path("demo"))
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
-    str(config_lib.config_path("demo")),
+    None,
     "demo config (default configs/demo.py). Defaults: model = the demo prior bundled in the "
     "package (--config.model=demo; a converted folder instead: --config.model=DIR), data = the "
     "demo photos astronaut, chelsea and coffee (--config.data=demo; --config.data=FOLDER), "
@@ -39,7 +40,7 @@ def main(argv):
 
 
 def console() -> None:
-    cli.run(main)
+    cli.run(main, default_config=DEFAULT_CONFIG)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ for argv in cases:
     with contextlib.redirect_stderr(err):
         try:
             sys.argv = [f"{name}.py", *argv]  # config_flags reads the overrides there
-            cli.run(mod.main, list(sys.argv))
+            cli.run(mod.main, list(sys.argv), default_config=getattr(mod, "DEFAULT_CONFIG", None))
         except SystemExit as e:
             code = e.code
     out.append([code, err.getvalue()])
@@ -138,6 +138,18 @@ def test_table_demo_train_benchmark_bad_input(tmp_path, prog, expected, argv):
     argv = [a.replace("WORK", str(tmp_path / "w")) for a in argv]
     ((code, err),) = _absl_command(prog, [argv])
     _one_line(prog, code, err, expected)
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_demo_command_line_ends_a_config_typo_in_one_line(tmp_path):
+    """The real command: the demo's default config is loaded while the flags are parsed, not
+    at import (where ml_collections would apply a typo'd override with a traceback)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "scripts.demo", "--config.method_tasks.dsp=box",
+         f"--workdir={tmp_path / 'w'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    _one_line("demo", r.returncode, r.stderr, "--config.method_tasks.dsp: unknown config key")
     assert not (tmp_path / "w").exists()
 
 
