@@ -3,8 +3,8 @@
 DPS blurs with `ReflectionPad2d(k // 2)` (numpy/jnp 'reflect': the edge pixel is not repeated) and
 a depthwise `Conv2d(C, C, k, groups=C, bias=False)` holding the same kernel for every channel. Torch
 convolution is a cross-correlation, so the kernel is NOT flipped:
-A(x)[i, j, c] = sum_{u, v} k[u, v] xpad[i + u, j + v, c]. Kernel sides must be odd and no larger
-than the image (an even side would change the output size; reflect padding needs pad < side).
+A(x)[i, j, c] = sum_{u, v} k[u, v] xpad[i + u, j + v, c]. Kernel sides must be odd (an even side
+would change the output size) and k//2 smaller than the image's side (reflect padding: pad < side).
 
 - `gaussian_blur(image_shape, kernel_size=61, std=3.0)`: DPS configs/gaussian_deblur_config.yaml
   (`intensity` there is the std). The kernel is scipy.ndimage.gaussian_filter of a centred delta
@@ -66,17 +66,18 @@ def gaussian_kernel(kernel_size: int, std: float, truncate: float = 4.0) -> np.n
 
 
 def check_kernel_shape(name: str, kernel_shape, image_shape) -> tuple[int, int]:
-    """Kernel sides must be odd and fit inside the image; raises ValueError otherwise."""
+    """Kernel sides must be odd, their reflect padding k//2 smaller than the image's side (torch's
+    ReflectionPad2d rule: a 61-tap kernel blurs a 32 px image); raises ValueError otherwise."""
     if len(kernel_shape) != 2:
         raise ValueError(f"{name}: kernel must be 2-D (kh, kw), got shape {tuple(kernel_shape)}")
     kh, kw = (int(s) for s in kernel_shape)
     H, W, _ = image_shape
     if kh % 2 == 0 or kw % 2 == 0 or kh < 1 or kw < 1:
         raise ValueError(f"{name}: kernel sides must be odd (ReflectionPad2d(k//2)), got {kh}x{kw}")
-    if kh > H or kw > W:
+    if kh // 2 >= H or kw // 2 >= W:
         raise ValueError(
-            f"{name}: kernel {kh}x{kw} is larger than the {H}x{W} image (reflect padding needs "
-            "the kernel to fit inside the image)"
+            f"{name}: kernel {kh}x{kw} is too large for the {H}x{W} image (its reflect padding "
+            f"{kh // 2}x{kw // 2} must be smaller than the image's sides)"
         )
     return kh, kw
 
@@ -119,7 +120,8 @@ def reflect_correlate(x, kernel, method: str = "direct"):
 
 
 def reflect_matrix(taps, n: int):
-    """(n, n) matrix of a 1-D reflect-padded correlation with `taps` (odd length <= n).
+    """(n, n) matrix of a 1-D reflect-padded correlation with `taps` (odd length, k//2 < n: one
+    reflection covers the padding).
 
     Row i holds taps[t] at column reflect(i + t - k//2): padding and correlation in one matrix, so
     a separable blur is two small matmuls (fast everywhere; the depthwise conv of XLA:CPU is not).
