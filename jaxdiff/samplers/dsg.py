@@ -35,7 +35,6 @@ from jaxdiff.samplers.common import (
     as_forward,
     check_measurement,
     posterior_step,
-    predict_x0,
     residual_pullback,
     resolve_hparams,
     resolve_image_shape,
@@ -93,21 +92,20 @@ def make_dsg(
         x_T, k_loop = initial_x(key, replay, shape, dtype, "dsg")
         root_n = jnp.sqrt(jnp.asarray(np.prod(shape), dtype))
 
-        def guided_pred(x, k):
+        def step_fn(x, k, z, state):
+            guided = jnp.mod(jnp.asarray(k, dtype), interval) == 0
+            # one forward at every step; only the guided ones pull back through it (a second
+            # network copy in an unguided branch would only add compile time)
             r, pullback, pred = residual_pullback(
                 model_fn, params, schedule, x, k, forward, op_params, y, **kw
             )
-            norm = jnp.sqrt(jnp.sum(r * r))
-            (g,) = pullback(r / jnp.where(norm > 0, norm, 1))
-            return pred, g, norm
-
-        def plain_pred(x, k):
-            pred = predict_x0(model_fn, params, schedule, x, k, **kw)
-            return pred, jnp.zeros_like(x), jnp.zeros((), x.dtype)
-
-        def step_fn(x, k, z, state):
-            guided = jnp.mod(jnp.asarray(k, dtype), interval) == 0
-            pred, g, norm = jax.lax.cond(guided, guided_pred, plain_pred, x, k)
+            r_norm = jnp.sqrt(jnp.sum(r * r))
+            g = jax.lax.cond(
+                guided,
+                lambda: pullback(r / jnp.where(r_norm > 0, r_norm, 1))[0],
+                lambda: jnp.zeros_like(x),
+            )
+            norm = jnp.where(guided, r_norm, jnp.zeros((), x.dtype))
             c, x0 = pred["c"], pred["x0"]
             if step == "ddim":
                 a_t, a_prev = c["alphas_cumprod"], c["alphas_cumprod_prev"]
