@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import xla_options
 from jaxdiff.diffusion import schedule_from_meta
 from jaxdiff.models import build_model, fused, load_pretrained, model_fn, param_count
 from jaxdiff.operators import get_noise, get_operator
@@ -113,7 +114,7 @@ def network_flops(model, params, size: int, with_grad: bool) -> float | None:
 
     fn = (lambda p, x: jax.grad(lambda x: jnp.sum(fwd(p, x)))(x)) if with_grad else fwd
     try:
-        cost = jax.jit(fn).lower(params, x).compile().cost_analysis()
+        cost = xla_options.compile_lowered(jax.jit(fn).lower(params, x)).cost_analysis()
     except Exception:  # noqa: BLE001 - some backends do not implement cost analysis
         return None
     if isinstance(cost, list):
@@ -165,7 +166,8 @@ def compile_method(
     op_params = jax.vmap(op.sample)(keys)
     y = jax.vmap(op.apply)(op_params, x)
     args = (params, keys, y, op_params, {})
-    return jax.jit(batched(sample)).lower(*args).compile(), args, schedule, model
+    compiled = xla_options.compile_lowered(jax.jit(batched(sample)).lower(*args))
+    return compiled, args, schedule, model
 
 
 def bench_group(
@@ -181,6 +183,7 @@ def bench_group(
     for i, (name, mode) in enumerate(runs):
         r = {"arch": arch, "image_size": size, "sampler": name, "batch": batch, "dtype": dtype}
         r.update(remat=mode, custom_vjp=fused.custom_vjp_enabled())
+        r.update(library_fusions=xla_options.library_fusions_enabled())
         name_at = f"  [{i + 1}/{len(runs)}] {name}" + ("" if mode == "none" else f" remat={mode}")
         log(f"{name_at} b={batch} {dtype}: compiling ...")
         try:
@@ -329,12 +332,18 @@ def batch_ratios(results: list[dict]) -> list[dict]:
     return rows
 
 
+def _fusions(run: dict) -> str:
+    """on / off / mixed: whether the results were compiled with XLA's library fusions."""
+    seen = {r.get("library_fusions") for r in run["results"]} - {None}
+    return "mixed" if len(seen) > 1 else ("on" if seen == {True} else "off" if seen else "unknown")
+
+
 def markdown_table(run: dict) -> str:
     """A benchmark JSON as the markdown table of docs/performance.md: one row per result."""
     dev = run["device"]
     head = (
         f"Device: {dev['kind']} ({dev['platform']}, {dev['count']} device(s)); "
-        f"jax {run['versions']['jax']}.\n\n"
+        f"jax {run['versions']['jax']}; XLA library fusions {_fusions(run)}.\n\n"
         "| model | method | batch | dtype | custom VJP | remat | compile s | ms / NFE / image "
         "| images / s | temp MiB / image | particles | peak MiB |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|\n"

@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from jaxdiff import config_lib
+from jaxdiff import config_lib, xla_options
 from jaxdiff.baselines import APPLIES
 
 
@@ -97,7 +97,8 @@ def ddpm_samples(demo, loaded, path, n: int) -> None:
     size = model_image_size(meta)
     sched = schedule_from_meta(meta["diffusion"], demo.respacing or None)
     sample = get_sampler("ddpm")(model_fn(model), sched, image_shape=(size, size, 3))
-    out = jax.jit(batched(sample))(params, image_keys(demo.seed, range(n)))
+    run = jax.jit(batched(sample), compiler_options=xla_options.compiler_options())
+    out = run(params, image_keys(demo.seed, range(n)))
     x = np.asarray(out.x0)
     cols = min(n, 8)
     grid = jdata.make_grid([list(x[i : i + cols]) for i in range(0, n, cols)])

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 from absl import logging
 
-from jaxdiff import photos, training
+from jaxdiff import photos, training, xla_options
 from jaxdiff.models import param_count
 
 
@@ -66,7 +66,7 @@ def write_samples(
     sample = get_sampler("ddpm")(model_fn(model), schedule, image_shape=(r, r, 3))
     keys = jax.random.split(jax.random.key(seed), n)
     t0 = time.time()
-    result = jax.jit(batched(sample))(params, keys)
+    result = jax.jit(batched(sample), compiler_options=xla_options.compiler_options())(params, keys)
     raise_on_divergence(result)
     x = np.asarray(result.x0)
     wall = time.time() - t0

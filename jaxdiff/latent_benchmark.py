@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import xla_options
 from jaxdiff.models import abstract_params, build_model, param_count
 
 # runwayml/stable-diffusion-v1-5 unet/config.json and vae/config.json (diffusers defaults else)
@@ -142,7 +143,7 @@ def sampler_step(name: str, unet, vae, up, vp, z, context):
 
 def time_jax(fn, args, repeats: int) -> dict:
     t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = xla_options.compile_lowered(jax.jit(fn).lower(*args))
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxdiff import benchmark
+from jaxdiff import benchmark, xla_options
 from jaxdiff.models import fused
 
 
@@ -71,7 +71,7 @@ def _compile_vjp(arch: str, size: int):
         out, pull = jax.vjp(lambda x: model.apply({"params": p}, x, t), x)
         return pull(out)[0]
 
-    return jax.jit(vjp).lower(params, x).compile(), (params, x)
+    return xla_options.compile_lowered(jax.jit(vjp).lower(params, x)), (params, x)
 
 
 def _compile_sampler(arch: str, size: int, sampler: str, steps: int):

@@ -27,6 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxdiff import xla_options
 from jaxdiff.errors import ConfigError, JaxdiffError
 from jaxdiff.samplers import BATCH_AXIS, batched
 
@@ -243,12 +244,14 @@ class ShardedBatch:
 
     def _program(self, args):
         shapes = tuple((str(a.dtype), a.shape) for a in jax.tree.leaves(args))
+        options = xla_options.compiler_options()
         key = (self.cache_key, shapes, self.out_axis, self.num_devices, jax.process_count())
+        key += (tuple(sorted((options or {}).items())),)
         if key not in self._compiled:
             program = _PROGRAMS.get(key) if self.cache_key is not None else None
             if program is None:
                 t0 = time.perf_counter()
-                program = self._fn.lower(*args).compile()
+                program = self._fn.lower(*args).compile(compiler_options=options)
                 self.compile_seconds += time.perf_counter() - t0
                 if self.cache_key is not None:
                     _PROGRAMS[key] = program

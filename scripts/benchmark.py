@@ -17,7 +17,7 @@ import pathlib
 
 from absl import flags
 
-from jaxdiff import benchmark, cli
+from jaxdiff import benchmark, cli, xla_options
 from jaxdiff.models import fused
 
 _ARCH = flags.DEFINE_list(
@@ -35,6 +35,12 @@ _CUSTOM_VJP = flags.DEFINE_enum(
     "auto",
     ["auto", "on", "off"],
     "the hand-written VJPs of models/fused.py: auto (on for CPU only), or forced on / off",
+)
+_LIBRARY_FUSIONS = flags.DEFINE_enum(
+    "library_fusions",
+    "auto",
+    ["auto", "on", "off"],
+    "XLA:CPU's YNNPACK library fusions (jaxdiff/xla_options.py): auto (off on CPU), or forced",
 )
 _REMAT = flags.DEFINE_list(
     "remat", ["none"], "block rematerialisation modes to compare: none, blocks (models/remat.py)"
@@ -61,6 +67,8 @@ def main(argv):
         return _write(out)
     if _CUSTOM_VJP.value != "auto":
         fused.USE_CUSTOM_VJP = _CUSTOM_VJP.value == "on"
+    if _LIBRARY_FUSIONS.value != "auto":
+        xla_options.USE_LIBRARY_FUSIONS = _LIBRARY_FUSIONS.value == "on"
     out = benchmark.run_benchmark(
         _ARCH.value,
         _SAMPLERS.value,
