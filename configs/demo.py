@@ -163,7 +163,7 @@ OPTIONS = {
 #   0.218; 200 steps: 19.42 / 0.217, blur 23.33 / 0.169);
 # - DAPS at 10 annealing steps of 5 ODE steps leaves colour noise on the blur (tau 0.01: 21.49 /
 #   0.239; a larger tau trades it for hallucinated texture: 0.03 / 0.05 / 0.1 give LPIPS 0.250 /
-#   0.326 / 0.489); 50 annealing steps of 2 ODE steps (100 network calls) give 23.24 / 0.200.
+#   0.326 / 0.489); 50 annealing steps of 2 ODE steps (100 network calls) give 23.22 / 0.201.
 METHOD_RESPACING = {
     "ddrm": "skip20",
     "ddnm": "skip20",
