@@ -21,7 +21,7 @@ import threading
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jaxdiff import compile_cache, config_lib
+from jaxdiff import compile_cache, config_lib, xla_options
 from jaxdiff.errors import JaxdiffError
 
 EXIT_BAD_INPUT = 2
@@ -81,6 +81,7 @@ def run(main, argv=None, *, info_logs: bool = False, default_config: str | None 
 
     def guarded(args):
         try:
+            xla_options.env_setting()  # a bad value: one line before anything is written
             compile_cache.enable(flags.FLAGS.compilation_cache)
             return main(args)
         except BAD_INPUT as e:

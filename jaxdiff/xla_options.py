@@ -31,14 +31,23 @@ def library_fusions_enabled(backend: str | None = None) -> bool:
     """Whether programs compiled for `backend` (default: JAX's) keep XLA's library fusions."""
     if USE_LIBRARY_FUSIONS is not None:
         return bool(USE_LIBRARY_FUSIONS)
+    setting = env_setting()
+    if setting != "auto":
+        return setting == "on"
+    return (backend or jax.default_backend()) != "cpu"
+
+
+def env_setting() -> str:
+    """$JAXDIFF_XLA_LIBRARY_FUSIONS as `on`, `off` or `auto` (unset); anything else is a
+    ValueError (the commands check it before they write anything)."""
     setting = os.environ.get(ENV, "auto").strip().lower()
     if setting in ("on", "1", "true", "yes"):
-        return True
+        return "on"
     if setting in ("off", "0", "false", "no"):
-        return False
+        return "off"
     if setting not in ("auto", ""):
         raise ValueError(f"${ENV}={setting!r}: expected on, off or auto")
-    return (backend or jax.default_backend()) != "cpu"
+    return "auto"
 
 
 @functools.cache

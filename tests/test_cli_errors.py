@@ -141,6 +141,15 @@ def test_table_demo_train_benchmark_bad_input(tmp_path, prog, expected, argv):
     assert not (tmp_path / "w").exists()
 
 
+def test_a_bad_library_fusions_setting_is_one_line_before_any_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXDIFF_XLA_LIBRARY_FUSIONS", "maybe")
+    work = tmp_path / "w"
+    argv = ["--config=configs/dps.py:box", f"--workdir={work}"]
+    ((code, err),) = _absl_command("reproduce", [argv])
+    _one_line("reproduce", code, err, "JAXDIFF_XLA_LIBRARY_FUSIONS='maybe'")
+    assert not work.exists()
+
+
 def test_the_demo_command_line_ends_a_config_typo_in_one_line(tmp_path):
     """The real command: the demo's default config is loaded while the flags are parsed, not
     at import (where ml_collections would apply a typo'd override with a traceback)."""
