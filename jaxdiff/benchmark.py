@@ -1,8 +1,9 @@
 """Time each sampler per network evaluation, compile separate (scripts/benchmark.py).
 
-Per (arch, batch, dtype) every method is compiled first, then the calls are interleaved (`repeats`
-rounds of one call each) and the minimum is reported beside the median: on a shared machine the
-other jobs' load hits every method alike, and the minimum is the least disturbed. Per method:
+Per (arch, dtype) every (batch size, method) is compiled first, then the calls are interleaved
+(`repeats` rounds of one call each) and the minimum is reported beside the median: on a shared
+machine the other jobs' load, and a machine's drift in speed over minutes, hit every method and
+batch size alike, and the minimum is the least disturbed. Per method:
 compile seconds, seconds per call / per image / per NFE, images/s, XLA's compiled temporary memory
 per image for each block-rematerialisation mode asked for (`remat`: models/remat.py), whether the
 hand-written VJPs were traced (`custom_vjp`: models/fused.py), for the particle methods the number
@@ -171,16 +172,19 @@ def compile_method(
 
 
 def bench_group(
-    arch, config, diffusion, params, names, batch: int, dtype: str, *, steps: int, repeats: int,
-    remat_modes: Sequence[str] = ("none",), log: Callable[[str], None] = lambda line: None,
+    arch, config, diffusion, params, names, batches: Sequence[int], dtype: str, *, steps: int,
+    repeats: int, remat_modes: Sequence[str] = ("none",),
+    log: Callable[[str], None] = lambda line: None,
 ) -> list[dict]:  # fmt: skip
-    """Compile every (method, remat mode), then time them interleaved (see the module
-    docstring); `log` gets a line as each compile starts and ends and as each timed round
-    starts."""
+    """Compile every (batch size, method, remat mode), then time them all interleaved (see the
+    module docstring: batch sizes too, so the per-image ratios between them do not carry the
+    machine's drift between groups); `log` gets a line as each compile starts and ends and as
+    each timed round starts."""
     size = image_size(config)
     entries = []
-    runs = [(name, mode) for name in names for mode in remat_modes]
-    for i, (name, mode) in enumerate(runs):
+    runs = [(b, n, m) for b in batches for n in names for m in remat_modes]
+    for i, (batch, name, mode) in enumerate(runs):
+        batch = int(batch)
         r = {"arch": arch, "image_size": size, "sampler": name, "batch": batch, "dtype": dtype}
         r.update(remat=mode, custom_vjp=fused.custom_vjp_enabled())
         r.update(library_fusions=xla_options.library_fusions_enabled())
@@ -216,7 +220,7 @@ def bench_group(
     times = {id(r): [] for r, c, _ in entries if c is not None}
     for k in range(repeats):
         if times:
-            log(f"  timing round {k + 1}/{repeats} of {len(times)} method(s) ...")
+            log(f"  timing round {k + 1}/{repeats} of {len(times)} program(s) ...")
         for r, compiled, args in entries:
             if compiled is None:
                 continue
@@ -228,14 +232,14 @@ def bench_group(
         if compiled is not None:
             ts = times[id(r)]
             best, med = float(min(ts)), float(np.median(ts))
-            per_image = r["nfe"] * batch
+            per_image = r["nfe"] * r["batch"]
             r.update(
                 seconds_per_call=best,
                 seconds_per_call_median=med,
                 seconds_per_call_all=[round(t, 4) for t in ts],
                 seconds_per_nfe=best / per_image,
                 seconds_per_nfe_median=med / per_image,
-                images_per_second=batch / best,
+                images_per_second=r["batch"] / best,
                 peak_device_bytes=peak_memory(),
             )
             if r["network_flops_per_nfe"]:
@@ -417,15 +421,14 @@ def run_benchmark(
         arch, config, diffusion, params = load_arch(name)
         log(f"{name}: {arch}, {param_count(params):,} parameters")
         for dtype in dtypes:
-            for batch in batches:
-                group = bench_group(
-                    arch, config, diffusion, params, names, int(batch), dtype, steps=steps,
-                    repeats=repeats, remat_modes=remat_modes, log=log,
-                )  # fmt: skip
-                for r in group:
-                    r["model"] = name
-                    results.append(r)
-                    log(result_line(r))
+            group = bench_group(
+                arch, config, diffusion, params, names, batches, dtype, steps=steps,
+                repeats=repeats, remat_modes=remat_modes, log=log,
+            )  # fmt: skip
+            for r in group:
+                r["model"] = name
+                results.append(r)
+                log(result_line(r))
     dev = jax.devices()[0]
     return {
         "device": {"platform": dev.platform, "kind": dev.device_kind, "count": jax.device_count()},

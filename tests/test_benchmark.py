@@ -88,7 +88,7 @@ def test_progress_is_logged_as_each_compile_and_round_starts(monkeypatch):
     monkeypatch.setattr(benchmark, "temp_bytes", lambda c: None)
     monkeypatch.setattr(benchmark, "network_flops", lambda *a, **k: None)
     out = benchmark.bench_group(
-        "adm", benchmark.TINY, None, None, ["ddpm", "bad"], 1, "float32", steps=2, repeats=2,
+        "adm", benchmark.TINY, None, None, ["ddpm", "bad"], [1], "float32", steps=2, repeats=2,
         log=events.append,
     )  # fmt: skip
     assert events[:3] == [
@@ -99,12 +99,39 @@ def test_progress_is_logged_as_each_compile_and_round_starts(monkeypatch):
     assert events[3].startswith("  [1/2] ddpm: compiled in ")
     assert events[5:7] == ["COMPILE bad", "  [2/2] bad: failed (RuntimeError: no such kernel)"]
     assert events[7:] == [
-        "  timing round 1/2 of 1 method(s) ...",
+        "  timing round 1/2 of 1 program(s) ...",
         "CALL ddpm",
-        "  timing round 2/2 of 1 method(s) ...",
+        "  timing round 2/2 of 1 program(s) ...",
         "CALL ddpm",
     ]
     assert "Traceback" in out[1]["traceback"] and out[0]["seconds_per_call"] >= 0
+
+
+def test_batch_sizes_are_compiled_first_then_timed_interleaved(monkeypatch):
+    # the per-image ratio between batch sizes must not carry the machine's drift between groups
+    events = []
+
+    def fake_compile(arch, config, diffusion, params, name, batch, dtype, steps, remat="none"):
+        events.append(f"COMPILE {name} b{batch}")
+        sched = types.SimpleNamespace(num_steps=steps)
+        return (lambda *a: events.append(f"CALL {name} b{batch}") or 0.0), (), sched, None
+
+    monkeypatch.setattr(benchmark, "compile_method", fake_compile)
+    monkeypatch.setattr(benchmark, "nfe_of", lambda name, n, o: n)
+    monkeypatch.setattr(benchmark, "temp_bytes", lambda c: None)
+    monkeypatch.setattr(benchmark, "network_flops", lambda *a, **k: None)
+    out = benchmark.bench_group(
+        "adm", benchmark.TINY, None, None, ["ddpm", "dps"], [1, 4], "float32", steps=2,
+        repeats=2, log=lambda line: None,
+    )  # fmt: skip
+    compiles = [e for e in events if e.startswith("COMPILE")]
+    assert compiles == ["COMPILE ddpm b1", "COMPILE dps b1", "COMPILE ddpm b4", "COMPILE dps b4"]
+    timed = events[events.index("CALL dps b4") + 1 :]  # after the last warm-up
+    assert timed == ["CALL ddpm b1", "CALL dps b1", "CALL ddpm b4", "CALL dps b4"] * 2
+    assert [(r["sampler"], r["batch"]) for r in out] == [
+        ("ddpm", 1), ("dps", 1), ("ddpm", 4), ("dps", 4)
+    ]  # fmt: skip
+    assert out[2]["images_per_second"] > 0 and out[2]["seconds_per_nfe"] >= 0
 
 
 def test_hlo_ops_map_to_phase_kind_and_module():
