@@ -61,8 +61,8 @@ def _draws(case: str):
 
 def test_registry_names():
     assert set(OPERATORS.names()) == {
-        "blur", "colorize", "denoise", "gaussian_blur", "inpaint", "inpaint_box",
-        "inpaint_random", "motion_blur", "phase_retrieval", "super_resolution",
+        "blur", "colorize", "denoise", "gaussian_blur", "high_dynamic_range", "inpaint",
+        "inpaint_box", "inpaint_random", "motion_blur", "phase_retrieval", "super_resolution",
     }  # fmt: skip
     with pytest.raises(KeyError, match="known: blur"):
         get_operator("deblur", image_shape=SHAPE)

@@ -6,7 +6,7 @@
 
 Every operator takes `image_shape=(H, W, C)` first; official DPS settings are the defaults.
 Names: denoise, colorize, inpaint, inpaint_box, inpaint_random, gaussian_blur, motion_blur, blur,
-super_resolution, phase_retrieval.
+super_resolution, phase_retrieval, high_dynamic_range.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from jaxdiff.operators.base import Operator
 from jaxdiff.operators.blur import Blur, GaussianBlur, MotionBlur
 from jaxdiff.operators.inpainting import Inpaint, InpaintBox, InpaintRandom
 from jaxdiff.operators.noise import NOISES, get_noise
-from jaxdiff.operators.nonlinear import PhaseRetrieval
+from jaxdiff.operators.nonlinear import HighDynamicRange, PhaseRetrieval
 from jaxdiff.operators.resize import SuperResolution
 from jaxdiff.operators.simple import Colorize, Denoise
 from jaxdiff.registry import Registry
@@ -32,6 +32,7 @@ for _cls in (
     Blur,
     SuperResolution,
     PhaseRetrieval,
+    HighDynamicRange,
 ):
     OPERATORS.register(_cls.name)(_cls)
 
