@@ -49,7 +49,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     x_start = fx.nhwc("x_start_noise")
     b, shape = x_start.shape[0], x_start.shape[1:]
     with fx.context():
-        op = build_operator(fx, op_cfg, shape)
+        op = build_operator(fx, op_cfg, shape, official="daps")
         y = measurement(fx, op, float(task.get("operator", {}).get("sigma", 0.05)))
         fn, params, meta = fx.model(model_name(cfg.get("model")), model_dir)
         m_steps = int(vp.get("M", 1000))

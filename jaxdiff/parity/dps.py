@@ -25,10 +25,26 @@ TRAJECTORY = ("x_t",)
 ATOL_X, ATOL_X0, RTOL_NORM = 1e-3, 5e-3, 1e-5
 
 
-def build_operator(fx: Fixture, op_cfg: dict, image_shape):
+def build_operator(fx: Fixture, op_cfg: dict, image_shape, official: str = "dps"):
     """The task's forward model from the registry, configured from the stored arrays (mask,
-    kernel, or the SR factor whose Resizer tables are checked against the stored ones)."""
+    kernel, or the SR factor whose Resizer tables are checked against the stored ones) or, for
+    the nonlinear tasks, from the operator config: phase retrieval pads by the official
+    reference side (DPS hard-codes 256, DAPS's `resolution` defaults to it) and DAPS maps x to
+    [0, 1] first (`official`: "dps" or "daps"); high dynamic range takes its scale."""
     from jaxdiff.operators import get_operator
+
+    name = op_cfg.get("name")
+    if name == "phase_retrieval":
+        return get_operator(
+            "phase_retrieval",
+            image_shape=image_shape,
+            oversample=float(op_cfg.get("oversample", 0.0 if official == "daps" else 2.0)),
+            pad_reference=int(op_cfg.get("resolution", 256)),
+            unit_input=official == "daps",
+        )
+    if name == "high_dynamic_range":
+        scale = float(op_cfg.get("scale", 2.0))
+        return get_operator("high_dynamic_range", image_shape=image_shape, scale=scale)
 
     if "mask" in fx:
         mask = np.asarray(fx["mask"], np.float32)
