@@ -213,3 +213,29 @@ def test_library_info_logs_are_dropped_and_the_commands_own_kept():
     assert not _quiet_libraries(record("/x/site-packages/jax/_src/xla_bridge.py"))
     assert _quiet_libraries(record("/x/site-packages/orbax/a.py", logging.WARNING))
     assert _quiet_libraries(record("/repo/jaxdiff/training.py"))  # train's progress lines
+
+
+def test_sample_latent_bad_input_and_non_finite_images(tmp_path):
+    """sample_latent starts (its flags do not collide with jaxdiff.cli's --debug), ends bad
+    flags and a missing pipeline in one line, and writes no PNG of NaN pixels (status 3)."""
+    pytest.importorskip("jaxdiff.convert.pipeline")
+    from jaxdiff.convert.core import convert
+
+    sd = tmp_path / "sd"
+    convert(f"{REPO}/tests/fixtures/latent/sd_tiny", sd, progress=False)
+    out = tmp_path / "s.png"
+    base = [f"--model={sd}", "--prompt=x", f"--out={out}", "--steps=2"]
+    cases = {
+        "no pipeline.json": [f"--model={tmp_path / 'nope'}", "--prompt=x", f"--out={out}"],
+        "--guidance_scale must be a finite number": [*base, "--guidance_scale=nan"],
+        "--eta must be a finite number >= 0": [*base, "--eta=-1"],
+        "--out names a folder": [*base[:2], f"--out={tmp_path}"],
+        "--num_images=0": [*base, "--num_images=0"],
+    }
+    # 1e39 is finite here but overflows float32: the images come out NaN
+    results = _absl_command("sample_latent", [*cases.values(), [*base, "--guidance_scale=1e39"]])
+    for expected, (code, err) in zip(cases, results):
+        _one_line("sample_latent", code, err, expected)
+    code, err = results[-1]
+    assert code == 3 and "not finite" in err.strip().splitlines()[-1], err
+    assert not out.exists()
