@@ -46,6 +46,28 @@ def find_runs(paths) -> list[pathlib.Path]:
     return runs
 
 
+def unfinished_runs(paths) -> list[pathlib.Path]:
+    """Run folders among `paths` and their direct sub-folders that a run started (config.json
+    of `reproduce`) but never summarised (no summary.json): killed or still running. The table
+    leaves them out and says so."""
+    from jaxdiff.workdir import CONFIG
+
+    def unfinished(p: pathlib.Path) -> bool:
+        if not (p / CONFIG).is_file() or (p / SUMMARY_JSON).is_file():
+            return False
+        try:
+            command = json.loads((p / CONFIG).read_text()).get("command", "reproduce")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return command == "reproduce"
+
+    out = []
+    for p in map(pathlib.Path, paths):
+        if p.is_dir():
+            out += [p] if unfinished(p) else sorted(q for q in p.iterdir() if unfinished(q))
+    return out
+
+
 def _order(items, preferred):
     rank = {name: i for i, name in enumerate(preferred)}
     return sorted(items, key=lambda x: (rank.get(x, len(rank)), x))
@@ -179,6 +201,9 @@ def markdown(t: dict) -> str:
     if any(v["differs"] for v in t.get("settings", {}).values()):
         lines += ["", "Runs of one task with different settings are separate columns, named by"]
         lines += ["what differs (each run's summary.json: effective_task, data)."]
+    if t.get("unfinished"):
+        lines += ["", "Not in this table, unfinished (no summary.json; rerun the same command to"]
+        lines += ["finish): " + ", ".join(t["unfinished"]) + "."]
     lines += ["", "Seconds per image: table.csv (timings are not part of this file, so a rerun"]
     lines += ["of the same command reproduces it byte for byte)."]
     return "\n".join(lines) + "\n"
@@ -352,6 +377,9 @@ def make_table(paths, out=None, grid_images: int = 4) -> dict:
     out = pathlib.Path(out or os.path.commonpath([str(r.resolve().parent) for r in runs]))
     out.mkdir(parents=True, exist_ok=True)
     t = collect(runs)
+    t["unfinished"] = [str(r) for r in unfinished_runs(paths)]
+    for r in t["unfinished"]:
+        log.warning("%s: unfinished run (no summary.json), not in the table", r)
     written = {"md": out / "table.md", "csv": out / "table.csv", "png": out / "table.png"}
     jdata.atomic_write_text(written["md"], markdown(t))
     jdata.atomic_write_text(written["csv"], to_csv(t))

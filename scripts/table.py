@@ -22,7 +22,9 @@ from absl import app, flags
 from jaxdiff import cli, report
 
 _OUT = flags.DEFINE_string("out", None, "output folder (default: the runs' common parent)")
-_GRID_IMAGES = flags.DEFINE_integer("grid_images", 4, "images per task in grid_TASK.png")
+_GRID_IMAGES = flags.DEFINE_integer(
+    "grid_images", 4, "images per task in grid_TASK.png (0: no grids)", lower_bound=0
+)
 _TENSORBOARD = flags.DEFINE_string(
     "tensorboard", None, "also log each run's metrics and images here (DIR/RUN_NAME)"
 )

@@ -128,6 +128,7 @@ def test_sweep_bad_input(tmp_path):
     "prog, expected, argv",
     [
         ("table", "/nonexistent: no summary.json", ["/nonexistent"]),
+        ("table", "--grid_images=-1: -1 is not a non-negative", ["--grid_images=-1", "/x"]),
         ("demo", "metods", ["--config.metods=dps", "--workdir=WORK"]),
         ("train", "'nope' (in 'nope') fits no key", ["--config=configs/train_demo.py:nope",
                                                      "--workdir=WORK"]),

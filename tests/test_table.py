@@ -213,3 +213,22 @@ def test_the_headline_prints_the_digits_of_the_table(tmp_path):
     )
     s["set_metrics"] = {"fid": None, "kid": None, "note": "not computable: 1 image"}
     assert headline(s).endswith("LPIPS 0.212; FID/KID not computable: 1 image")
+
+
+def test_an_unfinished_run_is_named_not_silently_left_out(tmp_path):
+    """A run folder killed before its summary (config.json, results.jsonl, no summary.json)
+    is not in the table, and table.md says so; a finished folder of another command is not
+    named."""
+    _fake_run(tmp_path, "dps", "box", 20.0, 0.7, 0.2)
+    killed = tmp_path / "telea_box"
+    killed.mkdir()
+    jdata.atomic_write_json(killed / "config.json", {"command": "reproduce", "config": {}})
+    (killed / "results.jsonl").write_text("")
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    jdata.atomic_write_json(sweep / "config.json", {"command": "sweep", "config": {}})
+    assert report.unfinished_runs([tmp_path]) == [killed]
+    md = report.make_table([tmp_path], out=tmp_path / "t")["md"].read_text()
+    assert "telea" not in md.split("Not in this table")[0]
+    assert f"unfinished (no summary.json; rerun the same command to\nfinish): {killed}." in md
+    assert "sweep" not in md
