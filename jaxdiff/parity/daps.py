@@ -1,12 +1,15 @@
 """Replay of the DAPS trajectory fixtures (`daps_<task>_b<B>.npz` + `daps.json`).
 
 Settings come from the files: the annealing / ODE grids from `daps.json` sampler_config (the
-"daps" time grid), the Langevin settings (steps, lr, tau, lr_min_ratio) from the task's `mcmc`,
-VPPrecond's constants from `vpprecond`, the batch size from the arrays. The operators are DPS's,
-built by `parity.dps.build_operator` from the stored arrays, and y = A(x0) + sigma_y y_noise is
-checked. Every draw is fed back (x_T = sigma_max x_start_noise; per step the L Langevin draws and
-the re-noise draw). Compared per step: x_t, x0hat, every ODE state and denoiser output, every
-Langevin iterate, data gradient and loss; the grids and the Langevin step sizes.
+"daps" time grid), the MCMC settings (algorithm, steps, lr, tau, lr_min_ratio, momentum) from the
+task's `mcmc`, VPPrecond's constants from `vpprecond`, the batch size from the arrays. mc_algo
+"hmc" (the repo's pixel_hmc groups) replays too: the velocity draw `hmc_velocity_init` is fed
+back and `hmc_velocity` compared where stored, as the latent DAPS sets name them. The operators
+are DPS's, built by `parity.dps.build_operator` from the stored arrays or the operator config,
+and y = A(x0) + sigma_y y_noise is checked. Every draw is fed back (x_T = sigma_max
+x_start_noise; per step the L MCMC draws and the re-noise draw). Compared per step: x_t, x0hat,
+every ODE state and denoiser output, every MCMC iterate, data gradient and loss; the grids and
+the step sizes.
 
 Rules (fixture README "Tolerances"): atol 2e-3 on x_t / x0hat / ode_x / mcmc_x / ode_denoised /
 mcmc_data_grad over whole trajectories, floored at 3x the official code's own float32-vs-float64
@@ -42,8 +45,11 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         timestep = str(sc.get("timestep", "poly-7"))
         if sc.get("name", "edm") != "edm" or not timestep.startswith("poly-"):
             raise ValueError(f"{fx.path}: only the 'edm' scheduler with 'poly-p' timesteps")
-    if mc.get("mc_algo", "langevin") != "langevin" or mc.get("prior_solver") != "gaussian":
-        raise ValueError(f"{fx.path}: only mc_algo 'langevin' with prior_solver 'gaussian'")
+    algo = mc.get("mc_algo", "langevin")
+    if algo not in ("langevin", "hmc") or mc.get("prior_solver", "gaussian") != "gaussian":
+        raise ValueError(
+            f"{fx.path}: only mc_algo 'langevin' or 'hmc' with prior_solver 'gaussian'"
+        )
     op_cfg = dict(task.get("operator", {}))
     op_cfg["name"] = OPERATOR_NAMES.get(op_cfg.get("name"), op_cfg.get("name"))
     x_start = fx.nhwc("x_start_noise")
@@ -63,12 +69,15 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
             ode_rho=float(ode.get("timestep", "poly-7")[5:]), mcmc_steps=int(mc["num_steps"]),
             vp_beta_min=float(vp.get("beta_min", 0.1)), vp_beta_d=float(vp.get("beta_d", 19.9)),
             lr=float(mc["lr"]), tau=float(mc["tau"]), lr_min_ratio=float(mc["lr_min_ratio"]),
+            mc_algo=algo, momentum=float(mc.get("momentum", 0.9)),
             record_inner=True, keep_trajectory=True, dtype=fx.jdtype,
         )  # fmt: skip
         noise = {
             "mcmc": np.moveaxis(fx.nhwc("mcmc_noise"), 2, 0),  # (N, L, B) -> (B, N, L)
             "renoise": swap01(fx.nhwc("renoise_noise")),  # (N, B, ...) -> (B, N, ...)
         }
+        if algo == "hmc":  # the velocity drawn before each step's updates
+            noise["velocity"] = swap01(fx.nhwc("hmc_velocity_init"))
         rep = {"x_T": fx.jnp(x_start), "noise": jax.tree.map(fx.jnp, noise)}
         keys = jax.random.split(jax.random.key(0), b)
         run = jax.jit(batched(sample, shared_op_params=True))
@@ -97,6 +106,8 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         "mcmc_x": with_last(steps_first(traj["mcmc_x"]), steps_first(traj["x0_y"])),
         "mcmc_data_grad": steps_first(traj["mcmc_data_grad"]),
     }
+    if algo == "hmc" and "hmc_velocity" in fx:
+        got["hmc_velocity"] = steps_first(traj["hmc_velocity"])
     f64 = task.get("f64_replay", {})
     for key, g in got.items():
         ref = None
@@ -107,4 +118,6 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
     if "mcmc_loss" in fx:
         # the official loss is summed over the batch
         fx.rel("mcmc_loss", traj["mcmc_loss"].sum(axis=0), RTOL_LOSS)
-    return fx.report("daps", batch=b, annealing_steps=int(ann["num_steps"]))
+    if algo == "hmc":
+        fx.skip("hmc_velocity_init", "a draw, fed back as the velocity of each step")
+    return fx.report("daps", batch=b, annealing_steps=int(ann["num_steps"]), mc_algo=algo)
