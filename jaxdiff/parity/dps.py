@@ -100,7 +100,7 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         fx.exact("step_index", np.arange(sched.num_steps)[::-1])
         fx.check("betas", sched.betas, 1e-12)
         op = build_operator(fx, task.get("operator", {}), shape)
-        sigma = float(fx["sigma"]) if "sigma" in fx else 0.0
+        sigma = float(fx["sigma"]) if "sigma" in fx else float(noise_cfg.get("sigma", 0.0))
         y = measurement(fx, op, sigma) if likelihood == "gaussian" else fx.jnp(fx.nhwc("y"))
         fn, params, _ = fx.model(model_name(fx.config.get("model")), model_dir)
         sample = get_sampler("dps")(
