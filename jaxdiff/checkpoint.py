@@ -114,7 +114,7 @@ def save_pretrained(
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
-    _check_replaceable(directory, force)
+    check_replaceable(directory, force)
     if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise ValueError(f"meta format_version {meta['format_version']!r}: this writes 1")
     missing = [k for k in REQUIRED_META if k not in meta]
@@ -177,9 +177,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _check_replaceable(directory: Path, force: bool) -> None:
-    """``force`` replaces a jaxdiff checkpoint or an empty folder, never anything else: a
-    mistyped ``--out . --force`` must not delete a working tree."""
+def check_replaceable(
+    directory: Path, force: bool, markers: tuple[str, ...] = (META_FILE,)
+) -> None:
+    """``force`` replaces a jaxdiff checkpoint (a folder holding one of ``markers``: the
+    sidecar, or a converted pipeline's pipeline.json) or an empty folder, never anything else:
+    a mistyped ``--out . --force`` must not delete a working tree or a run's results."""
     if not directory.exists():
         return
     if not force:
@@ -188,10 +191,10 @@ def _check_replaceable(directory: Path, force: bool) -> None:
         )
     if not directory.is_dir():
         raise FileExistsError(f"{directory} exists and is not a folder; refusing to replace it")
-    if any(directory.iterdir()) and not (directory / META_FILE).is_file():
+    if any(directory.iterdir()) and not any((directory / m).is_file() for m in markers):
         raise FileExistsError(
-            f"{directory} is a non-empty folder without {META_FILE} (not a jaxdiff checkpoint); "
-            "refusing to replace it, even with force"
+            f"{directory} is a non-empty folder without {' or '.join(markers)} (not a jaxdiff "
+            "checkpoint); refusing to replace it, even with force"
         )
 
 
@@ -199,7 +202,7 @@ def _move_into_place(tmp: Path, directory: Path, force: bool) -> None:
     if not directory.exists():
         os.rename(tmp, directory)
         return
-    _check_replaceable(directory, force)  # it may have appeared while we were writing
+    check_replaceable(directory, force)  # it may have appeared while we were writing
     if _exchange(tmp, directory):  # tmp now holds the old checkpoint
         shutil.rmtree(tmp, ignore_errors=True)
         return

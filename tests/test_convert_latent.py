@@ -102,15 +102,34 @@ def test_missing_components_one_error_nothing_written(tmp_path):
     index["text_encoder"] = ["transformers", "FancyTextModel"]
     (pipe / "model_index.json").write_text(json.dumps(index))
     (pipe / "text_encoder").mkdir()
-    out = tmp_path / "out"
+    out = tmp_path / "out"  # an earlier conversion, which --force may replace
     out.mkdir()
+    (out / "pipeline.json").write_text("{}")
     (out / "keep.txt").write_text("mine")
     with pytest.raises(CheckpointError) as err:
         convert(pipe, out, force=True, progress=False)
     msg = str(err.value)
     assert f"component 'vae' (diffusers AutoencoderKL): no folder {pipe / 'vae'}" in msg
     assert "component 'text_encoder': no converter for transformers FancyTextModel" in msg
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "pipeline.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_converted_model(tmp_path, capsys):
+    """`--force` replaces an earlier conversion (pipeline.json or jaxdiff.json) or an empty
+    folder; a run's results (or any other folder) stay, refused in one line."""
+    pipe = pipeline(tmp_path, components=("scheduler",))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.jsonl").write_text("{}\n")
+    assert cli.main([str(pipe), "--out", str(run), "--force", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "without pipeline.json or jaxdiff.json (not a jaxdiff checkpoint)" in err, err
+    assert sorted(p.name for p in run.iterdir()) == ["results.jsonl"]
+    out = tmp_path / "out"
+    assert cli.main([str(pipe), "--out", str(out), "--quiet"]) == 0
+    assert cli.main([str(pipe), "--out", str(out), "--force", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["pipeline.json", "scheduler"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

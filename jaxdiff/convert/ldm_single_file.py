@@ -70,13 +70,13 @@ def convert_ldm_file(
 ) -> dict:
     """An LDM `.ckpt` -> OUT/unet (adm), OUT/vqvae (vq_model), OUT/scheduler and
     OUT/pipeline.json; written beside OUT first and moved into place at the end."""
-    from jaxdiff.checkpoint import MAX_ABS_WEIGHT, read_meta, save_pretrained
+    from jaxdiff.checkpoint import MAX_ABS_WEIGHT, check_replaceable, read_meta, save_pretrained
     from jaxdiff.convert import adm
     from jaxdiff.convert.core import CONVERTER_VERSION, adm_model_config, convert, sha256
+    from jaxdiff.convert.pipeline import REPLACEABLE
 
     path, out = Path(path), Path(out).absolute()
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    check_replaceable(out, force, REPLACEABLE)  # before the (possibly long) read
     vq_cfg = json.loads(Path(vq_config).read_text())
     if vq_cfg.get("_class_name", "VQModel") != "VQModel":
         raise CheckpointError(f"{vq_config}: a {vq_cfg['_class_name']} config, not a VQModel's")
@@ -131,6 +131,7 @@ def convert_ldm_file(
         }  # fmt: skip
         (tmp / "pipeline.json").write_text(json.dumps(index, indent=2) + "\n")
         if out.exists():
+            check_replaceable(out, True, REPLACEABLE)  # it may have appeared meanwhile
             shutil.rmtree(out)
         tmp.rename(out)
     except BaseException:

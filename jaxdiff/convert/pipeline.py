@@ -24,11 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from jaxdiff.checkpoint import META_FILE, check_replaceable
 from jaxdiff.errors import CheckpointError
 from jaxdiff.registry import Registry
 
 PIPELINE_INDEX = "model_index.json"
 PIPELINE_META = "pipeline.json"
+# what --force may replace: a converted pipeline, a converted model (or an empty folder)
+REPLACEABLE = (PIPELINE_META, META_FILE)
 # modules whose import registers component converters (at their definition site): the diffusers
 # models and schedulers, and the CLIP text encoder + tokenizer (skipped where not installed)
 CONVERTER_MODULES = ("jaxdiff.convert.latent", "jaxdiff.convert.clip")
@@ -176,8 +179,7 @@ def convert_pipeline(folder, out, *, force: bool = False, **options) -> dict:
     from jaxdiff.convert.core import CONVERTER_VERSION
 
     folder, out = Path(folder), Path(out).absolute()
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    check_replaceable(out, force, REPLACEABLE)  # before the (possibly long) conversion
     components = pipeline_components(folder)
     index = read_json(folder / PIPELINE_INDEX, PIPELINE_INDEX)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -208,6 +210,7 @@ def convert_pipeline(folder, out, *, force: bool = False, **options) -> dict:
 def _move_into_place(tmp: Path, out: Path) -> None:
     old = None
     if out.exists():
+        check_replaceable(out, True, REPLACEABLE)  # it may have appeared while we converted
         old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         out.rename(old)
     try:
