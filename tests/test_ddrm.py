@@ -18,11 +18,11 @@ FIX = pathlib.Path(__file__).parent / "fixtures" / "ddrm"
 SHAPE = (4, 4, 1)
 
 
-def replay(name):
+def replay(name, folder=FIX):
     from jaxdiff.parity.ddrm import replay as run
 
     with jax.default_matmul_precision("highest"):
-        out = run(FIX / name)
+        out = run(folder / name)
     bad = {k: v for k, v in out["arrays"].items() if not v.get("pass")}
     assert out["pass"], bad
     return out
@@ -41,6 +41,13 @@ def test_parity_slow(name):
     """Box inpainting, SR x4 (block mean), the official (tiled, truncated) deblurring: x_t within
     1e-3 on trajectories reaching |x_t| ~ 290, masks before/after exact."""
     replay(name)
+
+
+def test_parity_colorization():
+    """Colourisation (tests/fixtures/ddrm_color, 10 steps, B = 2): the official Colorization
+    H_funcs with torch's null-space basis, every array within the DDRM sets' rule."""
+    out = replay("ddrm_color_b2.npz", FIX.parent / "ddrm_color")
+    assert out["arrays"]["x_t"]["pass"] and out["arrays"]["V_t_x0"]["pass"]
 
 
 @pytest.mark.slow

@@ -57,6 +57,9 @@ def build_svd(deg: str, fx: Fixture, shape):
         return svd, {}
     if deg.startswith("deno"):
         return off.OfficialDenoising(shape), {}
+    if deg == "color":  # torch.svd's basis of the grey row, as stored
+        pieces = [fx[f"op_{k}"] for k in ("U_small", "V_small", "singulars_small")]
+        return off.OfficialColorization(shape, *pieces), {}
     raise ValueError(f"ddrm fixture: unknown deg {deg!r}")
 
 
