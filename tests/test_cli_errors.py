@@ -176,6 +176,16 @@ def test_convert_and_parity_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("python -m jaxdiff.parity: error: ") for e in err)
     assert "missing.npz: no such file" in err[0] and "unknown fixture kind" in err[1]
+    fixture = f"{REPO}/tests/fixtures/dps_inpaint_box_b1.npz"
+    assert parity([fixture, "--model", str(tmp_path / "nomodel")]) == 2  # not a failed replay
+    assert parity([str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
+    assert not out and len(err) == 2, (out, err)
+    assert (
+        err[0] == f"python -m jaxdiff.parity: error: --model {tmp_path / 'nomodel'}: no such folder"
+    )
+    assert err[1].endswith(f"{tmp_path}: a folder; give its fixture files ({tmp_path}/*.npz)")
 
 
 def test_a_broken_checkpoint_is_the_last_line_and_no_log_noise(tmp_path, tiny_model):

@@ -13,8 +13,8 @@ trajectory fixture (no replay for its name, or none of its kind's arrays: operat
 the trajectories) prints a line with "skipped" and the reason, so a whole folder replays with one
 glob. The closing note (stderr) gives, per kind, the compared array closest to its tolerance and
 its rule.
-Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage (a missing file: one line
-on stderr).
+Exit status 1 if any file fails (or cannot be replayed), 2 on bad usage (a missing file or
+--model folder, a folder given as a file: one line on stderr).
 """
 
 from __future__ import annotations
@@ -111,9 +111,14 @@ def main(argv=None) -> int:
     parser.add_argument("--float64", action="store_true", help="replay in float64 (x64 mode)")
     parser.add_argument("--traceback", action="store_true", help="print tracebacks of errors")
     args = parser.parse_args(argv)
+    if args.model and not pathlib.Path(args.model).exists():  # not one failure per file
+        print(f"{parser.prog}: error: --model {args.model}: no such folder", file=sys.stderr)
+        return 2
     for name in args.files:  # bad input: one line, status 2, before any replay
         path = pathlib.Path(name)
         problem = None if path.is_file() else "no such file"
+        if path.is_dir():
+            problem = f"a folder; give its fixture files ({path}/*.npz)"
         if problem is None:
             try:
                 route(path)
