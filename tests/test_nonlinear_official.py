@@ -93,3 +93,23 @@ def test_replays_build_the_nonlinear_tasks_from_the_operator_config(official, op
     x = np.moveaxis(ARRAYS["x"], 1, -1)[0]
     _close(op.apply({}, x), np.moveaxis(ARRAYS[f"{name}_Ax"], 1, -1)[0], name)
     assert ref[name]["y_shape"][-1] == side
+
+
+def test_reddiff_replays_take_the_denoising_and_colourisation_degradations():
+    """RED-diff / PiGDM fixtures on the repo's `deno` and `color` degradations build the official
+    H_functions (the grey row 0.3333, 0.3334, 0.3333; identity), whose H H_pinv is the identity."""
+    from jaxdiff.parity.operators import reddiff_operator
+
+    class NoArrays(dict):
+        path = "fixture.npz"
+
+    x = np.random.RandomState(0).normal(size=(8, 8, 3)).astype(np.float32)
+    op, params, _ = reddiff_operator(NoArrays(), "color", (8, 8, 3), 1)
+    y = np.asarray(op.svd.H(params, x))
+    np.testing.assert_allclose(y.reshape(8, 8), x @ [0.3333, 0.3334, 0.3333], atol=1e-6)
+    np.testing.assert_allclose(op.svd.H(params, op.svd.H_pinv(params, y)), y, atol=1e-6)
+    op, params, _ = reddiff_operator(NoArrays(), "deno", (8, 8, 3), 1)
+    flat_chw = np.moveaxis(x, -1, 0).reshape(-1)  # the official vectors are C, H, W flattened
+    np.testing.assert_allclose(np.asarray(op.svd.H(params, x)).reshape(-1), flat_chw, atol=1e-7)
+    with pytest.raises(ValueError, match="no official RED-diff operator for deg 'jpeg10'"):
+        reddiff_operator(NoArrays(), "jpeg10", (8, 8, 3), 1)

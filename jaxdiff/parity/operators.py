@@ -296,13 +296,19 @@ def reddiff_operator(fx: Fixture, deg: str, shape, b: int):
         n_kept = params["kept_indices"].shape[-1]
         svd = off.OfficialInpainting(shape, n_kept, interleaved=False, pinv_zero="pass")
         return off.OfficialOperator(svd), {k: v[:b] for k, v in params.items()}, False
-    pieces = [fx[k] for k in ("U_small", "V_small", "singulars_small")]
+    if deg == "deno":
+        return off.OfficialOperator(off.OfficialDenoising(shape)), {}, False
+    small = ("U_small", "V_small", "singulars_small")
+    if deg == "color":  # torch.svd's basis of the grey row where stored, else numpy's
+        pieces = [fx[k] if k in fx else None for k in small]
+        return off.OfficialOperator(off.OfficialColorization(shape, *pieces)), {}, False
+    m = re.fullmatch(r"sr(\d+)", deg)
+    if not (deg.startswith("deblur") or m):
+        raise ValueError(f"{fx.path}: no official RED-diff operator for deg {deg!r}")
+    pieces = [fx[k] for k in small]
     if deg.startswith("deblur"):
         u, v, s = pieces
         svd = off.OfficialDeblurring(shape, u, v, s, fx["perm"], tiled=True, pinv_zero="pass")
         return off.OfficialOperator(svd), {}, False
-    m = re.fullmatch(r"sr(\d+)", deg)
-    if m:
-        svd = off.OfficialSuperResolution(shape, int(m.group(1)), *pieces, pinv_zero="pass")
-        return off.OfficialOperator(svd), {}, False
-    raise ValueError(f"{fx.path}: no official RED-diff operator for deg {deg!r}")
+    svd = off.OfficialSuperResolution(shape, int(m.group(1)), *pieces, pinv_zero="pass")
+    return off.OfficialOperator(svd), {}, False
