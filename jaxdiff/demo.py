@@ -71,8 +71,19 @@ def run_config(demo, method: str, task: str):
 def plan(demo) -> list[tuple[str, str]]:
     """(method, task) pairs: each diffusion method on every task (or on demo.method_tasks'
     subset), each baseline where it applies; the diffusion runs first (the long ones)."""
+    from jaxdiff.samplers import SAMPLERS
+    from jaxdiff.tasks import TASKS
+
     pairs, baselines = [], []
     only = demo.get("method_tasks", {})
+    for m in _split(demo.methods):
+        if m not in SAMPLERS and m not in APPLIES:
+            raise KeyError(f"demo.methods: unknown method {m!r}; known: {SAMPLERS.names()}")
+        typos = [t for t in _split(only.get(m, "")) if t not in TASKS]
+        if typos:
+            raise KeyError(
+                f"demo.method_tasks.{m}: unknown task(s) {typos}; known: {', '.join(TASKS)}"
+            )
     for task in _split(demo.tasks):
         pairs += [(m, task) for m in _split(demo.methods) if task in _split(only.get(m, task))]
         for b in _split(demo.baselines):
@@ -154,7 +165,13 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     model_dir = resolve_model_dir(demo.model)
     loaded = (model_dir, *load_pretrained(model_dir))
     pairs = plan(demo)
-    first = build(run_config(demo, *pairs[0]), loaded=loaded)
+    # every run's config and experiment, so that a bad name or setting in any of them is found
+    # before the first write (not after the runs before it, in a folder then claimed by it)
+    configs = {pair: run_config(demo, *pair) for pair in pairs}
+    for cfg in configs.values():
+        runs.validate_config(cfg)
+    exps = {pair: build(cfg, loaded=loaded) for pair, cfg in configs.items()}
+    first = exps[pairs[0]]
     images = load_images(demo.data, first.image_size, demo.num_images, first.meta)
     claim(workdir, "demo", config_dict(demo))  # the config checked, before the first write
     if demo.ddpm_samples:
@@ -162,9 +179,8 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
 
     def one(pair):
         method, task = pair
-        cfg = run_config(demo, method, task)
-        exp = build(cfg, loaded=loaded)
-        runs.run(cfg, workdir / f"{method}_{task}", exp=exp, images=images, progress=progress)
+        run_dir = workdir / f"{method}_{task}"
+        runs.run(configs[pair], run_dir, exp=exps[pair], images=images, progress=progress)
 
     # Runs are independent (own workdir, own keys): `workers` threads overlap one run's XLA
     # compilation (single-threaded, most of a 32 px run's time) with another's.

@@ -151,6 +151,34 @@ def test_a_bad_library_fusions_setting_is_one_line_before_any_write(tmp_path, mo
     assert not work.exists()
 
 
+def test_demo_checks_every_run_before_it_writes(tmp_path):
+    """A bad name or setting of any (method, task) run, not only the first, is one line before
+    the workdir is claimed (it was found after the earlier runs had written their folders, in a
+    workdir then holding the bad config)."""
+    w = f"--workdir={tmp_path / 'w'}"
+    small = [
+        "--config.tasks=box",
+        "--config.baselines=",
+        "--config.ddpm_samples=0",
+        "--config.num_images=1",
+        "--config.task_respacing.box=2",
+        "--noprogress",
+        w,
+    ]
+    cases = {
+        "demo.methods: unknown method 'dsp'": ["--config.methods=sdedit,dsp", *small],
+        "demo.method_tasks.sdedit: unknown task(s) ['bxo']": [
+            "--config.methods=sdedit", "--config.method_tasks.sdedit=bxo", *small
+        ],
+        "respacing 'abc'": [
+            "--config.methods=sdedit,ddrm", "--config.method_respacing.ddrm=abc", *small
+        ],
+    }  # fmt: skip
+    for (expected, _), (code, err) in zip(cases.items(), _absl_command("demo", [*cases.values()])):
+        _one_line("demo", code, err, expected)
+    assert not (tmp_path / "w").exists()
+
+
 def test_the_demo_command_line_ends_a_config_typo_in_one_line(tmp_path):
     """The real command: the demo's default config is loaded while the flags are parsed, not
     at import (where ml_collections would apply a typo'd override with a traceback)."""
