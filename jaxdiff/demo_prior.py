@@ -112,6 +112,10 @@ def train_and_export(
     """mode "train" (resumes), "export" (the last checkpoint of `workdir`) or "samples" (the
     figure from `export_dir`'s prior); then the loss curve, the export and the sample figure
     where their paths are given."""
+    if export_dir and mode != "samples":  # a folder export may not replace: before training
+        from jaxdiff.checkpoint import check_replaceable
+
+        check_replaceable(Path(export_dir), force=True)
     if mode == "samples":
         write_samples(export_dir, samples_png, training.Run(config).crops, steps=sample_steps)
         return

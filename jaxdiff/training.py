@@ -213,11 +213,33 @@ def write_loss_curve(history: dict, png_path, json_path) -> None:
 # ---- the demo prior's training loop -------------------------------------------------------
 
 
+def check_config(config) -> None:
+    """The counts a training run divides by or loops over, checked before anything is written
+    (a batch size of 0 was a ZeroDivisionError inside the first jitted batch, a log_every of
+    0 one at the first step): ConfigError naming each."""
+    from jaxdiff.errors import ConfigError
+
+    counts = {
+        "data.batch_size": config.data.batch_size,
+        "data.resolution": config.data.resolution,
+        **{f"train.{k}": config.train[k] for k in ("num_steps", "log_every", "eval_every",
+                                                    "eval_batch", "ckpt_every", "max_to_keep")},
+    }  # fmt: skip
+    problems = [
+        f"{k}={v!r} must be an integer >= 1"
+        for k, v in counts.items()
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1
+    ]
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
 class Run:
     """Everything a config determines: data, model, optimizer, jitted step and eval."""
 
     def __init__(self, config, model=None):
         """``model`` overrides the config's architecture (tests use a tiny stand-in)."""
+        check_config(config)
         self.config = config
         d = config.data
         names = tuple(d.train_photos) or None  # () = every photo that is not held out

@@ -142,6 +142,29 @@ def test_table_demo_train_benchmark_bad_input(tmp_path, prog, expected, argv):
     assert not (tmp_path / "w").exists()
 
 
+def test_train_checks_its_counts_and_export_folder_before_any_write(tmp_path):
+    """A batch size or log interval of 0 was a ZeroDivisionError traceback after config.json
+    was written; an --export_dir that export may not replace was found after training."""
+    theirs = tmp_path / "results"
+    theirs.mkdir()
+    (theirs / "results.jsonl").write_text("{}\n")
+    w = [
+        "--config=configs/train_demo.py:tiny",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.train.num_steps=3",
+    ]
+    cases = {
+        "data.batch_size=0 must be an integer >= 1; train.log_every=0 must be": [
+            *w, "--config.data.batch_size=0", "--config.train.log_every=0"
+        ],
+        f"{theirs} is a non-empty folder without jaxdiff.json": [*w, f"--export_dir={theirs}"],
+    }  # fmt: skip
+    for (expected, _), (code, err) in zip(cases.items(), _absl_command("train", [*cases.values()])):
+        _one_line("train", code, err, expected)
+    assert not (tmp_path / "w").exists()
+    assert [p.name for p in theirs.iterdir()] == ["results.jsonl"]
+
+
 def test_a_bad_library_fusions_setting_is_one_line_before_any_write(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXDIFF_XLA_LIBRARY_FUSIONS", "maybe")
     work = tmp_path / "w"
