@@ -20,14 +20,26 @@ SCHED = make_schedule(1000, respacing="skip10", variance_type="fixed_large")
 GP = GaussianPrior(SHAPE, SCHED.train_alphas_cumprod)
 
 
-def replay(name):
+def replay(name, folder=FIX):
     from jaxdiff.parity.ddnm import replay as run
 
     with jax.default_matmul_precision("highest"):
-        out = run(FIX / name)
+        out = run(folder / name)
     bad = {k: v for k, v in out["arrays"].items() if not v.get("pass")}
     assert out["pass"], bad
     return out
+
+
+def test_parity_colorization_plus_official_noise_step():
+    """DDNM+ colourisation (tests/fixtures/ddnm_color, B = 2): the official Colorization's
+    Lambda_noise scales the raw pixel entries (V^T skipped); every array within the rules."""
+    out = replay("ddnm_colorization_plus_b2.npz", FIX.parent / "ddnm_color")
+    assert out["arrays"]["Lambda_noise_out"]["pass"] and out["arrays"]["x_t"]["pass"]
+
+
+@pytest.mark.slow
+def test_parity_colorization():
+    replay("ddnm_colorization_b1.npz", FIX.parent / "ddnm_color")
 
 
 @pytest.mark.slow

@@ -64,6 +64,9 @@ def build_svd(task: dict, fx: Fixture, shape):
         return svd, {}, np.repeat(sorted_orig, shape[-1])
     if deg == "denoising":
         return off.OfficialDenoising(shape), {}, None
+    if deg == "colorization":  # torch.svd's basis of the grey row, as stored
+        pieces = [fx[f"op_{k}"] for k in ("U_small", "V_small", "singulars_small")]
+        return off.OfficialColorization(shape, *pieces), {}, None
     raise ValueError(f"ddnm fixture: unknown deg {deg!r}")
 
 

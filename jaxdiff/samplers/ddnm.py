@@ -254,6 +254,12 @@ def official_noise_coords(svd):
             return jnp.transpose(x, (2, 0, 1)).reshape(c, -1)[:, svd.perm].T.reshape(-1)
 
         return raw_sorted
+    if isinstance(svd, off.OfficialColorization):  # channel k of pixel p at k H W + p, as Vt
+
+        def raw_channels(op_params, x):
+            return jnp.transpose(x, (2, 0, 1)).reshape(-1)
+
+        return raw_channels
     if isinstance(svd, forms.SeparableSVD):
 
         def raw_separable(op_params, z):
