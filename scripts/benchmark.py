@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl import flags
+from absl import app, flags
 
 from jaxdiff import benchmark, cli, xla_options
 from jaxdiff.models import fused
@@ -26,9 +26,9 @@ _ARCH = flags.DEFINE_list(
 _SAMPLERS = flags.DEFINE_list("samplers", None, "samplers to time (default: every registered one)")
 _BATCH = flags.DEFINE_list("batch", ["1", "4"], "batch sizes (images per call)")
 _DTYPE = flags.DEFINE_list("dtype", ["float32"], "compute dtypes: float32, bfloat16")
-_STEPS = flags.DEFINE_integer("steps", 10, "respaced sampling steps per call")
+_STEPS = flags.DEFINE_integer("steps", 10, "respaced sampling steps per call", lower_bound=1)
 _REPEATS = flags.DEFINE_integer(
-    "repeats", 3, "interleaved timed rounds after the warm-up (min and median)"
+    "repeats", 3, "interleaved timed rounds after the warm-up (min and median)", lower_bound=1
 )
 _CUSTOM_VJP = flags.DEFINE_enum(
     "custom_vjp",
@@ -58,12 +58,13 @@ _TORCH_PYTHON = flags.DEFINE_string(
 
 def main(argv):
     cli.no_positional_args(argv)
+    batches = [int(b) for b in _BATCH.value]
+    if not batches or min(batches) < 1:  # before anything compiles (0: a ZeroDivisionError)
+        raise app.UsageError(f"--batch={','.join(_BATCH.value)}: batch sizes must be >= 1")
     if _LATENT.value:
         from jaxdiff import latent_benchmark
 
-        out = latent_benchmark.run(
-            _LATENT.value, int(_BATCH.value[0]), _REPEATS.value, _TORCH_PYTHON.value
-        )
+        out = latent_benchmark.run(_LATENT.value, batches[0], _REPEATS.value, _TORCH_PYTHON.value)
         return _write(out)
     if _CUSTOM_VJP.value != "auto":
         fused.USE_CUSTOM_VJP = _CUSTOM_VJP.value == "on"
@@ -72,7 +73,7 @@ def main(argv):
     out = benchmark.run_benchmark(
         _ARCH.value,
         _SAMPLERS.value,
-        [int(b) for b in _BATCH.value],
+        batches,
         _DTYPE.value,
         _STEPS.value,
         _REPEATS.value,

@@ -133,6 +133,8 @@ def test_sweep_bad_input(tmp_path):
         ("train", "'nope' (in 'nope') fits no key", ["--config=configs/train_demo.py:nope",
                                                      "--workdir=WORK"]),
         ("benchmark", "invalid literal for int()", ["--batch=x", "--out=WORK/b.json"]),
+        ("benchmark", "--batch=1,0: batch sizes must be >= 1",
+         ["--arch=tiny", "--samplers=ddpm", "--batch=1,0", "--steps=1", "--out=WORK/b.json"]),
     ],
 )  # fmt: skip
 def test_table_demo_train_benchmark_bad_input(tmp_path, prog, expected, argv):
