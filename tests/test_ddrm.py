@@ -44,10 +44,16 @@ def test_parity_slow(name):
 
 
 def test_parity_colorization():
-    """Colourisation (tests/fixtures/ddrm_color, 10 steps, B = 2): the official Colorization
+    """Colourisation (tests/fixtures/ddrm_n10, 10 steps, B = 2): the official Colorization
     H_funcs with torch's null-space basis, every array within the DDRM sets' rule."""
-    out = replay("ddrm_color_b2.npz", FIX.parent / "ddrm_color")
+    out = replay("ddrm_color_b2.npz", FIX.parent / "ddrm_n10")
     assert out["arrays"]["x_t"]["pass"] and out["arrays"]["V_t_x0"]["pass"]
+
+
+@pytest.mark.slow
+def test_parity_anisotropic_deblurring():
+    """deblur_aniso (Deblurring2D: different row and column kernels) from the stored pieces."""
+    replay("ddrm_deblur_aniso_b1.npz", FIX.parent / "ddrm_n10")
 
 
 @pytest.mark.slow

@@ -251,6 +251,8 @@ def official_blur_matrix(kernel, n: int) -> np.ndarray:
 class OfficialDeblurring(SVDForm):
     """svd_replacement.Deblurring: X_c -> V_s^T X_c V_s, entries sorted by `perm`, channels
     interleaved (spectral index p*C + c); U the same with U_s; y is the flat channel-major image.
+    With the `*_small2` pieces, Deblurring2D (DDRM's deblur_aniso): X_c -> V_1^T X_c V_2, the
+    singulars the outer product s_1 s_2^T, rows blurred by kernel 1 and columns by kernel 2.
 
     `tiled=True` reproduces singulars() = sorted.repeat(1, 3) (entry k paired with rank k mod N,
     so H is NOT the blur); `tiled=False` pairs entry p*C + c with rank p (the blur
@@ -266,6 +268,9 @@ class OfficialDeblurring(SVDForm):
         perm,
         tiled: bool = True,
         pinv_zero: str = "divide",
+        u_small2=None,
+        v_small2=None,
+        singulars_small2=None,
     ):
         H, W, C = image_shape
         if H != W:
@@ -275,9 +280,12 @@ class OfficialDeblurring(SVDForm):
         n = H
         self.u_small = np.asarray(u_small, np.float32).reshape(n, n)
         self.v_small = np.asarray(v_small, np.float32).reshape(n, n)
+        self.u_small2 = self.u_small if u_small2 is None else np.asarray(u_small2, np.float32)
+        self.v_small2 = self.v_small if v_small2 is None else np.asarray(v_small2, np.float32)
         self.perm = np.asarray(perm, np.int64).reshape(n * n)
         s1 = np.asarray(singulars_small, np.float32).reshape(n)
-        self.sorted = (s1[:, None] * s1[None, :]).reshape(-1)[self.perm]  # float32 like torch
+        s2 = s1 if singulars_small2 is None else np.asarray(singulars_small2, np.float32)
+        self.sorted = (s1[:, None] * s2.reshape(1, n)).reshape(-1)[self.perm]  # float32 like torch
         self.tiled = bool(tiled)
         s = np.tile(self.sorted, C) if self.tiled else np.repeat(self.sorted, C)
         self.s = s.astype(np.float32)
@@ -285,33 +293,33 @@ class OfficialDeblurring(SVDForm):
     def singulars(self, op_params):
         return jnp.asarray(self.s)
 
-    def _forward(self, mat, img_chw):
-        """mat^T X_c mat per channel, sorted by perm, channels interleaved -> (D,)."""
-        m = jnp.asarray(mat, img_chw.dtype)
-        z = jnp.einsum("ij,cik,kl->cjl", m, img_chw, m, precision=_HIGHEST)
+    def _forward(self, mats, img_chw):
+        """m1^T X_c m2 per channel, sorted by perm, channels interleaved -> (D,)."""
+        m1, m2 = (jnp.asarray(m, img_chw.dtype) for m in mats)
+        z = jnp.einsum("ij,cik,kl->cjl", m1, img_chw, m2, precision=_HIGHEST)
         C = img_chw.shape[0]
         return z.reshape(C, -1)[:, self.perm].T.reshape(-1)
 
-    def _inverse(self, mat, v):
-        """Inverse of _forward: mat Z_c mat^T per channel -> (C, n, n)."""
+    def _inverse(self, mats, v):
+        """Inverse of _forward: m1 Z_c m2^T per channel -> (C, n, n)."""
         H, W, C = self.image_shape
         z = jnp.zeros((H * W, C), v.dtype).at[self.perm].set(v.reshape(H * W, C))
         z = z.T.reshape(C, H, W)
-        m = jnp.asarray(mat, v.dtype)
-        return jnp.einsum("ij,cjk,lk->cil", m, z, m, precision=_HIGHEST)
+        m1, m2 = (jnp.asarray(m, v.dtype) for m in mats)
+        return jnp.einsum("ij,cjk,lk->cil", m1, z, m2, precision=_HIGHEST)
 
     def Vt(self, op_params, x):
-        return self._forward(self.v_small, jnp.transpose(x, (2, 0, 1)))
+        return self._forward((self.v_small, self.v_small2), jnp.transpose(x, (2, 0, 1)))
 
     def V(self, op_params, v):
-        return jnp.transpose(self._inverse(self.v_small, v), (1, 2, 0))
+        return jnp.transpose(self._inverse((self.v_small, self.v_small2), v), (1, 2, 0))
 
     def Ut(self, op_params, y):
         H, W, C = self.image_shape
-        return self._forward(self.u_small, y.reshape(C, H, W))
+        return self._forward((self.u_small, self.u_small2), y.reshape(C, H, W))
 
     def U(self, op_params, u):
-        return self._inverse(self.u_small, u).reshape(-1)
+        return self._inverse((self.u_small, self.u_small2), u).reshape(-1)
 
 
 class OfficialOperator:

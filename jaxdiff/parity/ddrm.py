@@ -48,6 +48,15 @@ def build_svd(deg: str, fx: Fixture, shape):
             fx["op_singulars_small"], pinv_zero="divide",
         )  # fmt: skip
         return svd, {}
+    if deg == "deblur_aniso":  # Deblurring2D: rows by kernel 1, columns by kernel 2
+        for i in ("1", "2"):
+            fx.skip(f"op_kernel{i}", "the 1-D kernels the stored SVD pieces come from")
+        svd = off.OfficialDeblurring(
+            shape, fx["op_U_small1"], fx["op_V_small1"], fx["op_singulars_small1"],
+            fx["op_perm"], tiled=True, pinv_zero="divide", u_small2=fx["op_U_small2"],
+            v_small2=fx["op_V_small2"], singulars_small2=fx["op_singulars_small2"],
+        )  # fmt: skip
+        return svd, {}
     if deg.startswith("deblur"):
         fx.check("op_H_small", off.official_blur_matrix(fx["op_kernel"], shape[0]))
         svd = off.OfficialDeblurring(
