@@ -91,6 +91,16 @@ IGNORED = {
 _LEGACY_SIGNS = (("sweep.json", "sweep"), ("checkpoints", "train"), ("ddpm_samples.png", "demo"))
 
 
+def check_folder(workdir) -> pathlib.Path:
+    """`workdir` as a path, refused in one line where it, or a folder above it, is a file (the
+    OS error would name neither)."""
+    d = pathlib.Path(workdir)
+    for part in (d, *d.parents):
+        if part.exists() and not part.is_dir():
+            raise ConfigError(f"workdir {d}: {part} is a file, not a folder (nothing was written)")
+    return d
+
+
 def claim(workdir, command: str, cfg: dict, *, write: bool | None = None) -> None:
     """Make `workdir` the folder of one experiment, `command` with `cfg`, before anything is
     written there: a folder holding another command's results, or this command's with another
@@ -105,7 +115,7 @@ def claim(workdir, command: str, cfg: dict, *, write: bool | None = None) -> Non
 
     agree({"config": cfg})
     write = jax.process_index() == 0 if write is None else write
-    d = pathlib.Path(workdir)
+    d = check_folder(workdir)
     ignore = IGNORED.get(command, ())
     fp = fingerprint(cfg, ignore)
     old_command, old = _owner(d)
@@ -145,7 +155,7 @@ class ResultStore:
     nothing written."""
 
     def __init__(self, workdir, cfg: dict, write: bool = True, command: str = "reproduce"):
-        self.dir = pathlib.Path(workdir)
+        self.dir = check_folder(workdir)
         self.write = write
         if write:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +297,7 @@ class WorkdirLock:
         self.fd = None
 
     def __enter__(self):
+        check_folder(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:

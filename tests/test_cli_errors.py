@@ -100,7 +100,12 @@ def test_reproduce_bad_input(tmp_path, busy_port):
         "--process_id=2 must be in [0, 2)": [*dist, "--coordinator=localhost:1", "--process_id=2"],
         "must be HOST:PORT": [*dist, "--coordinator=localhost", "--process_id=0"],
         "unexpected arguments": ["--config=configs/dps.py:box", w, "extra"],
+        "is a file, not a folder": [
+            "--config=configs/dps.py:box",
+            f"--workdir={tmp_path / 'a_file' / 'run'}",
+        ],
     }
+    (tmp_path / "a_file").write_text("not a folder")
     for (expected, _), (code, err) in zip(
         cases.items(), _absl_command("reproduce", [*cases.values()])
     ):
