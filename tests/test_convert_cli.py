@@ -371,8 +371,12 @@ def test_corrupted_weights_are_refused(fixtures_dir, tmp_path, capsys, byte, mat
         assert run(src, "--out", tmp_path / "out", "--allow_large_weights") == 0
 
 
+# The signals as an interactive shell delivers them: a disposition or a blocked mask left by the
+# test process (both survive exec) would keep them from the conversion, and the test would hang.
 _SLOW_SAVE = """
-import sys, time
+import signal, sys, time
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import orbax.checkpoint as ocp
 def slow_save(self, *a, **k):
     print("saving", flush=True)
