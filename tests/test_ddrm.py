@@ -43,6 +43,7 @@ def test_parity_slow(name):
     replay(name)
 
 
+@pytest.mark.slow  # the same official Colorization class replays by default in test_ddnm.py
 def test_parity_colorization():
     """Colourisation (tests/fixtures/ddrm_n10, 10 steps, B = 2): the official Colorization
     H_funcs with torch's null-space basis, every array within the DDRM sets' rule."""
