@@ -188,6 +188,7 @@ def test_result_depends_on_seed_and_image_alone(tmp_path, tiny_model, image_dir)
     assert records(tmp_path / "c")[name]["metrics"] != b[name]["metrics"]
 
 
+@pytest.mark.slow  # 10-50 s: kept out of the default run's 10 minutes
 def test_host_side_baseline_runs_through_the_driver(tmp_path, tiny_model, image_dir):
     s = run(config("telea", "box", tiny_model, image_dir), tmp_path / "t", progress=False)
     m = run(config("measurement", "box", tiny_model, image_dir), tmp_path / "m", progress=False)

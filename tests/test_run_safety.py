@@ -60,6 +60,7 @@ def test_a_bad_config_fails_before_anything_is_written(
     assert not (tmp_path / "w" / RESULTS).exists()
 
 
+@pytest.mark.slow  # 10-50 s: kept out of the default run's 10 minutes
 def test_an_empty_folder_writes_nothing_and_the_corrected_command_runs(
     tmp_path, tiny_model, two_images
 ):

@@ -308,6 +308,7 @@ def test_grid_sweep_is_one_compile_over_the_product(tmp_path, tiny_model, image_
     assert jdata.load_image(tmp_path / "grid" / "sweep.png").ndim == 3
 
 
+@pytest.mark.slow  # 10-50 s: kept out of the default run's 10 minutes
 def test_interrupted_sweep_keeps_finished_batches_and_resumes(
     tmp_path,
     tiny_model,

@@ -130,6 +130,7 @@ def test_batch_size_invariance_and_one_compile_per_sweep(estimator):
     assert not np.allclose(res.x0[1], res.x0[2], atol=1e-3)
 
 
+@pytest.mark.slow  # 10-50 s: kept out of the default run's 10 minutes
 def test_twisted_x0_clamp_keeps_an_inexact_prior_bounded():
     """A prior whose eps is off by half (x0_hat amplifies that by 1 / sqrt(abar), about 160 at
     the first of 20 steps) with the twist's shift s_t^2 / v_t A^T r: unclamped, the particles

@@ -106,6 +106,7 @@ def test_shipped_prior_is_trained():
     assert np.all(mse < 0.5), dict(zip(held, mse))
 
 
+@pytest.mark.slow  # 10-50 s: kept out of the default run's 10 minutes
 def test_shipped_prior_predicts_the_image_mean_colour():
     """At high noise the x0 estimate's mean colour must come from the prior, not from x_t.
 
