@@ -49,7 +49,9 @@ def get_config(arg: str | None = None):
     o.ode_sigma_min = 0.01  # diffusion_scheduler_config.sigma_min
     o.ode_rho = 7.0  # diffusion_scheduler_config.timestep 'poly-7'
     o.mcmc_steps = 100  # task yaml pixel.mcmc_sampler_config.num_steps
+    o.mc_algo = "langevin"  # task yaml pixel.mcmc_sampler_config.mc_algo ("hmc": pixel_hmc)
     c.sampler.hparams.lr = LRS[c.task.name]  # task yaml pixel.mcmc_sampler_config.lr
     c.sampler.hparams.tau = 0.01  # task yaml pixel.mcmc_sampler_config.tau
     c.sampler.hparams.lr_min_ratio = 0.01  # task yaml pixel.mcmc_sampler_config.lr_min_ratio
+    c.sampler.hparams.momentum = 0.9  # HMC only (MCMCSampler's default; pixel_hmc sets its own)
     return c
