@@ -83,6 +83,7 @@ def run(main, argv=None, *, info_logs: bool = False, default_config: str | None 
         try:
             xla_options.env_setting()  # a bad value: one line before anything is written
             compile_cache.enable(flags.FLAGS.compilation_cache)
+            xla_options.straight_line_threefry()  # less XLA:CPU compile time, the same bits
             return main(args)
         except BAD_INPUT as e:
             if flags.FLAGS.debug:

@@ -19,6 +19,7 @@ import functools
 import os
 
 import jax
+import numpy as np
 
 USE_LIBRARY_FUSIONS: bool | None = None
 """True / False forces XLA's library fusions on / off (the benchmark's A/B, tests); None: the
@@ -73,3 +74,46 @@ def compile_lowered(lowered):
     """`lowered.compile()` with `compiler_options()`."""
     options = compiler_options()
     return lowered.compile(compiler_options=options) if options else lowered.compile()
+
+
+# Threefry-2x32 (Salmon et al. 2011, 20 rounds), as JAX computes it for jax.random: the rotation
+# constants of its two alternating groups of four rounds and the key-schedule parity constant.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = 0x1BD11BDA
+
+
+def _threefry2x32_straight(key1, key2, x1, x2):
+    """The hash as 20 rounds of straight-line uint32 arithmetic: one elementwise expression, which
+    XLA fuses into one kernel."""
+    u32 = np.uint32
+    ks = (key1, key2, key1 ^ key2 ^ u32(_PARITY))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x1 = x1 + x2
+            x2 = (x2 << u32(r)) | (x2 >> u32(32 - r))
+            x2 = x1 ^ x2
+        x1 = x1 + ks[(i + 1) % 3]
+        x2 = x2 + ks[(i + 2) % 3] + u32(i + 1)
+    return x1, x2
+
+
+def straight_line_threefry() -> bool:
+    """Lower jax.random's threefry hash on XLA:CPU as straight-line code; returns whether it did.
+
+    JAX lowers it on the CPU as a 5-trip while loop (on other backends: straight-line code or a
+    kernel). XLA:CPU compiles each trip's body as several small kernels at ~30 ms of LLVM time
+    each, for every random draw of a program: ~100 of the ~380 kernels of a demo-prior sampler
+    program that calls the network once. Straight-line, the hash fuses into the draw's one kernel:
+    the same bits (tests/test_xla_options.py), ~0.5-4 s less compilation per sampler program on a
+    2-core CPU, no change in run time. The commands call it (jaxdiff.cli.run); importing jaxdiff
+    changes no JAX setting. A JAX without the public names it uses keeps its own lowering."""
+    try:
+        from jax.extend.random import threefry2x32_p
+        from jax.interpreters import mlir
+
+        rule = mlir.lower_fun(_threefry2x32_straight, multiple_results=True)
+        mlir.register_lowering(threefry2x32_p, rule, platform="cpu")
+    except (ImportError, AttributeError):
+        return False
+    return True

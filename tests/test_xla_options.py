@@ -70,3 +70,41 @@ def test_sharded_batch_compiles_with_the_options_and_keys_them(switch):
     switch.setattr(xla_options, "USE_LIBRARY_FUSIONS", True)
     batch(w, x)  # another choice is another program, not the one compiled without them
     assert len(batch._compiled) == 2
+
+
+# Random123's known-answer vectors for Threefry-2x32, 20 rounds (key, counter -> output).
+THREEFRY_KAT = [
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+]
+
+_DRAWS = """
+import jax, numpy as np
+k = jax.random.PRNGKey(7)
+f = jax.jit(lambda k: (jax.random.normal(k, (257,)), jax.random.split(k, 5),
+                       jax.random.randint(k, (9,), 0, 1000), jax.random.fold_in(k, 3),
+                       jax.vmap(lambda q: jax.random.uniform(q, (4,)))(jax.random.split(k, 3))))
+print(",".join(np.asarray(a).tobytes().hex() for a in jax.tree.leaves(f(k))))
+"""
+
+
+def test_straight_line_threefry_gives_the_same_bits_in_one_kernel(tmp_path):
+    import subprocess
+    import sys
+
+    # JAX's own CPU lowering, in a fresh process (the switch below is process-wide)
+    ref = subprocess.run(
+        [sys.executable, "-c", _DRAWS], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert xla_options.straight_line_threefry()
+    from jax.extend.random import threefry_2x32
+
+    for key, count, want in THREEFRY_KAT:
+        got = jax.jit(threefry_2x32)(np.array(key, np.uint32), np.array(count, np.uint32))
+        assert tuple(int(v) for v in np.asarray(got)) == want
+    scope = {}
+    exec(_DRAWS.replace("print(", "out = ("), scope)
+    assert scope["out"] == ref
+    program = jax.jit(lambda k: jax.random.normal(k, (64,))).lower(jax.random.PRNGKey(1))
+    assert "while" not in program.compile().as_text()  # JAX's CPU lowering is a while loop
