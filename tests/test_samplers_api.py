@@ -245,3 +245,32 @@ def test_docs_list_every_registered_sampler():
     doc = (pathlib.Path(__file__).parent.parent / "docs" / "methods.md").read_text()
     missing = [n for n in SAMPLERS.names() if f"| `{n}` |" not in doc]
     assert not missing, f"docs/methods.md has no row for {missing}"
+
+
+def test_model_fn_traces_the_network_once_for_every_program():
+    import flax.linen as nn
+
+    from jaxdiff.models import model_fn
+
+    traces = []
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, t):
+            traces.append(x.shape)
+            return nn.Dense(x.shape[-1])(x) * (1.0 + t[:, None, None, None])
+
+    net = Net()
+    x, t = jnp.ones((2, 3, 3, 2)), jnp.array([0.1, 0.2])
+    params = net.init(jax.random.key(0), x, t)["params"]
+    traces.clear()
+    fn = model_fn(net)
+    assert model_fn(net) is fn  # one per module
+    sample = jax.jit(lambda p, x: fn(p, x, t) * 2)(params, x)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(fn(params, x, t) ** 2)))(x)
+    batch = jax.jit(jax.vmap(lambda x, t: fn(params, x[None], t[None])[0]))(x, t)
+    assert len(traces) <= 2  # the forward, plus once for vmap's batched shape (not per program)
+    want = net.apply({"params": params}, x, t)
+    np.testing.assert_allclose(sample, 2 * want, rtol=1e-6)
+    np.testing.assert_allclose(batch, want, rtol=1e-6, atol=1e-7)
+    assert grad.shape == x.shape
