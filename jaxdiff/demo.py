@@ -14,6 +14,7 @@ The method and baseline configs are the config files METHOD.py and baselines.py
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import time
 
@@ -94,6 +95,9 @@ def plan(demo) -> list[tuple[str, str]]:
     return pairs + baselines
 
 
+DDPM_PNG = "ddpm_samples.png"
+
+
 def ddpm_samples(demo, loaded, path, n: int) -> None:
     """n unconditional samples of the prior (keys fold_in(PRNGKey(seed), i)) as one image."""
     from jaxdiff import data as jdata
@@ -102,14 +106,18 @@ def ddpm_samples(demo, loaded, path, n: int) -> None:
     from jaxdiff.models import model_fn
     from jaxdiff.runner import image_keys
     from jaxdiff.samplers import batched, get_sampler
+    from jaxdiff.sharding import EXECUTION
     from jaxdiff.summary import upscale
 
     _, model, params, meta = loaded
     size = model_image_size(meta)
     sched = schedule_from_meta(meta["diffusion"], demo.respacing or None)
     sample = get_sampler("ddpm")(model_fn(model), sched, image_shape=(size, size, 3))
-    run = jax.jit(batched(sample), compiler_options=xla_options.compiler_options())
-    out = run(params, image_keys(demo.seed, range(n)))
+    keys = image_keys(demo.seed, range(n))
+    run = jax.jit(batched(sample)).lower(params, keys)
+    run = run.compile(compiler_options=xla_options.compiler_options())
+    with EXECUTION:  # beside the demo's runs: one program at a time (see EXECUTION)
+        out = jax.block_until_ready(run(params, keys))
     x = np.asarray(out.x0)
     cols = min(n, 8)
     grid = jdata.make_grid([list(x[i : i + cols]) for i in range(0, n, cols)])
@@ -174,25 +182,27 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     first = exps[pairs[0]]
     images = load_images(demo.data, first.image_size, demo.num_images, first.meta)
     claim(workdir, "demo", config_dict(demo))  # the config checked, before the first write
-    if demo.ddpm_samples:
-        ddpm_samples(demo, loaded, workdir / "ddpm_samples.png", int(demo.ddpm_samples))
 
     def one(pair):
         method, task = pair
         run_dir = workdir / f"{method}_{task}"
         runs.run(configs[pair], run_dir, exp=exps[pair], images=images, progress=progress)
 
-    # Runs are independent (own workdir, own keys): `workers` threads overlap one run's XLA
-    # compilation (single-threaded, most of a 32 px run's time) with another's.
+    jobs = [functools.partial(one, pair) for pair in pairs]
+    if demo.ddpm_samples:  # the prior's samples, beside the first runs
+        n = int(demo.ddpm_samples)
+        jobs.insert(0, functools.partial(ddpm_samples, demo, loaded, workdir / DDPM_PNG, n))
+    # Runs are independent (own workdir, own keys): `workers` threads overlap one run's tracing
+    # and XLA compilation (most of a 32 px run's time) with another's sampling.
     workers = max(1, int(demo.get("workers", 1)))
     if workers == 1:
-        for pair in pairs:
-            one(pair)
+        for job in jobs:
+            job()
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(one, pairs):
+            for _ in pool.map(lambda job: job(), jobs):
                 pass
     written = make_table([workdir], out=workdir)
     return {
@@ -217,6 +227,6 @@ def describe(result: dict, demo, workdir) -> str:
     lines.append(f"table: {w['md']} (also {w['csv'].name}, {w['png'].name})")
     grids = [str(p) for k, p in w.items() if k.startswith("grid_")]
     lines.append(f"figures: {', '.join(grids)}")
-    lines.append(f"prior samples: {pathlib.Path(workdir) / 'ddpm_samples.png'}")
+    lines.append(f"prior samples: {pathlib.Path(workdir) / DDPM_PNG}")
     lines.append(f"per-run results: {workdir}/METHOD_TASK/ (summary.md, results.jsonl, images/)")
     return "\n".join(lines)

@@ -75,6 +75,11 @@ class BatchRunner:
     def compile_seconds(self) -> float:
         return self._batch.compile_seconds
 
+    @property
+    def wait_seconds(self) -> float:
+        """Time spent waiting for another thread's program (jaxdiff.sharding.EXECUTION)."""
+        return self._batch.wait_seconds
+
     def hparams(self, overrides=None) -> dict:
         h = dict(self.exp.default_hparams())
         unknown = sorted(set(overrides or {}) - set(h))

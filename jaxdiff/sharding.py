@@ -20,6 +20,7 @@ gets its own images' results back. Every process must make the same sequence of 
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import jax
@@ -35,6 +36,13 @@ from jaxdiff.samplers import BATCH_AXIS, batched
 # of a traced hyperparameter (the demo run twice, a sweep checked against single runs), reuses
 # the program instead of compiling it again.
 _PROGRAMS: dict = {}
+
+EXECUTION = threading.RLock()
+"""Held while a program executes. XLA:CPU programs that execute at the same time change each
+other's float results (two threads running the demo's programs gave different tables from run
+to run; numpy work or a compilation beside an execution does not), so the batching path runs one
+program at a time per process and a result depends on its inputs alone. Threads still overlap
+one program's compilation with another's execution (the demo's `workers`)."""
 
 
 class DistributedError(JaxdiffError, RuntimeError):
@@ -197,6 +205,7 @@ class ShardedBatch:
         self.out_axis = out_axis
         self.cache_key = cache_key
         self.compile_seconds = 0.0
+        self.wait_seconds = 0.0  # for EXECUTION, held by another thread's program
         spec = PartitionSpec(*([None] * out_axis), BATCH_AXIS)
         self._split = NamedSharding(self.mesh, PartitionSpec(BATCH_AXIS))
         self._same = NamedSharding(self.mesh, PartitionSpec())
@@ -220,7 +229,11 @@ class ShardedBatch:
         split, n = pad_batch(split, self.local_size(max(sizes, default=0)))
         valid = np.arange(self.local_size(n)) < n
         args = (self._place(replicated, self._same), *self._place((split, valid), self._split))
-        out = self._program(args)(*args)
+        program = self._program(args)
+        t0 = time.perf_counter()
+        with EXECUTION:
+            self.wait_seconds += time.perf_counter() - t0
+            out = jax.block_until_ready(program(*args))
         if jax.process_count() > 1:
             out = multihost_utils.global_array_to_host_local_array(out, self.mesh, self._out_spec)
         return jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, n, axis=self.out_axis), out)

@@ -194,3 +194,39 @@ def test_a_preset_scaled_to_a_trivial_blur_warns_and_the_demo_tasks_do_not(caplo
         for method, task in plan(c):
             scale_task(run_config(c, method, task).task.to_dict(), 32)
     assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+_THREADS = """
+import threading, numpy as np
+from configs import demo as demo_config
+from jaxdiff.demo import run_config
+from jaxdiff.experiment import build
+from jaxdiff.runner import BatchRunner, image_keys
+
+cfg = run_config(demo_config.get_config(), "sdedit", "box")
+cfg.sampler.respacing = "100"  # SDEdit: 30 steps, long enough for the two to overlap
+runner = BatchRunner(build(cfg), 3)
+keys, x = image_keys(0, range(3)), np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3))
+alone = runner(keys, x)["x_hat"]
+together = []
+threads = [threading.Thread(target=lambda: together.append(runner(keys, x)["x_hat"])) for _ in "ab"]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(max(float(np.abs(out - alone).max()) for out in together))
+"""
+
+
+@pytest.mark.slow  # a demo-prior program compiled and run three times, in a fresh process (~25 s)
+def test_programs_in_threads_give_their_results_alone():
+    """XLA:CPU programs executing at the same time change each other's float results (one device,
+    XLA's default optimisation: not this test process's emulated devices, where they do not); the
+    batching path runs one at a time (jaxdiff.sharding.EXECUTION), so the demo's threads cannot."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS], capture_output=True, text=True, env=env, check=True
+    )
+    assert float(out.stdout.strip()) == 0.0
