@@ -10,11 +10,13 @@ gradient. So jaxdiff compiles with them off on CPU; other backends keep XLA's de
 (`on` / `off` / `auto`) forces either; `auto` is the rule above. A jaxlib that does not know the
 option compiles with its defaults. Programs read the choice when they are compiled: the programs of
 the command-line tools and `ShardedBatch`, the benchmark's and the demo's; a user's own `jax.jit`
-passes `compiler_options=compiler_options()` to get it.
+passes `compiler_options=compiler_options()` to get it. `backend_optimization_level` sets XLA:CPU's
+LLVM level for those programs (the demo compiles at 1: its programs are compile-bound).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -61,13 +63,50 @@ def _cpu_accepts_off() -> bool:
     return True
 
 
+BACKEND_OPTIMIZATION_LEVEL: int | None = None
+"""XLA:CPU's backend (LLVM) optimisation level for jaxdiff's programs; None: XLA's default (2).
+A program of a small network spends most of its time compiling, one kernel at a time, and level 1
+compiles a quarter faster with the same run time (the demo: docs/performance.md); a full-size
+network's forward runs slower at level 1 (ffhq256: 4.9 against 4.2 s per call), so the default
+stays. Set through `backend_optimization_level`; $XLA_FLAGS naming a level wins."""
+_LEVEL_FLAG = "xla_backend_optimization_level"
+
+
+def check_optimization_level(level) -> int | None:
+    """`level` as an int in 0-3 (or None), else one ValueError naming it."""
+    if level is None:
+        return None
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level not in range(4):
+        raise ValueError(f"XLA backend optimisation level must be 0, 1, 2 or 3, got {level!r}")
+    return int(level)
+
+
+@contextlib.contextmanager
+def backend_optimization_level(level: int | None):
+    """Within the block, jaxdiff's CPU programs compile at LLVM optimisation `level` (0-3; None:
+    XLA's default). Module-wide, not per thread: meant for a command's whole run (the demo's)."""
+    global BACKEND_OPTIMIZATION_LEVEL
+    before = BACKEND_OPTIMIZATION_LEVEL
+    BACKEND_OPTIMIZATION_LEVEL = check_optimization_level(level)
+    try:
+        yield
+    finally:
+        BACKEND_OPTIMIZATION_LEVEL = before
+
+
 def compiler_options(backend: str | None = None) -> dict | None:
     """The options for `jax.jit(..., compiler_options=...)` or `.compile(...)` (None: XLA's
     defaults)."""
     backend = backend or jax.default_backend()
-    if backend != "cpu" or library_fusions_enabled(backend):
+    if backend != "cpu":
         return None
-    return dict(_CPU_OFF) if _cpu_accepts_off() else None
+    options = {}
+    if not library_fusions_enabled(backend) and _cpu_accepts_off():
+        options.update(_CPU_OFF)
+    level = BACKEND_OPTIMIZATION_LEVEL
+    if level is not None and _LEVEL_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        options[_LEVEL_FLAG] = level
+    return options or None
 
 
 def compile_lowered(lowered):
@@ -116,4 +155,10 @@ def straight_line_threefry() -> bool:
         mlir.register_lowering(threefry2x32_p, rule, platform="cpu")
     except (ImportError, AttributeError):
         return False
+    global THREEFRY_LOWERED
+    THREEFRY_LOWERED = True
     return True
+
+
+THREEFRY_LOWERED = False
+"""Whether straight_line_threefry() took effect in this process (a worker process repeats it)."""

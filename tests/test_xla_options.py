@@ -108,3 +108,21 @@ def test_straight_line_threefry_gives_the_same_bits_in_one_kernel(tmp_path):
     assert scope["out"] == ref
     program = jax.jit(lambda k: jax.random.normal(k, (64,))).lower(jax.random.PRNGKey(1))
     assert "while" not in program.compile().as_text()  # JAX's CPU lowering is a while loop
+
+
+def test_backend_optimization_level_holds_in_its_block_and_yields_to_xla_flags(switch):
+    switch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    assert "xla_backend_optimization_level" not in (xla_options.compiler_options("cpu") or {})
+    with xla_options.backend_optimization_level(1):
+        assert xla_options.compiler_options("cpu")["xla_backend_optimization_level"] == 1
+        assert xla_options.compiler_options("gpu") is None  # an XLA:CPU choice only
+        x, w = np.ones((1, 4, 4, 2), np.float32), np.ones((3, 3, 2, 2), np.float32)
+        program = xla_options.compile_lowered(jax.jit(_conv).lower(x, w))  # XLA takes it
+        assert np.asarray(program(x, w)).max() == 18  # 3x3 taps x 2 channels of ones
+    assert "xla_backend_optimization_level" not in (xla_options.compiler_options("cpu") or {})
+    switch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")  # the user's flag wins
+    with xla_options.backend_optimization_level(3):
+        assert "xla_backend_optimization_level" not in (xla_options.compiler_options("cpu") or {})
+    for bad in (4, -1, True, "1", 1.0):
+        with pytest.raises(ValueError, match="optimisation level must be 0, 1, 2 or 3"):
+            xla_options.check_optimization_level(bad)
