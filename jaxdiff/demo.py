@@ -1,9 +1,10 @@
 """The main job on the bundled demo prior: every method on every demo task, one table (the
 library of scripts/demo.py).
 
-Runs unconditional DDPM samples of the prior, then SDEdit, Score-ALD and DPS (plus the classical
-baselines and the measurement itself, the floor) on box and random inpainting, Gaussian
-deblurring and 2x super-resolution of the prior's held-out photos (settings: configs/demo.py).
+Runs unconditional DDPM samples of the prior and every pixel-space method (plus the classical
+baselines and the measurement itself, the floor) on box inpainting and Gaussian deblurring of the
+prior's held-out photos; `--config.tasks=box,random,gaussian_blur,sr2` adds random inpainting
+and 2x super-resolution (settings: configs/demo.py).
 Each (method, task) is an ordinary driver run in workdir/METHOD_TASK (one compile, resumable),
 so `python -m scripts.table` works on them too. Writes workdir/table.{md,csv,png},
 workdir/grid_TASK.png and workdir/ddpm_samples.png.
@@ -14,7 +15,6 @@ The method and baseline configs are the config files METHOD.py and baselines.py
 
 from __future__ import annotations
 
-import functools
 import pathlib
 import time
 
@@ -178,38 +178,125 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     configs = {pair: run_config(demo, *pair) for pair in pairs}
     for cfg in configs.values():
         runs.validate_config(cfg)
+    level = xla_options.check_optimization_level(demo.get("xla_backend_optimization_level"))
     exps = {pair: build(cfg, loaded=loaded) for pair, cfg in configs.items()}
     first = exps[pairs[0]]
     images = load_images(demo.data, first.image_size, demo.num_images, first.meta)
     claim(workdir, "demo", config_dict(demo))  # the config checked, before the first write
 
-    def one(pair):
-        method, task = pair
-        run_dir = workdir / f"{method}_{task}"
-        runs.run(configs[pair], run_dir, exp=exps[pair], images=images, progress=progress)
-
-    jobs = [functools.partial(one, pair) for pair in pairs]
+    # the longest runs first, so that the last to finish are short ones (results do not depend
+    # on the order: each run has its own keys)
+    pairs = sorted(pairs, key=lambda pair: -_cost(demo, pair, exps[pair]))
+    jobs = [("run", pair, workdir / "_".join(pair)) for pair in pairs]
     if demo.ddpm_samples:  # the prior's samples, beside the first runs
-        n = int(demo.ddpm_samples)
-        jobs.insert(0, functools.partial(ddpm_samples, demo, loaded, workdir / DDPM_PNG, n))
-    # Runs are independent (own workdir, own keys): `workers` threads overlap one run's tracing
-    # and XLA compilation (most of a 32 px run's time) with another's sampling.
+        jobs.insert(0, ("ddpm", workdir / DDPM_PNG, int(demo.ddpm_samples)))
     workers = max(1, int(demo.get("workers", 1)))
     if workers == 1:
-        for job in jobs:
-            job()
+        with xla_options.backend_optimization_level(level):
+            do = _Jobs(demo, images, progress, loaded=loaded, exps=exps)
+            for job in jobs:
+                do(job)
     else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(lambda job: job(), jobs):
-                pass
+        _in_processes(jobs, workers, demo, images, level, progress)
     written = make_table([workdir], out=workdir)
     return {
         "table": written,
         "claims": check_claims(written["csv"]),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _cost(demo, pair, exp) -> float:
+    """A run's rough cost in network calls, for ordering the runs: the compilation counts as
+    100 calls (170 with a gradient), a call through the network's gradient as 3.3 (the demo
+    prior on 2 cores); a classical baseline as 0."""
+    from jaxdiff.diffusion import schedule_from_meta
+    from jaxdiff.samplers import SAMPLERS
+
+    method, task = pair
+    if method not in SAMPLERS:
+        return 0.0
+    spec = SAMPLERS.get(method)
+    config = exp.config.sampler
+    steps = schedule_from_meta(exp.meta["diffusion"], config.respacing).num_steps
+    calls = spec.num_evaluations(steps, dict(config.options))
+    return 170 + 3.3 * calls if spec.grad else 100 + calls
+
+
+class _Jobs:
+    """Runs the demo's jobs: ("run", (method, task), run_dir) or ("ddpm", png_path, n)."""
+
+    def __init__(self, demo, images, progress, loaded=None, exps=None):
+        from jaxdiff.experiment import resolve_model_dir
+        from jaxdiff.models import load_pretrained
+
+        if loaded is None:
+            model_dir = resolve_model_dir(demo.model)
+            loaded = (model_dir, *load_pretrained(model_dir))
+        self.demo, self.images, self.progress, self.loaded = demo, images, progress, loaded
+        self.exps = exps or {}
+
+    def __call__(self, job) -> str:
+        from jaxdiff import runs
+        from jaxdiff.experiment import build
+
+        kind, what, *rest = job
+        if kind == "ddpm":
+            ddpm_samples(self.demo, self.loaded, what, *rest)
+            return pathlib.Path(what).name
+        config = run_config(self.demo, *what)
+        exp = self.exps.get(what) or build(config, loaded=self.loaded)
+        runs.run(config, rest[0], exp=exp, images=self.images, progress=self.progress)
+        return pathlib.Path(rest[0]).name
+
+
+# Worker processes, not threads: XLA:CPU programs executing at the same time in one process
+# changed each other's float results (sharding.EXECUTION), while programs in separate processes
+# do not; so each worker process runs one job at a time, and the processes overlap one run's
+# compilation and execution with another's (thread workers behind the lock: 439 s for the demo).
+_WORKER: dict = {}
+
+
+def _start_worker(demo_dict, images, settings) -> None:
+    """A worker process's set-up: the parent's JAX settings, then the demo's model, once."""
+    import ml_collections
+
+    from jaxdiff import compile_cache
+
+    cache_dir, threefry, level = settings
+    compile_cache.enable(cache_dir or "off")
+    if threefry:
+        xla_options.straight_line_threefry()
+    xla_options.BACKEND_OPTIMIZATION_LEVEL = level  # the process's whole life
+    _WORKER["jobs"] = _Jobs(ml_collections.ConfigDict(demo_dict), images, progress=False)
+
+
+def _job_in_worker(job) -> str:
+    return _WORKER["jobs"](job)
+
+
+def _in_processes(jobs, workers, demo, images, level, progress) -> None:
+    """`jobs` on `workers` spawned processes (each job's own results; a job's error is raised
+    here); a bar over the jobs where `progress`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    settings = (jax.config.jax_compilation_cache_dir, xla_options.THREEFRY_LOWERED, level)
+    ctx = multiprocessing.get_context("spawn")  # a fork would copy JAX's threads and locks
+    init = (demo.to_dict(), images, settings)
+    with ProcessPoolExecutor(workers, ctx, initializer=_start_worker, initargs=init) as pool:
+        futures = [pool.submit(_job_in_worker, job) for job in jobs]
+        try:
+            with tqdm(total=len(jobs), desc="demo runs", disable=not progress) as bar:
+                for future in as_completed(futures):
+                    bar.set_postfix_str(future.result(), refresh=False)
+                    bar.update()
+        except BaseException:
+            for future in futures:  # the runs not started stay unstarted
+                future.cancel()
+            raise
 
 
 def describe(result: dict, demo, workdir) -> str:

@@ -42,7 +42,8 @@ EXECUTION = threading.RLock()
 other's float results (two threads running the demo's programs gave different tables from run
 to run; numpy work or a compilation beside an execution does not), so the batching path runs one
 program at a time per process and a result depends on its inputs alone. Threads still overlap
-one program's compilation with another's execution (the demo's `workers`)."""
+one program's compilation with another's execution; programs in separate processes do not affect
+each other (the demo's `workers` are processes)."""
 
 
 class DistributedError(JaxdiffError, RuntimeError):

@@ -4,9 +4,10 @@
 
 Defaults: the demo prior bundled in the package (a 32x32 ADM UNet) and its three held-out demo
 photos (astronaut, chelsea, coffee); --config.model=DIR and --config.data=FOLDER take others.
-Runs unconditional DDPM samples of the prior, then SDEdit, Score-ALD and DPS (plus the classical
-baselines and the measurement itself, the floor) on box and random inpainting, Gaussian
-deblurring and 2x super-resolution of the prior's held-out photos (settings: configs/demo.py).
+Runs unconditional DDPM samples of the prior and every pixel-space method (plus the classical
+baselines and the measurement itself, the floor) on box inpainting and Gaussian deblurring of the
+prior's held-out photos; `--config.tasks=box,random,gaussian_blur,sr2` adds random inpainting
+and 2x super-resolution (settings: configs/demo.py).
 Each (method, task) is an ordinary driver run in workdir/METHOD_TASK (one compile, resumable),
 so `python -m scripts.table` works on them too. Writes workdir/table.{md,csv,png},
 workdir/grid_TASK.png and workdir/ddpm_samples.png, and prints where they are. See

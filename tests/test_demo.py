@@ -8,7 +8,7 @@ import pytest
 
 from configs import demo as demo_config
 from jaxdiff import data as jdata
-from jaxdiff.demo import plan, run_config, run_demo
+from jaxdiff.demo import DDPM_PNG, plan, run_config, run_demo
 from jaxdiff.samplers import SAMPLERS
 from tests.test_reproduce import tiny_model  # noqa: F401 (fixture)
 
@@ -31,10 +31,13 @@ def tiny_demo(model, **over):
 @pytest.mark.slow
 def test_demo_is_deterministic(tmp_path, tiny_model):  # noqa: F811
     c = tiny_demo(tiny_model, methods="sdedit,ddrm", method_respacing={"ddrm": "skip5"})
-    a = run_demo(c, tmp_path / "a", progress=False)
-    b = run_demo(c, tmp_path / "b", progress=False)
+    c.ddpm_samples = 2
+    a = run_demo(c, tmp_path / "a", progress=False)  # two worker processes
+    c.workers = 1
+    b = run_demo(c, tmp_path / "b", progress=False)  # every job in this process, in turn
     md = a["table"]["md"].read_text()
     assert md == b["table"]["md"].read_text()  # the same command twice: the same table
+    assert (tmp_path / "a" / DDPM_PNG).read_bytes() == (tmp_path / "b" / DDPM_PNG).read_bytes()
     for m in ("sdedit", "ddrm", "telea", "measurement"):
         assert f"| {m} |" in md
     for run in ("sdedit_box", "ddrm_box", "telea_box", "measurement_box"):
@@ -230,3 +233,10 @@ def test_programs_in_threads_give_their_results_alone():
         [sys.executable, "-c", _THREADS], capture_output=True, text=True, env=env, check=True
     )
     assert float(out.stdout.strip()) == 0.0
+
+
+def test_a_bad_compiler_level_is_refused_before_anything_is_written(tmp_path, tiny_model):  # noqa: F811
+    c = tiny_demo(tiny_model, xla_backend_optimization_level=5)
+    with pytest.raises(ValueError, match="optimisation level must be 0, 1, 2 or 3, got 5"):
+        run_demo(c, tmp_path / "demo", progress=False)
+    assert not (tmp_path / "demo").exists()
