@@ -139,3 +139,17 @@ def test_bad_inputs_are_clear_errors():
     one_step = make_schedule(1000, respacing="1", variance_type="fixed_large")
     with pytest.raises(ValueError, match="at least 2"):
         get_sampler("fps_smc")(GP.model_fn, one_step, operator=op)
+
+
+def test_a_fixture_of_another_official_branch_is_refused_by_name(tmp_path):
+    import json
+    import shutil
+
+    from jaxdiff.parity import fps_smc as replay
+
+    src = pathlib.Path(__file__).parent / "fixtures" / "fps_smc"
+    shutil.copy(src / "fps_smc_inpainting.npz", tmp_path / "fps_smc_sr.npz")
+    meta = json.loads((src / "fps_smc_inpainting.json").read_text())
+    (tmp_path / "fps_smc_sr.json").write_text(json.dumps({**meta, "task": "super_resolution"}))
+    with pytest.raises(ValueError, match="'super_resolution' is not replayed.*inpainting branch"):
+        replay.replay(tmp_path / "fps_smc_sr.npz")

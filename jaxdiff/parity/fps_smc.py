@@ -55,7 +55,11 @@ def replay(npz_path, model_dir=None) -> dict:
     fx = Fixture.load(npz_path, None, dtype, trajectory=TRAJECTORY)
     cfg = fx.config
     if cfg.get("task") != "inpainting":
-        raise ValueError(f"fps_smc fixture: unknown task {cfg.get('task')!r}")
+        raise ValueError(
+            f"fps_smc fixture: task {cfg.get('task')!r} is not replayed, only the official code's "
+            "inpainting branch (its super-resolution and deblurring branches weight with a bicubic "
+            "Resizer while proposing with the block SVD, at 256 px; docs/methods.md)"
+        )
     x0 = np.asarray(fx["x0"])
     b = x0.shape[0]
     shape = tuple(nchw_to_nhwc(x0).shape[1:])
