@@ -215,7 +215,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_images = 0
     c.seed = 0
     c.batch_size = 0
-    # worker processes, each running one (method, task) at a time: two overlap one run's tracing
+    # worker processes on a CPU (elsewhere the runs take turns in this process), each running
+    # one (method, task) at a time: two overlap one run's tracing
     # and compilation with another's sampling on a 2-core CPU (the 4-task demo: 351 s, against
     # 389 s with two threads that execute one program at a time); the results do not depend on
     # it (jaxdiff.demo: processes, not threads)

@@ -191,7 +191,9 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     if demo.ddpm_samples:  # the prior's samples, beside the first runs
         jobs.insert(0, ("ddpm", workdir / DDPM_PNG, int(demo.ddpm_samples)))
     workers = max(1, int(demo.get("workers", 1)))
-    if workers == 1:
+    # worker processes on the CPU only: an accelerator is one process's (a TPU opens in one, and
+    # each process would preallocate most of a GPU's memory)
+    if workers == 1 or jax.default_backend() != "cpu":
         with xla_options.backend_optimization_level(level):
             do = _Jobs(demo, images, progress, loaded=loaded, exps=exps)
             for job in jobs:
