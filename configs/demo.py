@@ -216,10 +216,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = 0
     # worker processes on a CPU (elsewhere the runs take turns in this process), each running
-    # one (method, task) at a time: two overlap one run's tracing
-    # and compilation with another's sampling on a 2-core CPU (the 4-task demo: 351 s, against
-    # 389 s with two threads that execute one program at a time); the results do not depend on
-    # it (jaxdiff.demo: processes, not threads)
+    # one (method, task) at a time: two overlap one run's tracing and compilation with another's
+    # sampling on a 2-core CPU (the 4-task demo: 351 s, against 389 s with two threads that
+    # execute one program at a time); the results do not depend on it (jaxdiff.demo)
     c.workers = 2
     # XLA:CPU compiles each of the demo's ~30 programs kernel by kernel (most of its time), and
     # LLVM level 1 instead of XLA's default 2 compiles them a quarter faster (DPS: 16.4 against
