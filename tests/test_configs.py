@@ -220,9 +220,15 @@ def test_demo_config_covers_every_method_on_its_tasks():
     assert solvers <= set(c.methods.split(","))
     for m in solvers:
         assert (m, "box") in pairs or (m, "gaussian_blur") in pairs, m
-    assert ("telea", "box") in pairs and ("telea", "sr2") not in pairs
-    assert ("wiener", "gaussian_blur") in pairs and ("bicubic", "sr2") in pairs
+    assert ("telea", "box") in pairs and ("wiener", "gaussian_blur") in pairs
+    assert c.tasks == demo.TASKS == "box,gaussian_blur"  # the default: every method's row
     assert int(c.respacing) <= 100  # the demo's short schedule
+    # all four tuned tasks: DPS on each, Score-ALD on SR too, each baseline where it applies
+    c.tasks = demo.ALL_TASKS
+    more = set(plan(c)) - set(pairs)
+    assert {("dps", "random"), ("dps", "sr2"), ("score_ald", "sr2")} <= more
+    assert {("bicubic", "sr2"), ("telea", "random"), ("measurement", "random")} <= more
+    assert ("telea", "sr2") not in more and all(t in ("random", "sr2") for _, t in more)
 
 
 def test_parse_arg_positional_keyword_and_boolean():
