@@ -116,7 +116,7 @@ def ddpm_samples(demo, loaded, path, n: int) -> None:
     keys = image_keys(demo.seed, range(n))
     run = jax.jit(batched(sample)).lower(params, keys)
     run = run.compile(compiler_options=xla_options.compiler_options())
-    with EXECUTION:  # beside the demo's runs: one program at a time (see EXECUTION)
+    with EXECUTION:  # one program at a time in this process (see EXECUTION)
         out = jax.block_until_ready(run(params, keys))
     x = np.asarray(out.x0)
     cols = min(n, 8)
@@ -186,7 +186,7 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
 
     # the longest runs first, so that the last to finish are short ones (results do not depend
     # on the order: each run has its own keys)
-    pairs = sorted(pairs, key=lambda pair: -_cost(demo, pair, exps[pair]))
+    pairs = sorted(pairs, key=lambda pair: -_cost(pair, exps[pair]))
     jobs = [("run", pair, workdir / "_".join(pair)) for pair in pairs]
     if demo.ddpm_samples:  # the prior's samples, beside the first runs
         jobs.insert(0, ("ddpm", workdir / DDPM_PNG, int(demo.ddpm_samples)))
@@ -208,17 +208,16 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     }
 
 
-def _cost(demo, pair, exp) -> float:
+def _cost(pair, exp) -> float:
     """A run's rough cost in network calls, for ordering the runs: the compilation counts as
     100 calls (170 with a gradient), a call through the network's gradient as 3.3 (the demo
     prior on 2 cores); a classical baseline as 0."""
     from jaxdiff.diffusion import schedule_from_meta
     from jaxdiff.samplers import SAMPLERS
 
-    method, task = pair
-    if method not in SAMPLERS:
+    if pair[0] not in SAMPLERS:
         return 0.0
-    spec = SAMPLERS.get(method)
+    spec = SAMPLERS.get(pair[0])
     config = exp.config.sampler
     steps = schedule_from_meta(exp.meta["diffusion"], config.respacing).num_steps
     calls = spec.num_evaluations(steps, dict(config.options))
