@@ -93,6 +93,22 @@ def test_grid_uses_images_common_to_all_runs(tmp_path):
     assert jdata.load_image(tmp_path / "g1.png").shape[0] < one_row.shape[0]
 
 
+def test_grid_shows_each_panel_filling_its_cell(tmp_path):
+    run = _fake_run(tmp_path, "dps", "sr4", 20.0, 0.7, 0.2, images=("a.png",))
+    colours = {"truth": (-1, 1, -1), "measurement": (-1, -1, 1), "recon": (1, -1, -1)}
+    for kind, rgb in colours.items():
+        size = 4 if kind == "measurement" else 8  # an SR measurement: smaller than its image
+        jdata.save_png(image_path(run, "a.png", kind), np.ones((size, size, 3)) * np.array(rgb))
+    t = report.collect(report.find_runs([tmp_path]))
+    assert report.plot_grid(t, "sr4", tmp_path / "g.png")
+    g = (jdata.load_image(tmp_path / "g.png") + 1) / 2
+    area = {
+        k: np.sum(np.all(np.abs(g - (np.array(c) + 1) / 2) < 0.05, -1)) for k, c in colours.items()
+    }
+    assert min(area.values()) > 0.03 * g.shape[0] * g.shape[1]  # each panel is drawn
+    assert max(area.values()) < 1.1 * min(area.values())  # the 4x4 measurement fills its cell
+
+
 def test_missing_metrics_and_bad_paths(tmp_path):
     run = _fake_run(tmp_path, "dps", "box", 20.0, 0.7, 0.2)
     s = json.loads((run / SUMMARY_JSON).read_text())
