@@ -25,6 +25,7 @@ from jaxdiff import compile_cache, config_lib, xla_options
 from jaxdiff.errors import JaxdiffError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 128 + 2  # the shell's status for a process ended by SIGINT
 # What counts as bad input (a config, a file, a flag, a folder): one line, status 2. Anything
 # else is a defect and keeps its traceback. OSError covers a missing or unreadable file and a
 # full disk; KeyError a missing key of a file or registry.
@@ -89,6 +90,10 @@ def run(main, argv=None, *, info_logs: bool = False, default_config: str | None 
             if flags.FLAGS.debug:
                 raise
             fail(prog, e, console)
+        except KeyboardInterrupt:
+            if flags.FLAGS.debug:
+                raise
+            interrupted(prog)
 
     app.run(guarded, argv=argv, flags_parser=parse)
 
@@ -172,6 +177,17 @@ def fail(prog: str, e: BaseException | str, console: bool = False):
         os._exit(EXIT_BAD_INPUT)
     print(f"{prog}: error: {msg}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
+
+
+def interrupted(prog: str):
+    """Ctrl-C: `PROG: interrupted (SIGINT); ...` as the last line on stderr, exit status 130 (no
+    traceback). Every file is written whole (atomic writes), so what was written is kept and
+    the resumable commands (demo, reproduce, sweep, train) go on from it when run again."""
+    sys.stdout.flush()
+    print(f"{prog}: interrupted (SIGINT); what was already written is kept", file=sys.stderr)
+    # a normal exit, not `fail`'s os._exit: multiprocessing's finalizers must run, or its
+    # resource tracker prints a warning about the demo's worker queues after this line
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _help_for(module_name: str) -> None:

@@ -15,7 +15,9 @@ The method and baseline configs are the config files METHOD.py and baselines.py
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import signal
 import time
 
 import jax
@@ -162,23 +164,38 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     """Every run of the demo, then the table; returns {"table": paths, "claims": check_claims(),
     "seconds": wall}."""
     from jaxdiff import runs
+
+    t0 = time.perf_counter()
+    workdir = pathlib.Path(workdir)
+    pairs = plan(demo)
+    # every run's config, so that a bad name or setting in any of them is found before the first
+    # write (not after the runs before it, in a folder then claimed by it)
+    configs = {pair: run_config(demo, *pair) for pair in pairs}
+    for cfg in configs.values():
+        runs.validate_config(cfg)
+    level = xla_options.check_optimization_level(demo.get("xla_backend_optimization_level"))
+    workers = max(1, int(demo.get("workers", 1)))
+    # worker processes on the CPU only: an accelerator is one process's (a TPU opens in one, and
+    # each process would preallocate most of a GPU's memory). They start now, so that their
+    # imports and model loading overlap this process's set-up below.
+    if workers == 1 or jax.default_backend() != "cpu":
+        with xla_options.backend_optimization_level(level):
+            return _run_demo(demo, workdir, configs, None, progress, t0)
+    with _worker_pool(workers, demo, level) as pool:
+        return _run_demo(demo, workdir, configs, pool, progress, t0)
+
+
+def _run_demo(demo, workdir, configs, pool, progress, t0) -> dict:
+    """run_demo after the checks: the jobs in this process (`pool` None) or on `pool`."""
     from jaxdiff.experiment import build, resolve_model_dir
     from jaxdiff.images import load_images
     from jaxdiff.models import load_pretrained
     from jaxdiff.report import make_table
     from jaxdiff.workdir import claim, config_dict
 
-    t0 = time.perf_counter()
-    workdir = pathlib.Path(workdir)
     model_dir = resolve_model_dir(demo.model)
     loaded = (model_dir, *load_pretrained(model_dir))
-    pairs = plan(demo)
-    # every run's config and experiment, so that a bad name or setting in any of them is found
-    # before the first write (not after the runs before it, in a folder then claimed by it)
-    configs = {pair: run_config(demo, *pair) for pair in pairs}
-    for cfg in configs.values():
-        runs.validate_config(cfg)
-    level = xla_options.check_optimization_level(demo.get("xla_backend_optimization_level"))
+    pairs = list(configs)
     exps = {pair: build(cfg, loaded=loaded) for pair, cfg in configs.items()}
     first = exps[pairs[0]]
     images = load_images(demo.data, first.image_size, demo.num_images, first.meta)
@@ -190,16 +207,12 @@ def run_demo(demo, workdir, progress: bool = True) -> dict:
     jobs = [("run", pair, workdir / "_".join(pair)) for pair in pairs]
     if demo.ddpm_samples:  # the prior's samples, beside the first runs
         jobs.insert(0, ("ddpm", workdir / DDPM_PNG, int(demo.ddpm_samples)))
-    workers = max(1, int(demo.get("workers", 1)))
-    # worker processes on the CPU only: an accelerator is one process's (a TPU opens in one, and
-    # each process would preallocate most of a GPU's memory)
-    if workers == 1 or jax.default_backend() != "cpu":
-        with xla_options.backend_optimization_level(level):
-            do = _Jobs(demo, images, progress, loaded=loaded, exps=exps)
-            for job in jobs:
-                do(job)
+    if pool is None:
+        do = _Jobs(demo, progress, loaded=loaded, exps=exps)
+        for job in jobs:
+            do(job, images)
     else:
-        _in_processes(jobs, workers, demo, images, level, progress)
+        _in_processes(pool, jobs, images, progress)
     written = make_table([workdir], out=workdir)
     return {
         "table": written,
@@ -225,19 +238,20 @@ def _cost(pair, exp) -> float:
 
 
 class _Jobs:
-    """Runs the demo's jobs: ("run", (method, task), run_dir) or ("ddpm", png_path, n)."""
+    """Runs the demo's jobs: ("run", (method, task), run_dir) or ("ddpm", png_path, n), each on
+    the demo's images."""
 
-    def __init__(self, demo, images, progress, loaded=None, exps=None):
+    def __init__(self, demo, progress, loaded=None, exps=None):
         from jaxdiff.experiment import resolve_model_dir
         from jaxdiff.models import load_pretrained
 
         if loaded is None:
             model_dir = resolve_model_dir(demo.model)
             loaded = (model_dir, *load_pretrained(model_dir))
-        self.demo, self.images, self.progress, self.loaded = demo, images, progress, loaded
+        self.demo, self.progress, self.loaded = demo, progress, loaded
         self.exps = exps or {}
 
-    def __call__(self, job) -> str:
+    def __call__(self, job, images) -> str:
         from jaxdiff import runs
         from jaxdiff.experiment import build
 
@@ -247,7 +261,7 @@ class _Jobs:
             return pathlib.Path(what).name
         config = run_config(self.demo, *what)
         exp = self.exps.get(what) or build(config, loaded=self.loaded)
-        runs.run(config, rest[0], exp=exp, images=self.images, progress=self.progress)
+        runs.run(config, rest[0], exp=exp, images=images, progress=self.progress)
         return pathlib.Path(rest[0]).name
 
 
@@ -258,46 +272,75 @@ class _Jobs:
 _WORKER: dict = {}
 
 
-def _start_worker(demo_dict, images, settings) -> None:
+def _start_worker(demo_dict, settings) -> None:
     """A worker process's set-up: the parent's JAX settings, then the demo's model, once."""
+    import threading
+
     import ml_collections
+    from tqdm import tqdm
 
     from jaxdiff import compile_cache
 
     cache_dir, threefry, level = settings
+    # Ctrl-C is the parent's: it stops the workers (a worker's own KeyboardInterrupt would fail
+    # its job and go on to the next one queued)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore; a worker stopped by the parent would
+    # leave it registered, and multiprocessing's resource tracker warns about it after the
+    # parent's last line. A worker's bars are its own: a thread lock does.
+    tqdm.set_lock(threading.RLock())
     compile_cache.enable(cache_dir or "off")
     if threefry:
         xla_options.straight_line_threefry()
     xla_options.BACKEND_OPTIMIZATION_LEVEL = level  # the process's whole life
-    _WORKER["jobs"] = _Jobs(ml_collections.ConfigDict(demo_dict), images, progress=False)
+    _WORKER["jobs"] = _Jobs(ml_collections.ConfigDict(demo_dict), progress=False)
 
 
-def _job_in_worker(job) -> str:
-    return _WORKER["jobs"](job)
+def _ready() -> None:
+    """A no-op job: submitting one per worker starts the processes (the pool starts them on
+    demand)."""
 
 
-def _in_processes(jobs, workers, demo, images, level, progress) -> None:
-    """`jobs` on `workers` spawned processes (each job's own results; a job's error is raised
-    here); a bar over the jobs where `progress`."""
+def _job_in_worker(job, images) -> str:
+    return _WORKER["jobs"](job, images)
+
+
+@contextlib.contextmanager
+def _worker_pool(workers, demo, level):
+    """`workers` spawned processes, started at once. On an error or Ctrl-C the jobs not started
+    are cancelled and the workers stopped at once (finished runs are kept; an interrupted run
+    resumes with the same command)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm import tqdm
+    from concurrent.futures import ProcessPoolExecutor
 
     settings = (jax.config.jax_compilation_cache_dir, xla_options.THREEFRY_LOWERED, level)
     ctx = multiprocessing.get_context("spawn")  # a fork would copy JAX's threads and locks
-    init = (demo.to_dict(), images, settings)
+    init = (demo.to_dict(), settings)
     with ProcessPoolExecutor(workers, ctx, initializer=_start_worker, initargs=init) as pool:
-        futures = [pool.submit(_job_in_worker, job) for job in jobs]
+        for _ in range(workers):
+            pool.submit(_ready)
         try:
-            with tqdm(total=len(jobs), desc="demo runs", disable=not progress) as bar:
-                for future in as_completed(futures):
-                    bar.set_postfix_str(future.result(), refresh=False)
-                    bar.update()
+            yield pool
         except BaseException:
-            for future in futures:  # the runs not started stay unstarted
-                future.cancel()
+            # the runs under way stop now, not at their end, and those not started stay so
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _in_processes(pool, jobs, images, progress) -> None:
+    """`jobs` on the worker `pool` (each job's own results; a job's error is raised here); a
+    bar over the jobs where `progress`."""
+    from concurrent.futures import as_completed
+
+    from tqdm import tqdm
+
+    futures = [pool.submit(_job_in_worker, job, images) for job in jobs]
+    with tqdm(total=len(jobs), desc="demo runs", disable=not progress) as bar:
+        for future in as_completed(futures):
+            bar.set_postfix_str(future.result(), refresh=False)
+            bar.update()
 
 
 def describe(result: dict, demo, workdir) -> str:

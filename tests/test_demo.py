@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
 import ml_collections
 import numpy as np
 import pytest
@@ -240,3 +247,87 @@ def test_a_bad_compiler_level_is_refused_before_anything_is_written(tmp_path, ti
     with pytest.raises(ValueError, match="optimisation level must be 0, 1, 2 or 3, got 5"):
         run_demo(c, tmp_path / "demo", progress=False)
     assert not (tmp_path / "demo").exists()
+
+
+_CTRL_C = """
+import runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+sys.argv = ["demo"] + sys.argv[1:]
+runpy.run_module("scripts.demo", run_name="__main__")
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid} (gone)"
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_stops_the_demo_and_its_workers_at_once_with_one_line(tmp_path, tiny_model):  # noqa: F811
+    workdir = tmp_path / "demo"
+    args = [
+        f"--workdir={workdir}",
+        "--noprogress",
+        f"--config.model={tiny_model}",
+        "--config.methods=sdedit,ddrm,ddnm,pigdm,dps",
+        "--config.tasks=box",
+        "--config.num_images=1",
+        "--config.ddpm_samples=0",
+        "--config.baselines=measurement",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "JAXDIFF_COMPILATION_CACHE"}
+    env["JAXDIFF_COMPILATION_CACHE"] = "off"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C, *args],
+        start_new_session=True,  # its own process group, which Ctrl-C signals as a whole
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(workdir.glob("*/config.json")):  # runs under way
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2  # the two worker processes (and multiprocessing's tracker)
+        t = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert time.monotonic() - t < 15  # not after the runs under way and queued
+    assert proc.returncode == 130, err[-2000:]
+    assert (
+        err.strip().splitlines()[-1]
+        == "demo: interrupted (SIGINT); what was already written is kept"
+    )
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not [_cmdline(pid) for pid in workers if _running(pid)]  # none left running
+    started = [p.parent.name for p in workdir.glob("*/config.json")]
+    assert (workdir / "config.json").exists() and started  # what was written is kept
