@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from jaxdiff import data as jdata
+from jaxdiff import xla_options
 from jaxdiff.errors import ConfigError
 from jaxdiff.experiment import Experiment, build
 from jaxdiff.exports import write_results_csv
@@ -304,7 +305,11 @@ def _set_metrics(config, workdir, exp, images, scorer, job) -> dict:
 
 
 def _metric_args(config) -> dict:
-    return {"net": config.metrics.lpips_net, "mode": config.metrics.range}
+    return {
+        "net": config.metrics.lpips_net,
+        "mode": config.metrics.range,
+        "compiler_options": xla_options.compiler_options(),
+    }
 
 
 def _running_means(store: ResultStore) -> dict:

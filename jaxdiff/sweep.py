@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from jaxdiff import data as jdata
-from jaxdiff import report
+from jaxdiff import report, xla_options
 from jaxdiff.errors import ConfigError
 from jaxdiff.experiment import build
 from jaxdiff.images import load_share
@@ -246,6 +246,7 @@ class _Sweep:
             truth.reshape(-1, *x_hat.shape[2:]),
             net=config.metrics.lpips_net,
             mode=config.metrics.range,
+            compiler_options=xla_options.compiler_options(),
         )
         per = seconds / max(len(sel) * len(points), 1)
         records = []

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from jaxdiff.metrics import lpips, lpips_params, psnr, ssim
+from jaxdiff.metrics.per_image import compute_metrics
 
 
 def _load(path):
@@ -47,6 +48,22 @@ def test_lpips_matches_torch_lpips(pairs, net):
     with jax.default_matmul_precision("highest"):
         got = jax.jit(lambda p, a, b: lpips(a, b, net, params=p))(params, ref, deg)
     np.testing.assert_allclose(np.asarray(got), want[f"lpips_{net}"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [None, {"xla_cpu_experimental_ynn_fusion_type": ""}])
+def test_compute_metrics_matches_the_references_with_the_commands_compiler_options(pairs, options):
+    if options and jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU option")
+    ref, deg, want, _ = pairs
+    with jax.default_matmul_precision("highest"):
+        got = compute_metrics(deg, ref, net="vgg", compiler_options=options)
+    # PSNR: XLA's emitters sum the squared error in another order than the default program;
+    # a float32 mean over n terms rounds to ~sqrt(n) eps relative, 10 / ln 10 times that in dB
+    n = ref[0].size
+    psnr_atol = 10 / np.log(10) * np.sqrt(n) * np.finfo(np.float32).eps
+    np.testing.assert_allclose(got["psnr"], want["psnr"], rtol=0, atol=psnr_atol)
+    np.testing.assert_allclose(got["ssim"], want["ssim_gauss"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["lpips"], want["lpips_vgg"], rtol=0, atol=1e-5)
 
 
 def test_lpips_range_is_minus_one_to_one(pairs):

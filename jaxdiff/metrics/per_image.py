@@ -31,7 +31,6 @@ def stats(values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
 
 
-@functools.partial(jax.jit, static_argnames=("net", "mode", "with_lpips"))
 def _metrics(x_hat, x, lp_params, net, mode, with_lpips):
     if mode == "minmax":  # the DPS repo's clear_color: per-image min-max to the full range
 
@@ -51,9 +50,22 @@ def _metrics(x_hat, x, lp_params, net, mode, with_lpips):
     return out
 
 
-def compute_metrics(x_hat, x, net: str = "vgg", mode: str = "clip") -> dict[str, np.ndarray]:
+@functools.cache
+def _jitted(options: tuple):
+    return jax.jit(
+        _metrics,
+        static_argnames=("net", "mode", "with_lpips"),
+        compiler_options=dict(options) or None,
+    )
+
+
+def compute_metrics(
+    x_hat, x, net: str = "vgg", mode: str = "clip", compiler_options: dict | None = None
+) -> dict[str, np.ndarray]:
     """PSNR, SSIM (scikit-image conventions on [0, 1]) and LPIPS per image; NaN LPIPS for
-    images under 32 px (too small for the backbone)."""
+    images under 32 px (too small for the backbone). `compiler_options`: XLA's, for the one
+    program that computes them (the commands pass jaxdiff.xla_options': on XLA:CPU LPIPS-VGG
+    runs in 0.41 instead of 0.56 s for 4 images of 32 px)."""
     if mode not in ("clip", "minmax"):
         raise ValueError(f"metrics.range must be 'clip' or 'minmax', got {mode!r}")
     x_hat = np.asarray(x_hat, np.float32)
@@ -65,5 +77,6 @@ def compute_metrics(x_hat, x, net: str = "vgg", mode: str = "clip") -> dict[str,
         x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
     with_lpips = min(x.shape[1:3]) >= 32
     params = lpips_params(net) if with_lpips else None
-    out = _metrics(x_hat, x, params, net, mode, with_lpips)
+    run = _jitted(tuple(sorted((compiler_options or {}).items())))
+    out = run(x_hat, x, params, net=net, mode=mode, with_lpips=with_lpips)
     return {k: np.asarray(v, np.float64)[:n] for k, v in out.items()}
