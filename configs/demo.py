@@ -23,7 +23,7 @@ from jaxdiff import config_lib
 
 # The default tasks: the two that every method of the demo runs on (METHOD_TASKS). ALL_TASKS are
 # the ones tuned below; random inpainting and sr2 add DPS, Score-ALD and 7 baseline runs (the
-# demo 351 s instead of 315 s on 2 cores).
+# demo 344 s instead of 280-304 s on 2 cores).
 TASKS = "box,gaussian_blur"
 ALL_TASKS = "box,random,gaussian_blur,sr2"
 METHODS = (
