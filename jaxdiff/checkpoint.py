@@ -140,6 +140,9 @@ def save_pretrained(
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, params)
             ckptr.wait_until_finished()
+        # orbax's commit marker names the temporary folder by its absolute path: wrong after the
+        # move below, and a machine's path inside a folder that may be shipped; nothing reads it
+        (tmp / PARAMS_DIR / "commit_success.txt").unlink(missing_ok=True)
         (tmp / META_FILE).write_text(meta_text)
         _move_into_place(tmp, directory, force)
     except BaseException:

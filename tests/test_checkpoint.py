@@ -30,6 +30,8 @@ def test_round_trip(tmp_path):
     out = ck.save_pretrained(tmp_path / "ckpt", params, META)
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary left behind
     assert sorted(os.listdir(out)) == ["jaxdiff.json", "params"]
+    for f in (out / "params").rglob("*"):  # no machine path (orbax's commit marker names one)
+        assert not f.is_file() or str(tmp_path).encode() not in f.read_bytes(), f
     got, meta = ck.load_checkpoint(tmp_path / "ckpt")
     assert meta["format_version"] == 1 and meta["architecture"] == "adm"
     assert meta["model_config"]["channel_mult"] == [1, 2]
