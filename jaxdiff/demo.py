@@ -259,9 +259,8 @@ class _Jobs:
         if kind == "ddpm":
             ddpm_samples(self.demo, self.loaded, what, *rest)
             return pathlib.Path(what).name
-        config = run_config(self.demo, *what)
-        exp = self.exps.get(what) or build(config, loaded=self.loaded)
-        runs.run(config, rest[0], exp=exp, images=images, progress=self.progress)
+        exp = self.exps.get(what) or build(run_config(self.demo, *what), loaded=self.loaded)
+        runs.run(exp.config, rest[0], exp=exp, images=images, progress=self.progress)
         return pathlib.Path(rest[0]).name
 
 
@@ -322,7 +321,8 @@ def _worker_pool(workers, demo, level):
         try:
             yield pool
         except BaseException:
-            # the runs under way stop now, not at their end, and those not started stay so
+            # the runs under way stop now, not at their end, and those not started stay so (the
+            # pool's own processes: Python 3.14's `terminate_workers` does the same)
             for process in list((getattr(pool, "_processes", None) or {}).values()):
                 process.terminate()
             pool.shutdown(wait=True, cancel_futures=True)

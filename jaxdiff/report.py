@@ -330,56 +330,40 @@ def grid_layout(t: dict, task: str, max_images: int = 4) -> tuple[list[str], lis
     return stems, columns
 
 
-def _fit(img: np.ndarray, size: int) -> np.ndarray:
-    """`img` (H, W[, C], in [-1, 1]) as a size x size RGB panel in [0, 1], nearest neighbour (an
-    SR measurement is smaller than its reconstruction; each panel fills its cell)."""
-    img = np.asarray(img, np.float32)
-    img = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]
-    rows = np.arange(size) * img.shape[0] // size
-    cols = np.arange(size) * img.shape[1] // size
-    return np.clip((img[rows][:, cols] + 1) / 2, 0, 1)
-
-
 def plot_grid(t: dict, task: str, path, max_images: int = 4) -> bool:
     """One row per image, each method's measurement and reconstruction from its own run,
     titled with the method and its means, each reconstruction with its own metrics.
 
-    The panels are put together as one image and drawn on one axes with their labels as text (one
-    axes per panel took ~5 s per figure in matplotlib, the demo's last serial step)."""
+    The panels are tiled into one image (`data.make_grid`) and drawn on one axes with their
+    labels as text (one axes per panel took ~5 s per figure in matplotlib)."""
     stems, columns = grid_layout(t, task, max_images)
     if not stems:
         return False
     plt = _plt()
     records = {c["run"]: _records(c["run"]) for c in columns}
-    panels = [
+    rows = [
         [read_png(pathlib.Path(c["run"]) / "images" / f"{stem_}_{c['kind']}.png") for c in columns]
         for stem_ in stems
     ]
-    size = max(max(p.shape[:2]) for row in panels for p in row)
-    # cell geometry in panel pixels: a gap between panels, a band under each row for the
-    # reconstructions' metrics, room above for the column titles and left for the image names
-    gap, band, top, left = (round(f * size) for f in (0.08, 0.28, 0.5, 0.3))
-    cell_w, cell_h = size + gap, size + band
-    canvas = np.ones((top + len(stems) * cell_h, left + len(columns) * cell_w, 3), np.float32)
-    for i, row in enumerate(panels):
-        for j, img in enumerate(row):
-            y, x = top + i * cell_h, left + j * cell_w
-            canvas[y : y + size, x : x + size] = _fit(img, size)
+    h, w = np.asarray(rows[0][0]).shape[:2]  # make_grid's panel size (the ground truth's)
+    # the gap under each row holds the reconstructions' metrics; a band above, the column titles
+    pad, top = round(0.3 * h), round(0.5 * h)
+    grid = jdata.make_grid(rows, pad=pad)
+    canvas = np.concatenate([np.ones((top, grid.shape[1], 3), np.float32), grid])
     fig = plt.figure(figsize=(1.7 * len(columns), 1.7 * len(stems) + 0.6))
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(canvas, interpolation="nearest")
+    ax.imshow(np.clip((canvas + 1) / 2, 0, 1), interpolation="nearest")
     ax.set_axis_off()
-    for j, c in enumerate(columns):
-        x = left + j * cell_w + size / 2
-        ax.text(x, top - 1, c["title"], ha="center", va="bottom", fontsize=6)
+    xs = [pad + j * (w + pad) + w / 2 for j in range(len(columns))]
+    for x, c in zip(xs, columns):
+        ax.text(x, top + pad - 1, c["title"], ha="center", va="bottom", fontsize=6)
     for i, stem_ in enumerate(stems):
-        y = top + i * cell_h
-        ax.text(left - 1, y + size / 2, stem_, ha="right", va="center", rotation=90, fontsize=7)
-        for j, c in enumerate(columns):
+        y = top + pad + i * (h + pad)
+        ax.text(pad - 1, y + h / 2, stem_, ha="right", va="center", rotation=90, fontsize=7)
+        for x, c in zip(xs, columns):
             rec = records[c["run"]].get(stem_)
             if c["kind"] == "recon" and rec:
-                x = left + j * cell_w + size / 2
-                ax.text(x, y + size + 1, _record_text(rec), ha="center", va="top", fontsize=6)
+                ax.text(x, y + h + 1, _record_text(rec), ha="center", va="top", fontsize=6)
     ax.set_title(f"task: {task}", fontsize=9)
     _save(fig, path)
     plt.close(fig)
