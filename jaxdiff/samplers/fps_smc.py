@@ -24,8 +24,8 @@ hparams (traced): c_rate (official 0.95), sigma (the code's fixed self.sigma = 0
 noise model's). Static: num_particles (official 5), resampling ("multinomial": the code's
 random.choices), estimator ("draw": the code returns particle 0 after its last resampling, a
 uniformly drawn particle; "mean"). The official inpainting branch is this update for a mask
-(s in {0, 1}); its other branches mix the DPS operator (a bicubic Resizer) into the weights with
-the block-average SVD in the proposal and hard-code 256 px, which is not reproduced.
+(s in {0, 1}); its super-resolution and deblurring branches propose with one SVD form and weigh
+with other operators (`fps_smc_official`: `official=True` with `official_operators`).
 
 `official=True` (parity only) reproduces two things of the code. Its inpainting noise
 c1 z - (c1 - c2) A z takes c2 expanded to the tiled measurement's (M, ...) shape, so each
@@ -53,6 +53,7 @@ from jaxdiff.samplers.common import (
     resolve_hparams,
     resolve_image_shape,
 )
+from jaxdiff.samplers.fps_smc_official import make_official_svd_branch
 
 NUM_PARTICLES = 5  # sample_condition.py --particle_size default
 
@@ -104,6 +105,7 @@ def make_fps_smc(
     estimator: str = "draw",
     clip_denoised: bool = True,
     official: bool = False,
+    official_operators: dict | None = None,
     dtype=jnp.float32,
 ):
     """`sample(params, key, y, op_params, hparams={"c_rate", "sigma"}, replay=None)`.
@@ -113,6 +115,10 @@ def make_fps_smc(
     "y_noise": (K,H,W,C), "u": (K,N), "ancestors": (K,N)}} over the K = num_steps - 1 steps
     (the step at k draws n_k for y_{k-1}; unused at k = 0). Parity only: "x_in" (K,N,H,W,C)
     and "y_in" (K,H,W,C) replace each step's input particles and y_k (teacher forcing).
+
+    official_operators (parity, with official=True): {"measure": the y sequence's and the
+    likelihood's operator, "prev": the proposal density's}, with `operator` the code's SVD
+    form: its super-resolution and deblurring branches (`fps_smc_official`).
     """
     n = pt.check_options("fps_smc", num_particles, resampling, estimator)
     svd = operator.svd
@@ -129,6 +135,16 @@ def make_fps_smc(
     m = svd.rank
     K = schedule.num_steps
     tab = official_tables(schedule, defaults) if official else None
+    if official_operators is not None:
+        if not official:
+            raise ValueError(
+                "fps_smc: official_operators reproduce the official code: official=True"
+            )
+        return make_official_svd_branch(
+            model_fn, schedule, operator=operator, tables=tab, defaults=defaults, loop=loop,
+            shape=tuple(shape), n=n, resampling=resampling, estimator=estimator,
+            clip_denoised=clip_denoised, dtype=dtype, **official_operators,
+        )  # fmt: skip
     steps = np.arange(K - 1)[::-1]  # k = K-2 .. 0; the top index K-1 only initialises
 
     def draw(key, x):
