@@ -29,12 +29,20 @@ import numpy as np
 
 from jaxdiff.diffusion import make_schedule
 from jaxdiff.operators import get_operator
+from jaxdiff.operators.official_svd import (
+    OfficialDeblurring,
+    OfficialOperator,
+    OfficialSuperResolution,
+    to_flat,
+)
 from jaxdiff.parity.common import Fixture, compare, f64_level, nchw_to_nhwc, swap01
 from jaxdiff.samplers import batched, get_sampler
 from jaxdiff.samplers import particles as pt
 from jaxdiff.samplers.fps_smc import official_tables
+from jaxdiff.samplers.fps_smc_official import branch_tables, guided_mean
 
 TRAJECTORY = ("x_t",)
+SVD_BRANCHES = ("super_resolution", "gaussian_blur")
 RTOL, ATOL_EPS, ATOL_X0, CAP = 1e-5, 1e-4, 3e-4, 1e-3
 
 
@@ -44,6 +52,29 @@ def normalize(logw):
     return logw - (mx + np.log(np.exp(logw - mx).sum(-1, keepdims=True)))
 
 
+def gate(fx, key, got, want, atol=0.0, floor=None, cap=None, level=None):
+    """One per-step check: |diff| <= atol + RTOL max|ref_k|, floored per step at 3x the
+    reference's float64 level (`level`) and at 3x `floor` (steps where that floor exceeds
+    `cap` are reported, not gating), capped at `cap`."""
+    r = compare(got, want, atol, RTOL, per_step=True)
+    err = np.asarray(r["per_step_max_abs_err"])
+    tol = np.full(err.shape, r["tol"])
+    if level is not None:  # 3x the reference's own float32-vs-float64 level, per step
+        lv = np.nan_to_num(np.asarray(level, np.float64).reshape(-1)[: len(err)])
+        tol[: len(lv)] = np.maximum(tol[: len(lv)], 3 * lv)
+    if floor is not None:
+        tol = np.maximum(tol, 3 * floor[: len(err)])
+        bound = 3 * floor[: len(err)] > cap
+        r["float32_cancellation_steps"] = np.nonzero(bound)[0].tolist()
+    else:
+        bound = np.zeros(err.shape, bool)
+    tol = np.minimum(tol, cap)
+    r.update(cap=cap, tol=float(tol.max()), per_step_tol=tol.tolist())
+    r["pass"] = bool(np.all((err <= tol) | bound))
+    r["max_abs_err_gated"] = float(np.where(bound, 0, err).max())
+    fx.add(key, r)
+
+
 def _nhwc(a):
     return np.moveaxis(np.asarray(a), -3, -1)
 
@@ -51,15 +82,20 @@ def _nhwc(a):
 def replay(npz_path, model_dir=None) -> dict:
     """Float32 only (no `--float64`): the checks are the float32 code's own steps, its float32
     cancellation included (`official=True` is a float32 form)."""
-    dtype = "float32"
-    fx = Fixture.load(npz_path, None, dtype, trajectory=TRAJECTORY)
+    fx = Fixture.load(npz_path, None, "float32", trajectory=TRAJECTORY)
+    task = fx.config.get("task")
+    if task == "inpainting":
+        return _replay_inpainting(fx, model_dir)
+    if task in SVD_BRANCHES:
+        return replay_svd_branch(fx, model_dir)
+    known = ", ".join(("inpainting", *SVD_BRANCHES))
+    raise ValueError(
+        f"fps_smc fixture: unknown task {task!r} (the official code's branches: {known})"
+    )
+
+
+def _replay_inpainting(fx, model_dir):
     cfg = fx.config
-    if cfg.get("task") != "inpainting":
-        raise ValueError(
-            f"fps_smc fixture: task {cfg.get('task')!r} is not replayed, only the official code's "
-            "inpainting branch (its super-resolution and deblurring branches weight with a bicubic "
-            "Resizer while proposing with the block SVD, at 256 px; docs/methods.md)"
-        )
     x0 = np.asarray(fx["x0"])
     b = x0.shape[0]
     shape = tuple(nchw_to_nhwc(x0).shape[1:])
@@ -135,37 +171,19 @@ def replay(npz_path, model_dir=None) -> dict:
     ks = np.arange(k_run)[::-1]
     ulp = np.array([tab["coef"][k] * np.abs(ys[:, k]).max() * 2.0**-23 for k in ks])
 
-    def gate(key, got, want, atol=0.0, floor=None, cap=None, level=None):
-        r = compare(got, want, atol, RTOL, per_step=True)
-        err = np.asarray(r["per_step_max_abs_err"])
-        tol = np.full(err.shape, r["tol"])
-        if level is not None:  # 3x the reference's own float32-vs-float64 level, per step
-            lv = np.nan_to_num(np.asarray(level, np.float64).reshape(-1)[: len(err)])
-            tol[: len(lv)] = np.maximum(tol[: len(lv)], 3 * lv)
-        if floor is not None:
-            tol = np.maximum(tol, 3 * floor[: len(err)])
-            bound = 3 * floor[: len(err)] > cap
-            r["float32_cancellation_steps"] = np.nonzero(bound)[0].tolist()
-        else:
-            bound = np.zeros(err.shape, bool)
-        tol = np.minimum(tol, cap)
-        r.update(cap=cap, tol=float(tol.max()), per_step_tol=tol.tolist())
-        r["pass"] = bool(np.all((err <= tol) | bound))
-        r["max_abs_err_gated"] = float(np.where(bound, 0, err).max())
-        fx.add(key, r)
-
     holes = ~obs
-    gate("eps_teacher_forced", swap01(tf["eps"]), swap01(ref["eps"]), ATOL_EPS, cap=cap_of("eps"))
+    eps_tf, eps_ref = swap01(tf["eps"]), swap01(ref["eps"])
+    gate(fx, "eps_teacher_forced", eps_tf, eps_ref, ATOL_EPS, cap=cap_of("eps"))
     # x0_hat = (x - sqrt(1 - abar) eps) / sqrt(abar): eps's float32 error times
     # sqrt(1 / abar - 1) (55 at the top model step of 10, 75 of 14), floored at 3x the
     # reference's own level per step (the first step's input is the same in both of its runs)
-    gate("x0_hat_teacher_forced", swap01(tf["x0_hat"]), swap01(ref["x0_hat"]), ATOL_X0,
+    gate(fx, "x0_hat_teacher_forced", swap01(tf["x0_hat"]), swap01(ref["x0_hat"]), ATOL_X0,
          cap=cap_of("x0_hat"), level=f64.get("max_abs_diff_x0_hat_per_step"))  # fmt: skip
     for ours, theirs, k in (("proposal", "proposal", guided), ("x", "x_t", k_run)):
         got, want = tf[ours][:, :k], ref[theirs]
-        gate(f"{theirs}_teacher_forced_holes", part(got, holes), part(want, holes),
+        gate(fx, f"{theirs}_teacher_forced_holes", part(got, holes), part(want, holes),
              cap=cap_of(theirs))  # fmt: skip
-        gate(f"{theirs}_teacher_forced_observed", part(got, obs), part(want, obs),
+        gate(fx, f"{theirs}_teacher_forced_observed", part(got, obs), part(want, obs),
              floor=ulp, cap=cap_of(theirs))  # fmt: skip
     lw_ref = swap01(normalize(fx.arrays["log_weights_step"]))
     lw_got = swap01(normalize(tf["log_weights_step"]))[:guided]
@@ -174,7 +192,7 @@ def replay(npz_path, model_dir=None) -> dict:
     # is the cap, 1e-3 of the largest normalised log-weight)
     excuse = np.where(3 * ulp > cap_of("proposal"), np.inf, 0.0)
     lw_cap = CAP * max(1.0, float(np.abs(lw_ref).max()))
-    gate("log_weights_step_teacher_forced", lw_got, lw_ref, lw_cap, floor=excuse, cap=lw_cap)
+    gate(fx, "log_weights_step_teacher_forced", lw_got, lw_ref, lw_cap, floor=excuse, cap=lw_cap)
     fx.exact("ancestors", np.asarray(picks))
     fx.compared.update({"x_t", "x0_hat", "eps", "proposal", "log_weights_step", "uniforms"})
     whole = {
@@ -193,6 +211,161 @@ def replay(npz_path, model_dir=None) -> dict:
     fx.skip("x_start", "drawn by the script, unused by the inpainting branch")
     fx.skip("y_noise", "the measurement's noise (y is an input)")
     return fx.report(
-        "fps_smc", batch=b, particles=n, steps=steps, c_rate=c_rate,
+        "fps_smc", task="inpainting", batch=b, particles=n, steps=steps, c_rate=c_rate,
+        chain_forced_ancestors_not_gating=whole,
+    )  # fmt: skip
+
+
+def _svd_branch_operators(fx, shape):
+    """The code's task_Svd (from the stored torch.svd pieces), its y sequence's and likelihood's
+    operator, and its proposal density's (the DPS operator)."""
+    cfg = fx.config
+    u, v, sv = (np.asarray(fx[f"svd_{k}"]) for k in ("u_small", "v_small", "singulars_small"))
+    if cfg["task"] == "super_resolution":
+        r = int(cfg["scale_factor"])
+        op = OfficialOperator(OfficialSuperResolution(shape, r, u, v, sv))
+        resizer = get_operator("super_resolution", image_shape=shape, factor=r, method="bicubic")
+        return op, resizer, resizer
+    perm = np.asarray(fx["svd_perm"])
+    op = OfficialOperator(OfficialDeblurring(shape, u, v, sv, perm, tiled=True))
+    blur = get_operator("blur", image_shape=shape, kernel=np.asarray(fx["kernel"]), method="direct")
+    return op, op, blur
+
+
+def _cancellation_level(svd, sched, c_rate, sigma, tf, y_in, guided):
+    """Per step, the float32 cancellation of the code's guided mean on the teacher-forced inputs:
+    max |get_mean(m_back + c A^T y_k) - the same mean formed in the spectral basis| (both float32,
+    `fps_smc_official.guided_mean`); 0 at the unguided last step (x = m_back)."""
+    defaults = {"c_rate": c_rate, "sigma": sigma}
+    bt = branch_tables(sched, defaults, svd)
+    coef = official_tables(sched, defaults)["coef"]
+    ks = np.arange(y_in.shape[1])[::-1]
+    mb = np.asarray(tf["mean_back"], np.float32)  # (B, K, N, H, W, C)
+
+    def one(m_back, y_k, k):
+        aty = svd.Ht(None, y_k.reshape(-1) if y_k.ndim == 1 else to_flat(y_k))
+        param, co = jnp.asarray(bt["mean_ex"])[k], jnp.asarray(coef)[k]
+
+        def gap(m):
+            code = guided_mean(svd, None, param, m, aty, co)
+            return jnp.max(jnp.abs(code - guided_mean(svd, None, param, m, aty, co, stable=True)))
+
+        return jnp.max(jax.vmap(gap)(m_back))
+
+    per = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, 0)), in_axes=(0, 0, None)))(
+        jnp.asarray(mb), jnp.asarray(y_in, jnp.float32), jnp.asarray(ks)
+    )
+    level = np.asarray(per, np.float64).max(0)
+    level[guided:] = 0.0
+    return level
+
+
+def replay_svd_branch(fx, model_dir):
+    """The super-resolution / deblurring branches (`fps_smc_official`): teacher-forced per step
+    from the recorded inputs. The proposals and particles are floored per step at 3x the code
+    form's float32 cancellation (`_cancellation_level`: m_back + A^T y_k / ex, 1/ex ~ 1e7 at the
+    top steps, formed in pixels before V^T); steps where that floor passes the cap, and their
+    log-weights, are reported, not gating."""
+    cfg = fx.config
+    x0 = np.asarray(fx["x0"])
+    b = x0.shape[0]
+    shape = tuple(nchw_to_nhwc(x0).shape[1:])
+    n, steps = int(fx["particles"]), int(cfg["steps"])
+    c_rate, sigma = float(cfg["c_rate"]), float(cfg["sigma"])
+    k_run = steps - 1
+    op, measure, prev = _svd_branch_operators(fx, shape)
+    image_y = measure is not op  # the Resizer's (h, w, C); the SVD form's flat channel-major
+
+    def meas(a):  # (..., C, h, w) NCHW -> the measure operator's layout
+        a = np.asarray(a)
+        return _nhwc(a) if image_y else a.reshape(*a.shape[:-3], -1)
+
+    z = _nhwc(fx["z"])  # (B, guided, N, H, W, C)
+    guided = z.shape[1]
+    anc = np.asarray(fx.arrays["ancestors"])
+    bridge = _nhwc(fx["bridge_noise"])
+    ref = {k: _nhwc(fx.arrays[k]) for k in ("x_t", "x0_hat", "eps", "proposal")}
+    ys = meas(fx["ys"])  # (B, steps, ...), index = respaced step
+    with fx.context():
+        sched = make_schedule(1000, respacing=str(steps), variance_type="learned_range")
+        fx.exact("t", np.arange(k_run)[::-1])
+        fn, params, _ = fx.model("adm_tiny", model_dir)
+        sample = get_sampler("fps_smc")(
+            fn, sched, operator=op, image_shape=shape, dtype=fx.jdtype, keep_trajectory=True,
+            num_particles=n, resampling="multinomial", estimator="draw", official=True,
+            official_operators={"measure": measure, "prev": prev}, c_rate=c_rate, sigma=sigma,
+        )  # fmt: skip
+        pad = np.zeros((b, k_run - guided, *z.shape[2:]), z.dtype)
+        rep = {
+            "y_T": fx.jnp(_nhwc(fx["y_T"])[:, 0]),
+            "x_T": fx.jnp(_nhwc(fx["x_T_noise"])[:, 0]),
+            "y_noise_T": fx.jnp(bridge[:, 0]),
+            "noise": {
+                "z": fx.jnp(np.concatenate([z, pad], 1)),
+                "y_noise": fx.jnp(np.concatenate([bridge[:, 1:], bridge[:, :1] * 0], 1)),
+                "u": jnp.zeros((b, k_run, n), jnp.float32),
+                "ancestors": jnp.asarray(
+                    np.concatenate([anc, np.zeros((b, k_run - guided, n), anc.dtype)], 1),
+                    jnp.int32,
+                ),
+            },
+        }
+        keys = jax.random.split(jax.random.key(0), b)
+        y = fx.jnp(meas(fx["y"]))
+        run = jax.jit(batched(sample))
+        own = run(params, keys, y, None, None, rep).trajectory
+        chain = jax.tree.map(lambda a: np.asarray(a, np.float64), own)
+        x_in = np.concatenate([_nhwc(fx["x_T"])[:, None], ref["x_t"][:, :-1]], 1)
+        y_in = ys[:, ::-1][:, 1 : k_run + 1]  # y_k for k = K-2 .. 0
+        forced = {**rep, "x_in": fx.jnp(x_in), "y_in": fx.jnp(y_in)}
+        tf = run(params, keys, y, None, None, forced).trajectory
+        tf = jax.tree.map(lambda a: np.asarray(a, np.float64), tf)
+        picks = jax.vmap(jax.vmap(lambda lw, u: pt.ancestors(lw, {"u": u}, "multinomial")))(
+            jnp.asarray(fx.arrays["log_weights_step"], jnp.float32),
+            jnp.asarray(fx["uniforms"], jnp.float32),
+        )
+        level = _cancellation_level(op.svd, sched, c_rate, sigma, tf, y_in, guided)
+    f64 = cfg.get("f64_replay", {})
+
+    def cap_of(name):
+        return CAP * max(1.0, float(np.abs(fx.arrays[name]).max()))
+
+    eps_tf, eps_ref = swap01(tf["eps"]), swap01(ref["eps"])
+    gate(fx, "eps_teacher_forced", eps_tf, eps_ref, ATOL_EPS, cap=cap_of("eps"))
+    gate(fx, "x0_hat_teacher_forced", swap01(tf["x0_hat"]), swap01(ref["x0_hat"]), ATOL_X0,
+         cap=cap_of("x0_hat"), level=f64.get("max_abs_diff_x0_hat_per_step"))  # fmt: skip
+    # the start (the code's one shared draw): its first step's eps from our own start
+    gate(fx, "eps_first_step_own_start", swap01(chain["eps"][:, :1]), swap01(ref["eps"][:, :1]),
+         ATOL_EPS, cap=cap_of("eps"))  # fmt: skip
+    for ours, theirs, k in (("proposal", "proposal", guided), ("x", "x_t", k_run)):
+        gate(fx, f"{theirs}_teacher_forced", swap01(tf[ours][:, :k]), swap01(ref[theirs]),
+             floor=level[:k], cap=cap_of(theirs))  # fmt: skip
+    lw_ref = swap01(normalize(fx.arrays["log_weights_step"]))
+    lw_got = swap01(normalize(tf["log_weights_step"]))[:guided]
+    excuse = np.where(3 * level[:guided] > cap_of("proposal"), np.inf, 0.0)
+    lw_cap = CAP * max(1.0, float(np.abs(lw_ref).max()))
+    gate(fx, "log_weights_step_teacher_forced", lw_got, lw_ref, lw_cap, floor=excuse, cap=lw_cap)
+    fx.exact("ancestors", np.asarray(picks))
+    fx.compared.update({"x_t", "x0_hat", "eps", "proposal", "log_weights_step", "uniforms", "x_T"})
+    whole = {
+        name: compare(
+            swap01(chain[ours])[: ref[name].shape[1]],
+            swap01(ref[name]),
+            0.0,
+            RTOL,
+            per_step=True,
+            f64=f64_level(f64, name),
+        )  # fmt: skip
+        for ours, name in (("x", "x_t"), ("eps", "eps"), ("x0_hat", "x0_hat"))
+    }
+    fx.skip("sample", "particle 0 of the last x_t (compared there)")
+    fx.skip("ys", "the y sequence: the teacher-forced steps' input y_t")
+    fx.skip("x_start", "drawn by the script, unused by this branch")
+    fx.skip("y_noise", "the measurement's noise (y is an input)")
+    for name in ("svd_u_small", "svd_v_small", "svd_singulars_small", "svd_perm", "kernel"):
+        if name in fx:
+            fx.skip(name, "the operators' pieces (inputs)")
+    return fx.report(
+        "fps_smc", task=cfg["task"], batch=b, particles=n, steps=steps, c_rate=c_rate,
         chain_forced_ancestors_not_gating=whole,
     )  # fmt: skip
