@@ -106,8 +106,6 @@ def _replay_inpainting(fx, model_dir):
     k_run = steps - 1
     z = _nhwc(fx["z"])  # (B, guided, N, H, W, C)
     guided = z.shape[1]
-    anc = np.asarray(fx.arrays["ancestors"])
-    bridge = _nhwc(fx["bridge_noise"])  # (B, steps - 1, H, W, C)
     ref = {k: _nhwc(fx.arrays[k]) for k in ("x_t", "x0_hat", "eps", "proposal")}
     ys = _nhwc(fx["ys"])  # (B, steps, H, W, C), index = respaced step
     with fx.context():
@@ -121,21 +119,7 @@ def _replay_inpainting(fx, model_dir):
             num_particles=n, resampling="multinomial", estimator="draw", official=True,
             c_rate=c_rate, sigma=sigma,
         )  # fmt: skip
-        pad = np.zeros((b, k_run - guided, *z.shape[2:]), z.dtype)
-        rep = {
-            "y_T": fx.jnp(_nhwc(fx["y_T"])[:, 0]),
-            "x_T": fx.jnp(_nhwc(fx["x_T_noise"])),
-            "y_noise_T": fx.jnp(bridge[:, 0]),
-            "noise": {
-                "z": fx.jnp(np.concatenate([z, pad], 1)),
-                "y_noise": fx.jnp(np.concatenate([bridge[:, 1:], bridge[:, :1] * 0], 1)),
-                "u": jnp.zeros((b, k_run, n), jnp.float32),
-                "ancestors": jnp.asarray(
-                    np.concatenate([anc, np.zeros((b, k_run - guided, n), anc.dtype)], 1),
-                    jnp.int32,
-                ),
-            },
-        }
+        rep = _recorded_draws(fx, _nhwc(fx["x_T_noise"]), k_run, n)
         keys = jax.random.split(jax.random.key(0), b)
         y = fx.jnp(_nhwc(fx["y"]))
         run = jax.jit(batched(sample))
@@ -149,11 +133,7 @@ def _replay_inpainting(fx, model_dir):
         forced = {**rep, "x_in": fx.jnp(x_in), "y_in": fx.jnp(y_in)}
         tf = run(params, keys, y, op_params, None, forced).trajectory
         tf = jax.tree.map(lambda a: np.asarray(a, np.float64), tf)
-        # the shared inverse-CDF on the code's weights and random.choices' uniforms
-        picks = jax.vmap(jax.vmap(lambda lw, u: pt.ancestors(lw, {"u": u}, "multinomial")))(
-            jnp.asarray(fx.arrays["log_weights_step"], jnp.float32),
-            jnp.asarray(fx["uniforms"], jnp.float32),
-        )
+        picks = _code_picks(fx)
     f64 = cfg.get("f64_replay", {})
     obs = np.broadcast_to(masks[..., None] > 0, (b, *shape))  # (B, H, W, C)
 
@@ -185,17 +165,63 @@ def _replay_inpainting(fx, model_dir):
              cap=cap_of(theirs))  # fmt: skip
         gate(fx, f"{theirs}_teacher_forced_observed", part(got, obs), part(want, obs),
              floor=ulp, cap=cap_of(theirs))  # fmt: skip
-    lw_ref = swap01(normalize(fx.arrays["log_weights_step"]))
-    lw_got = swap01(normalize(tf["log_weights_step"]))[:guided]
     # the weights read the observed pixels: the same steps are reported, not gating
     # (sums over the image of squared residuals over variances ~1e-3: float32 norms; the rule
     # is the cap, 1e-3 of the largest normalised log-weight)
-    excuse = np.where(3 * ulp > cap_of("proposal"), np.inf, 0.0)
+    whole = _weights_picks_and_chain(fx, tf, chain, ref, picks, 3 * ulp > cap_of("proposal"))
+    fx.skip("x_start", "drawn by the script, unused by the inpainting branch")
+    return fx.report(
+        "fps_smc", task="inpainting", batch=b, particles=n, steps=steps, c_rate=c_rate,
+        chain_forced_ancestors_not_gating=whole,
+    )  # fmt: skip
+
+
+def _recorded_draws(fx, x_T, k_run, n):
+    """The replay dict of the code's draws (sampling order), its picks forced."""
+    z, anc = _nhwc(fx["z"]), np.asarray(fx.arrays["ancestors"])
+    bridge = _nhwc(fx["bridge_noise"])
+    b, guided = z.shape[:2]
+    pad = np.zeros((b, k_run - guided, *z.shape[2:]), z.dtype)
+    return {
+        "y_T": fx.jnp(_nhwc(fx["y_T"])[:, 0]),
+        "x_T": fx.jnp(x_T),
+        "y_noise_T": fx.jnp(bridge[:, 0]),
+        "noise": {
+            "z": fx.jnp(np.concatenate([z, pad], 1)),
+            "y_noise": fx.jnp(np.concatenate([bridge[:, 1:], bridge[:, :1] * 0], 1)),
+            "u": jnp.zeros((b, k_run, n), jnp.float32),
+            "ancestors": jnp.asarray(
+                np.concatenate([anc, np.zeros((b, k_run - guided, n), anc.dtype)], 1), jnp.int32
+            ),
+        },
+    }
+
+
+def _code_picks(fx):
+    """The shared inverse CDF (`particles.ancestors`) on the code's log-weights and the uniforms
+    behind its random.choices."""
+    return jax.vmap(jax.vmap(lambda lw, u: pt.ancestors(lw, {"u": u}, "multinomial")))(
+        jnp.asarray(fx.arrays["log_weights_step"], jnp.float32),
+        jnp.asarray(fx["uniforms"], jnp.float32),
+    )
+
+
+def _weights_picks_and_chain(fx, tf, chain, ref, picks, excused):
+    """The checks every branch closes with: the teacher-forced normalised log-weights within
+    1e-3 of their largest magnitude (`excused` steps reported), the picks exactly, and the whole
+    chain (forced picks) reported, not gating. Returns that report."""
+    lw_ref = swap01(normalize(fx.arrays["log_weights_step"]))
+    lw_got = swap01(normalize(tf["log_weights_step"]))[: lw_ref.shape[0]]
+    excuse = np.where(np.asarray(excused)[: lw_ref.shape[0]], np.inf, 0.0)
     lw_cap = CAP * max(1.0, float(np.abs(lw_ref).max()))
     gate(fx, "log_weights_step_teacher_forced", lw_got, lw_ref, lw_cap, floor=excuse, cap=lw_cap)
     fx.exact("ancestors", np.asarray(picks))
     fx.compared.update({"x_t", "x0_hat", "eps", "proposal", "log_weights_step", "uniforms"})
-    whole = {
+    f64 = fx.config.get("f64_replay", {})
+    fx.skip("sample", "particle 0 of the last x_t (compared there)")
+    fx.skip("ys", "the y sequence: the teacher-forced steps' input y_t")
+    fx.skip("y_noise", "the measurement's noise (y is an input)")
+    return {
         name: compare(
             swap01(chain[ours])[: ref[name].shape[1]],
             swap01(ref[name]),
@@ -206,14 +232,6 @@ def _replay_inpainting(fx, model_dir):
         )  # fmt: skip
         for ours, name in (("x", "x_t"), ("eps", "eps"), ("x0_hat", "x0_hat"))
     }
-    fx.skip("sample", "particle 0 of the last x_t (compared there)")
-    fx.skip("ys", "the y sequence: the teacher-forced steps' input y_t")
-    fx.skip("x_start", "drawn by the script, unused by the inpainting branch")
-    fx.skip("y_noise", "the measurement's noise (y is an input)")
-    return fx.report(
-        "fps_smc", task="inpainting", batch=b, particles=n, steps=steps, c_rate=c_rate,
-        chain_forced_ancestors_not_gating=whole,
-    )  # fmt: skip
 
 
 def _svd_branch_operators(fx, shape):
@@ -282,8 +300,6 @@ def replay_svd_branch(fx, model_dir):
 
     z = _nhwc(fx["z"])  # (B, guided, N, H, W, C)
     guided = z.shape[1]
-    anc = np.asarray(fx.arrays["ancestors"])
-    bridge = _nhwc(fx["bridge_noise"])
     ref = {k: _nhwc(fx.arrays[k]) for k in ("x_t", "x0_hat", "eps", "proposal")}
     ys = meas(fx["ys"])  # (B, steps, ...), index = respaced step
     with fx.context():
@@ -295,21 +311,7 @@ def replay_svd_branch(fx, model_dir):
             num_particles=n, resampling="multinomial", estimator="draw", official=True,
             official_operators={"measure": measure, "prev": prev}, c_rate=c_rate, sigma=sigma,
         )  # fmt: skip
-        pad = np.zeros((b, k_run - guided, *z.shape[2:]), z.dtype)
-        rep = {
-            "y_T": fx.jnp(_nhwc(fx["y_T"])[:, 0]),
-            "x_T": fx.jnp(_nhwc(fx["x_T_noise"])[:, 0]),
-            "y_noise_T": fx.jnp(bridge[:, 0]),
-            "noise": {
-                "z": fx.jnp(np.concatenate([z, pad], 1)),
-                "y_noise": fx.jnp(np.concatenate([bridge[:, 1:], bridge[:, :1] * 0], 1)),
-                "u": jnp.zeros((b, k_run, n), jnp.float32),
-                "ancestors": jnp.asarray(
-                    np.concatenate([anc, np.zeros((b, k_run - guided, n), anc.dtype)], 1),
-                    jnp.int32,
-                ),
-            },
-        }
+        rep = _recorded_draws(fx, _nhwc(fx["x_T_noise"])[:, 0], k_run, n)
         keys = jax.random.split(jax.random.key(0), b)
         y = fx.jnp(meas(fx["y"]))
         run = jax.jit(batched(sample))
@@ -320,10 +322,7 @@ def replay_svd_branch(fx, model_dir):
         forced = {**rep, "x_in": fx.jnp(x_in), "y_in": fx.jnp(y_in)}
         tf = run(params, keys, y, None, None, forced).trajectory
         tf = jax.tree.map(lambda a: np.asarray(a, np.float64), tf)
-        picks = jax.vmap(jax.vmap(lambda lw, u: pt.ancestors(lw, {"u": u}, "multinomial")))(
-            jnp.asarray(fx.arrays["log_weights_step"], jnp.float32),
-            jnp.asarray(fx["uniforms"], jnp.float32),
-        )
+        picks = _code_picks(fx)
         level = _cancellation_level(op.svd, sched, c_rate, sigma, tf, y_in, guided)
     f64 = cfg.get("f64_replay", {})
 
@@ -340,31 +339,9 @@ def replay_svd_branch(fx, model_dir):
     for ours, theirs, k in (("proposal", "proposal", guided), ("x", "x_t", k_run)):
         gate(fx, f"{theirs}_teacher_forced", swap01(tf[ours][:, :k]), swap01(ref[theirs]),
              floor=level[:k], cap=cap_of(theirs))  # fmt: skip
-    lw_ref = swap01(normalize(fx.arrays["log_weights_step"]))
-    lw_got = swap01(normalize(tf["log_weights_step"]))[:guided]
-    excuse = np.where(3 * level[:guided] > cap_of("proposal"), np.inf, 0.0)
-    lw_cap = CAP * max(1.0, float(np.abs(lw_ref).max()))
-    gate(fx, "log_weights_step_teacher_forced", lw_got, lw_ref, lw_cap, floor=excuse, cap=lw_cap)
-    fx.exact("ancestors", np.asarray(picks))
-    fx.compared.update({"x_t", "x0_hat", "eps", "proposal", "log_weights_step", "uniforms", "x_T"})
-    whole = {
-        name: compare(
-            swap01(chain[ours])[: ref[name].shape[1]],
-            swap01(ref[name]),
-            0.0,
-            RTOL,
-            per_step=True,
-            f64=f64_level(f64, name),
-        )  # fmt: skip
-        for ours, name in (("x", "x_t"), ("eps", "eps"), ("x0_hat", "x0_hat"))
-    }
-    fx.skip("sample", "particle 0 of the last x_t (compared there)")
-    fx.skip("ys", "the y sequence: the teacher-forced steps' input y_t")
+    whole = _weights_picks_and_chain(fx, tf, chain, ref, picks, 3 * level > cap_of("proposal"))
+    fx.compared.add("x_T")
     fx.skip("x_start", "drawn by the script, unused by this branch")
-    fx.skip("y_noise", "the measurement's noise (y is an input)")
-    for name in ("svd_u_small", "svd_v_small", "svd_singulars_small", "svd_perm", "kernel"):
-        if name in fx:
-            fx.skip(name, "the operators' pieces (inputs)")
     return fx.report(
         "fps_smc", task=cfg["task"], batch=b, particles=n, steps=steps, c_rate=c_rate,
         chain_forced_ancestors_not_gating=whole,
