@@ -21,10 +21,11 @@ SHAPE = (4, 4, 1)
 
 @pytest.mark.slow
 def test_parity_inpainting():
-    """Box inpainting, 10 steps, 4 particles, official=True. Teacher-forced: eps within 7.5e-6,
-    the proposals on the holes within 7.4e-6, on the observed pixels 2.4e-4 where the code's
-    float32 cancellation allows a check; the shared inverse-CDF on the code's weights and
-    random.choices' uniforms gives its ancestors exactly."""
+    """Box inpainting, 10 steps, 4 particles, official=True. Teacher-forced: eps within 8.7e-6,
+    the proposals on the holes within 1.3e-5, on the observed pixels 2.4e-4 where the code's
+    float32 cancellation allows a check; the weights of the code's own proposals within 0.47;
+    the shared inverse-CDF on the code's weights and random.choices' uniforms gives its
+    ancestors exactly."""
     from jaxdiff.parity.fps_smc import replay
 
     with jax.default_matmul_precision("highest"):
@@ -32,6 +33,7 @@ def test_parity_inpainting():
     bad = {k: v for k, v in out["arrays"].items() if not v.get("pass")}
     assert out["pass"], bad
     assert out["arrays"]["proposal_teacher_forced_holes"]["max_abs_err"] < 1e-4
+    assert out["arrays"]["log_weights_step_weights_forced"]["max_abs_err"] < 5
     assert out["arrays"]["ancestors"]["pass"]
 
 
@@ -41,7 +43,8 @@ def test_parity_svd_branches(task):
     """The code's super-resolution (block-SVD proposal, bicubic Resizer weights) and deblurring
     (tiled separable SVD, DPS blur in the proposal density) branches, 10 steps, 4 particles:
     teacher-forced eps within 1.2e-5, the particles within 8.2e-4 where the code's float32
-    cancellation allows a check, the ancestors exactly."""
+    cancellation allows a check, the weights of the code's own proposals within 0.51, the
+    ancestors exactly."""
     from jaxdiff.parity.fps_smc import replay
 
     with jax.default_matmul_precision("highest"):
@@ -50,6 +53,7 @@ def test_parity_svd_branches(task):
     assert out["pass"], bad
     assert out["task"] == task
     assert out["arrays"]["eps_teacher_forced"]["max_abs_err"] < 1e-4
+    assert out["arrays"]["log_weights_step_weights_forced"]["max_abs_err"] < 5
     assert out["arrays"]["ancestors"]["pass"]
 
 

@@ -114,7 +114,9 @@ def make_fps_smc(
     free coordinates, "y_noise_T": (H,W,C) the n of y_{T-2}, "noise": {"z": (K,N,H,W,C),
     "y_noise": (K,H,W,C), "u": (K,N), "ancestors": (K,N)}} over the K = num_steps - 1 steps
     (the step at k draws n_k for y_{k-1}; unused at k = 0). Parity only: "x_in" (K,N,H,W,C)
-    and "y_in" (K,H,W,C) replace each step's input particles and y_k (teacher forcing).
+    and "y_in" (K,H,W,C) replace each step's input particles and y_k (teacher forcing);
+    "weights_in": {"proposal", "mean_back"} (K,N,H,W,C) gives each step's weights of those
+    (recorded as "log_weights_forced").
 
     official_operators (parity, with official=True): {"measure": the y sequence's and the
     likelihood's operator, "prev": the proposal density's}, with `operator` the code's SVD
@@ -208,6 +210,7 @@ def make_fps_smc(
         if forced is not None:
             x_in = jnp.asarray(forced, dtype)
             y_in = jax.vmap(lambda im: svd.Ut(op_params, im))(jnp.asarray(replay["y_in"], dtype))
+        w_in = (replay or {}).get("weights_in")  # parity: the weights of the code's proposals
 
         def step(x, logw, k, z, y_k):
             if forced is not None:
@@ -240,14 +243,17 @@ def make_fps_smc(
                 xm = vb + co * s_full * yk_full
                 vm = xm - (co / (co + 1.0)) * (s_full**2 * xm)
                 v_new = vm + (c1 * vz - (c1 - c2) * (s_full**2 * vz))
-            resid = yk_full - s_full * v_new
-            log_y = -jnp.sum(jnp.where(observed, resid**2, 0), -1) / (2 * sigma**2 * ap)
-            log_x = -jnp.sum((v_new - vb) ** 2, -1) / (2 * pv)
-            d = v_new - vm
-            log_q = -0.5 * jnp.sum(d * d * (1 / pv + s_full**2 / vd), -1)
-            lw = log_y + log_x - log_q
-            if official:  # the code's norms run over M identical copies of each proposal
-                lw = lw * n
+
+            def weights(v_new, vb, d):  # d = v_new - vm, the proposal's noise
+                resid = yk_full - s_full * v_new
+                log_y = -jnp.sum(jnp.where(observed, resid**2, 0), -1) / (2 * sigma**2 * ap)
+                log_x = -jnp.sum((v_new - vb) ** 2, -1) / (2 * pv)
+                log_q = -0.5 * jnp.sum(d * d * (1 / pv + s_full**2 / vd), -1)
+                lw = log_y + log_x - log_q
+                # official: the code's norms run over M identical copies of each proposal
+                return lw * n if official else lw
+
+            lw = weights(v_new, vb, v_new - vm)
             guided = k > 0
             x_prop = jax.vmap(lambda v: svd.V(op_params, v))(v_new).astype(dtype)
             x_res, _, anc, e = pt.resample(x_prop, lw, z, resampling)
@@ -256,6 +262,13 @@ def make_fps_smc(
             y_prev = y_bridge(y_k, k, z["y_noise"])
             record = {"log_weights_step": lw, "ancestors": anc, "x0_hat": x0, "eps": eps,
                       "mean_back": m_back, "proposal": x_prop}  # fmt: skip
+            if w_in is not None:  # x' - m of the code's own proposal is this step's noise
+                i = K - 2 - k
+                xp_in, mb_in = (jnp.asarray(w_in[a], dtype)[i] for a in ("proposal", "mean_back"))
+                noise = v_new - vm if not official else c1 * vz - (c1 - c2) * (s_full**2 * vz)
+                record["log_weights_forced"] = weights(
+                    jax.vmap(vt)(xp_in), jax.vmap(vt)(mb_in), noise
+                )
             return x_next, jnp.zeros_like(logw), y_prev, e, record
 
         return pt.particle_chain(

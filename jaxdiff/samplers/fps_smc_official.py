@@ -84,7 +84,9 @@ def make_official_svd_branch(
     """`sample(params, key, y, op_params, hparams=None, replay=None)` as `make_fps_smc`'s, y the
     `measure` operator's output. replay: {"y_T": (H,W,C), "x_T": (H,W,C) the start's one draw,
     "y_noise_T": (H,W,C), "noise": {"z", "y_noise", "u", "ancestors"}}; "x_in" / "y_in"
-    (teacher forcing) as there, y_in in `measure`'s layout."""
+    (teacher forcing) as there, y_in in `measure`'s layout; "weights_in": {"proposal",
+    "mean_back"} (K,N,H,W,C) gives each step's weights of those (recorded as
+    "log_weights_forced")."""
     svd = operator.svd
     K = schedule.num_steps
     bt = branch_tables(schedule, defaults, svd)
@@ -152,6 +154,7 @@ def make_official_svd_branch(
         if forced is not None:
             x_in = jnp.asarray(forced, dtype)
             y_in = jnp.asarray(replay["y_in"], dtype)
+        w_in = (replay or {}).get("weights_in")  # parity: the weights of the code's proposals
 
         def step(x, logw, k, z, y_k):
             if forced is not None:
@@ -169,7 +172,8 @@ def make_official_svd_branch(
             m_back = e3 * x0 + e4 * eps
             param, aty = jnp.asarray(bt["mean_ex"], dtype)[k], Ht(y_k)
             m = jax.vmap(lambda mb: guided_mean(svd, op_params, param, mb, aty, co))(m_back)
-            x_prop = m + jax.vmap(lambda zz: get_noise(c1 * zz, k, "ex"))(z["z"])
+            noise = jax.vmap(lambda zz: get_noise(c1 * zz, k, "ex"))(z["z"])
+            x_prop = m + noise
             d = x_prop - m
 
             def logw_one(xp, mb, dd):
@@ -185,6 +189,10 @@ def make_official_svd_branch(
             e = jnp.where(guided, e, jnp.asarray(n, jnp.float32))
             record = {"log_weights_step": lw, "ancestors": anc, "x0_hat": x0, "eps": eps,
                       "mean_back": m_back, "mean": m, "proposal": x_prop}  # fmt: skip
+            if w_in is not None:  # x' - m of the code's own proposal is this step's noise
+                i = K - 2 - k
+                xp_in, mb_in = (jnp.asarray(w_in[a], dtype)[i] for a in ("proposal", "mean_back"))
+                record["log_weights_forced"] = jax.vmap(logw_one)(xp_in, mb_in, noise)
             return x_next, jnp.zeros_like(logw), y_bridge(y_k, k, z["y_noise"]), e, record
 
         return pt.particle_chain(
