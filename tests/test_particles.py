@@ -22,6 +22,11 @@ def test_normalize_and_ess():
     np.testing.assert_allclose(np.asarray(particles.weights(big)), [0.25, 0.75], rtol=1e-4)
     np.testing.assert_allclose(np.asarray(particles.weights(jnp.full((4,), -jnp.inf))), 0.25)
     assert float(particles.ess(jnp.zeros(8))) == pytest.approx(8.0)
+    # equal weights far from 0 (an exact filter's 4e11, float32 spacing 32768): still 1/N each
+    equal = jnp.full((2,), 4.361443e11, jnp.float32)
+    np.testing.assert_allclose(np.asarray(particles.normalize(equal)), -np.log(2.0), rtol=1e-6)
+    assert float(particles.ess(equal)) == pytest.approx(2.0)
+    assert float(particles.weighted_mean(jnp.ones((2, 3)), equal).max()) == pytest.approx(1.0)
 
 
 def test_systematic_is_the_inverse_cdf_on_the_grid():

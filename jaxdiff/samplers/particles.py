@@ -47,11 +47,15 @@ def check_options(where: str, num_particles, resampling: str, estimator: str) ->
 
 
 def normalize(logw):
-    """log w - logsumexp(log w), in float32 (all -inf stays uniform rather than NaN)."""
+    """log w - logsumexp(log w), in float32 (all -inf stays uniform rather than NaN). Formed as
+    (log w - max) - log sum exp(log w - max): logsumexp adds log sum back onto the max, which
+    rounds it away when |log w| is large (equal weights of 4e11 normalised to 0, not -log N)."""
     logw = jnp.asarray(logw, jnp.float32)
-    lse = jax.nn.logsumexp(logw)
+    mx = jnp.max(logw)
+    ok = jnp.isfinite(mx)
+    shifted = logw - jnp.where(ok, mx, 0.0)
     uniform = jnp.full_like(logw, -jnp.log(float(logw.shape[0])))
-    return jnp.where(jnp.isfinite(lse), logw - lse, uniform)
+    return jnp.where(ok, shifted - jnp.log(jnp.sum(jnp.exp(shifted))), uniform)
 
 
 def weights(logw):
