@@ -94,8 +94,17 @@ def replay(npz_path, model_dir=None, dtype: str = "float32") -> dict:
         lvl = f64_level(levels, name) if name == "x0_hat" else chain_level
         r = fx.check(name, traj[key], ATOL, RTOL, nhwc=True, per_step=True, f64=lvl)
         if r is not None:  # never looser than CAP * max(1, max|ref|)
-            r["cap"] = CAP * max(1.0, float(np.nanmax(np.abs(fx.arrays[name]))))
-            r["pass"] = bool(r["pass"] and r["max_abs_err"] <= r["cap"])
+            r["cap"] = cap = CAP * max(1.0, float(np.nanmax(np.abs(fx.arrays[name]))))
+            err = np.asarray(r.get("per_step_max_abs_err", [r["max_abs_err"]]), np.float64)
+            limit = np.full(err.shape, cap)
+            if name == "x0_hat" and lvl is not None:
+                # the first model step runs from x_T, fed exactly: the reference's own level
+                # there is one step's float32 noise (eps's, times 1 / sqrt(abar) ~ 157 at
+                # t = 999), and 3x it may pass the cap: there that floor is the limit
+                first = 3 * float(np.nan_to_num(np.asarray(lvl, np.float64).reshape(-1)[0]))
+                limit[0] = max(cap, first)
+                r["steps_past_cap"] = [0] if first > cap else []
+            r["pass"] = bool(r["pass"] and np.all(err <= limit))
     fx.check(
         "sample", res.x0, ATOL, RTOL, nhwc=True, f64=f64_max(levels.get("max_abs_diff_sample"))
     )
