@@ -50,8 +50,9 @@ def test_lpips_matches_torch_lpips(pairs, net):
     np.testing.assert_allclose(np.asarray(got), want[f"lpips_{net}"], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [None, {"xla_cpu_experimental_ynn_fusion_type": ""}])
+@pytest.mark.parametrize("options", [{"xla_cpu_experimental_ynn_fusion_type": ""}])
 def test_compute_metrics_matches_the_references_with_the_commands_compiler_options(pairs, options):
+    """With the commands' options (the default program's metrics: the per-metric tests above)."""
     if options and jax.default_backend() != "cpu":
         pytest.skip("an XLA:CPU option")
     ref, deg, want, _ = pairs
